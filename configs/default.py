@@ -1,0 +1,106 @@
+"""Every knob of reacgan-jax with its default and a one-line comment.
+
+Experiment configs start from this one (``config = default.get_config()``) and
+override only what differs. Values follow PyTorch-StudioGAN's CIFAR10 ReACGAN
+config unless a comment says otherwise (see shared/SPEC.md sections 1-5).
+Unset optional values use '' (strings) or -1 (numbers) so that ml_collections
+keeps each field's type: an override of the wrong type fails loudly.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # the one seed every random stream is split from
+
+  # ---- data ---------------------------------------------------------------
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'tfds'  # tfds | npz | folder
+  config.data.name = 'cifar10'  # TFDS dataset name (source=tfds)
+  config.data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets)
+  config.data.npz_path = ''  # source=npz: file with x_train/y_train (x_test/y_test)
+  config.data.npz_layout = 'nhwc'  # npz image layout: nhwc | cifar_rows (N x 3072, R/G/B planes)
+  config.data.folder = ''  # source=folder: root/<class_name>/*.{png,jpg,jpeg}
+  # When source=tfds cannot load (offline machine), try this npz (cifar_rows
+  # layout) before failing; '' disables the fallback.
+  config.data.offline_npz = ''
+  config.data.train_split = 'train'
+  config.data.eval_split = 'test'  # reference split for FID (SPEC 5: 10k test)
+  config.data.image_size = 32  # H = W of the model
+  config.data.num_classes = 10  # checked against the data
+  config.data.crop = 'none'  # none | center (center crop + resize, ImageNet)
+  config.data.random_flip = True  # random horizontal flip of real images
+  config.data.class_balanced = False  # class-balanced sampling (evaluation)
+
+  # ---- model --------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  config.model.backbone = 'biggan'  # dcgan | deep_conv | resnet | biggan
+  config.model.cond_method = 'reacgan'  # none | acgan | pd | reacgan
+  config.model.z_dim = 80
+  config.model.shared_dim = 128  # BigGAN shared class embedding width
+  config.model.g_conv_dim = 96  # channel multiplier of G
+  config.model.d_conv_dim = 96  # channel multiplier of D
+  config.model.embed_dim = 512  # ReACGAN embedding / proxy width
+  config.model.g_attn_block = 2  # self-attention after this G block (0 = none)
+  config.model.d_attn_block = 1  # self-attention after this D block (0 = none)
+  config.model.apply_g_sn = True  # spectral norm on G's convs/linears
+  config.model.apply_d_sn = True  # spectral norm on D's convs/linears/embeddings
+  config.model.sn_eps = 1e-6  # eps of SN's u/v normalisation (reference: 1e-6)
+  config.model.sn_power_iterations = 1  # power iterations per training step
+  config.model.g_init = 'ortho'  # ortho | N02 | glorot
+  config.model.d_init = 'ortho'  # ortho | N02 | glorot
+  # G's BN at evaluation/sampling: running (running averages), batch (batch
+  # statistics), standing (statistics recomputed over many batches).
+  config.model.bn_eval = 'running'
+  config.model.standing_batches = 16  # batches used by bn_eval=standing
+  config.model.dtype = 'float32'  # compute dtype: float32 | bfloat16
+
+  # ---- losses (SPEC 1) ----------------------------------------------------
+  config.loss = ml_collections.ConfigDict()
+  config.loss.adv = 'hinge'  # hinge | logistic | wasserstein
+  config.loss.cond_lambda = 0.5  # weight of the conditional loss (ACGAN CE / D2D-CE)
+  config.loss.temperature = 0.5  # D2D-CE temperature T
+  config.loss.margin_pos = 0.98  # D2D-CE positive margin m_p
+  config.loss.margin_neg = -1.0  # D2D-CE negative margin; < 0 means 1 - margin_pos
+  config.loss.row_max_shift = True  # True: StudioGAN's form (default); False: paper form
+  config.loss.false_negative_removal = True  # mask same-class pairs (ablation knob)
+
+  # ---- optimisation -------------------------------------------------------
+  config.optim = ml_collections.ConfigDict()
+  config.optim.g_lr = 2.8284e-4
+  config.optim.d_lr = 2.8284e-4
+  config.optim.beta1 = 0.5
+  config.optim.beta2 = 0.999
+  config.optim.eps = 1e-6  # StudioGAN's Adam eps
+  config.optim.schedule = 'constant'  # constant | linear_decay (to 0 at train.steps)
+
+  # ---- training -----------------------------------------------------------
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 128  # global batch (all devices, all hosts)
+  config.train.steps = 100_000  # generator updates
+  config.train.d_updates_per_step = 5  # D updates per G update, each on a fresh real batch
+  config.train.ema = True  # keep an EMA copy of G
+  config.train.ema_decay = 0.9999
+  config.train.ema_start = 1000  # plain copy before this step
+  config.train.diffaug_policy = ''  # e.g. 'color,translation,cutout'; '' = off
+  config.train.bn_sync = True  # BN statistics over the global batch (device-count independent)
+  config.train.log_every = 100  # steps between scalar logs (and host syncs)
+  config.train.sample_every = 2000  # steps between sample grids
+  config.train.checkpoint_every = 2000  # steps between checkpoints
+  config.train.keep_checkpoints = 3  # newest checkpoints kept (plus the best-FID one)
+  config.train.eval_every = 0  # steps between evaluations; 0 = at the end only
+  config.train.grid_classes = 10  # rows of the sample grid (classes shown)
+  config.train.grid_per_class = 10  # columns of the sample grid
+
+  # ---- evaluation (SPEC 5) ------------------------------------------------
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_samples = 10_000  # generated images per evaluation
+  config.eval.batch_size = 200  # generation / Inception batch (global)
+  config.eval.inception_weights = ''  # converted Flax weights; '' = default cache path
+  config.eval.resize = 'legacy'  # legacy (torch bilinear) | friendly (PIL bilinear) | clean (PIL bicubic)
+  config.eval.metrics = 'fid,is,prdc'  # comma list: fid, is, prdc, ifid, accuracy, msssim
+  config.eval.is_splits = 10  # Inception Score splits (reference 1, original protocol 10)
+  config.eval.prdc_k = 5  # nearest neighbours for precision/recall/density/coverage
+  config.eval.ref_stats = ''  # cached reference statistics; '' = <cache>/<dataset>_<split>.npz
+  return config

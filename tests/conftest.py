@@ -1,0 +1,26 @@
+"""Test set-up: 8 fake CPU devices (multi-device code runs on this CPU) and shared paths.
+
+XLA_FLAGS must be set before jax is imported anywhere, which is why it lives here.
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / 'shared' / 'data'
+CIFAR10_NPZ = SHARED_DATA / 'cifar10.npz'
+
+
+@pytest.fixture(scope='session')
+def cifar10_npz():
+  """Path to the full CIFAR-10 npz of ../shared/data; skips when absent."""
+  if not CIFAR10_NPZ.exists():
+    pytest.skip(f'{CIFAR10_NPZ} not found: it ships in the shared/ folder beside the checkout '
+                '(see shared/data/README.md)')
+  return CIFAR10_NPZ
