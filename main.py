@@ -1,0 +1,87 @@
+"""reacgan-jax command line: train, evaluate or sample a class-conditional GAN.
+
+  python main.py --config=configs/cifar10_reacgan.py:small --workdir=runs/x
+  python main.py --config=configs/cifar10_reacgan.py:small --workdir=runs/x --mode=eval
+  python main.py --config=configs/tiny.py --config.train.steps=200 --workdir=runs/t --mode=sample
+
+Re-running with the same --workdir resumes from its newest readable checkpoint. Multi-host:
+the same command on every host with --coordinator_address=HOST:PORT --num_processes=N
+--process_id=i (auto-detected on TPU pods and SLURM).
+"""
+
+import os
+import sys
+
+# Config files do `from configs import default`: make the repo root importable even when
+# the package is not installed and main.py is run from elsewhere.
+_REPO = os.path.dirname(os.path.abspath(__file__))
+if _REPO not in sys.path:
+  sys.path.insert(0, _REPO)
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, e.g. configs/cifar10_reacgan.py:small; override any key with '
+    '--config.<section>.<key>=value.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'],
+                          'train (resumes when workdir has checkpoints), eval (EMA G of the '
+                          'newest checkpoint), sample (grid, interpolation and an npz).')
+_ALL_CHECKPOINTS = flags.DEFINE_bool('all_checkpoints', False,
+                                     '--mode=eval: evaluate every checkpoint, not only the newest.')
+_NUM_SAMPLES = flags.DEFINE_integer(
+    'num_samples', -1, '--mode=sample: images in the npz (-1: config.eval.num_samples).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', '',
+                                   'Multi-host: HOST:PORT of process 0 (jax.distributed).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', -1, 'Multi-host: number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'Multi-host: index of this process.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def parse_flags(argv):
+  """absl's parser, but an unknown --config.<key> ends with one line naming it, no traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    # config_flags raises these (not a flags error) for a key the config does not have.
+    message = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').replace("'", '').split())
+    sys.stderr.write(f'FATAL Flags parsing error: unknown config key {message}\n'
+                     'Pass --helpfull to see every --config.<key> flag.\n')
+    sys.exit(1)
+  except flags.Error as e:
+    sys.stderr.write(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see '
+                     'help on flags.\n')
+    sys.exit(1)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  from reacgan_jax import parallel, train  # noqa: PLC0415 (after flag parsing: fast --help)
+
+  parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                        _PROCESS_ID.value)
+  # Sharded random draws must equal unsharded ones (device-count independent runs).
+  jax.config.update('jax_threefry_partitionable', True)
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
+               jax.devices())
+  if _MODE.value == 'train':
+    train.train_and_evaluate(config, workdir)
+  elif _MODE.value == 'eval':
+    results = train.evaluate_checkpoints(config, workdir, _ALL_CHECKPOINTS.value)
+    if jax.process_index() == 0:
+      for step, metrics in sorted(results.items()):
+        print(f'step {step}: {metrics if metrics is not None else "evaluation unavailable"}')
+  else:
+    n = _NUM_SAMPLES.value if _NUM_SAMPLES.value >= 0 else None
+    paths = train.sample_checkpoint(config, workdir, n)
+    if jax.process_index() == 0:
+      for name, path in paths.items():
+        print(f'{name}: {path}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

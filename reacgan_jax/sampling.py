@@ -1,0 +1,226 @@
+"""Sampling from a trained generator: sample functions, class grids, interpolations, dumps.
+
+`make_sample_fn` turns a TrainState into `sample_fn(z, y) -> images` (the function the
+Evaluator takes); everything else here only arranges its outputs. The EMA generator is used
+when the state has one. G's BN at sampling follows `config.model.bn_eval` (SPEC 3: FID moves
+with it, so every number names the mode):
+  running   running averages accumulated in training (G applied with train=False);
+  batch     statistics of the sampled batch itself;
+  standing  running statistics replaced by the plain average of batch statistics over
+            `config.model.standing_batches` random batches (BigGAN's "standing stats").
+Spectral norm at sampling: the weights are divided by sigma estimated from the stored `u`
+without advancing it (SPEC 2: no update in evaluation). The EMA weights use G's `u`
+(the power-iteration state tracks the raw weights, of which the EMA is a smoothed copy).
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from reacgan_jax import parallel, spectral_norm
+
+
+def generator_variables(state, use_ema=True):
+  """(params, batch_stats) of the generator to sample from: the EMA copy when present."""
+  if use_ema and state.ema_params is not None:
+    return state.ema_params, state.ema_state
+  return state.g_params, state.g_state
+
+
+def _apply_g(generator, params, batch_stats, z, y, *, train):
+  variables = {'params': params}
+  if batch_stats:
+    variables['batch_stats'] = batch_stats
+  if train and batch_stats:
+    images, _ = generator.apply(variables, z, y, train=True, mutable=['batch_stats'])
+    return images
+  return generator.apply(variables, z, y, train=train)
+
+
+def _batch_statistics(generator, params, batch_stats, z, y):
+  """Per-leaf batch statistics of one G forward, whatever BN momentum the model uses.
+
+  A flax BN in train mode returns `m * old + (1 - m) * batch`; two forwards from old = 0 and
+  old = 1 give `(1 - m) * batch` and `m + (1 - m) * batch`, hence m and the batch statistic,
+  without knowing the model's layers or momentum.
+  """
+
+  def new_stats(old):
+    _, upd = generator.apply({'params': params, 'batch_stats': old}, z, y, train=True,
+                             mutable=['batch_stats'])
+    return upd['batch_stats']
+
+  zeros = new_stats(jax.tree.map(jnp.zeros_like, batch_stats))
+  ones = new_stats(jax.tree.map(jnp.ones_like, batch_stats))
+  return jax.tree.map(lambda a, b: a / jnp.maximum(1.0 - (b - a), 1e-12), zeros, ones)
+
+
+def standing_statistics(config, generator, params, batch_stats, rng, batch_size):
+  """BigGAN's standing statistics: mean of batch statistics over standing_batches batches."""
+  n = config.model.standing_batches
+  stats_fn = jax.jit(functools.partial(_batch_statistics, generator))
+  total = None
+  for i in range(n):
+    z, y = sample_latents(config, jax.random.fold_in(rng, i), batch_size)
+    s = stats_fn(params, batch_stats, z, y)
+    total = s if total is None else jax.tree.map(jnp.add, total, s)
+  return jax.tree.map(lambda t: t / n, total)
+
+
+def sample_latents(config, rng, n):
+  """z ~ N(0, I) [n, z_dim] and labels uniform over the classes [n] (the training prior)."""
+  kz, ky = jax.random.split(rng)
+  z = jax.random.normal(kz, (n, config.model.z_dim), jnp.float32)
+  y = jax.random.randint(ky, (n,), 0, config.data.num_classes, jnp.int32)
+  return z, y
+
+
+class Sampler:
+  """Builds sample functions from TrainStates; the jitted G forward is compiled once.
+
+  Args:
+    config: the run's config (model.bn_eval, model.sn_* keys).
+    generator: the flax generator module.
+    mesh: optional data mesh; batches whose size divides the device count are sharded on it.
+  """
+
+  def __init__(self, config, generator, mesh=None):
+    mode = config.model.bn_eval
+    if mode not in ('running', 'batch', 'standing'):
+      raise ValueError(f"config.model.bn_eval={mode!r}: expected one of running, batch, standing")
+    self.config, self.generator, self.mesh = config, generator, mesh
+    # Parameters are arguments, not closed-over constants (those would be baked into the HLO
+    # and recompiled for every state).
+    self._apply = jax.jit(functools.partial(_apply_g, generator, train=mode == 'batch'))
+
+  def sample_fn(self, state, *, use_ema=True, rng=None):
+    """Returns `sample_fn(z [B, z_dim], y [B]) -> images [B, H, W, 3] in [-1, 1]`.
+
+    Args:
+      state: a TrainState (only g_*/ema_* fields are read).
+      use_ema: sample from the EMA generator when the state has one.
+      rng: key for the standing-statistics batches (bn_eval='standing' only).
+    """
+    config = self.config
+    params, batch_stats = generator_variables(state, use_ema)
+    if state.g_sn:
+      params, _ = spectral_norm.spectral_normalize(
+          params, state.g_sn, n_power_iterations=config.model.sn_power_iterations,
+          eps=config.model.sn_eps, update=False)
+    if config.model.bn_eval == 'standing' and batch_stats:
+      rng = jax.random.PRNGKey(config.seed) if rng is None else rng
+      batch_stats = standing_statistics(config, self.generator, params, batch_stats, rng,
+                                        config.eval.batch_size)
+    mesh = self.mesh
+
+    def sample_fn(z, y):
+      if mesh is not None and z.shape[0] % mesh.devices.size == 0 and jax.process_count() == 1:
+        sh = parallel.batch_sharding(mesh, 0)
+        z, y = jax.device_put(z, sh), jax.device_put(y, sh)
+      return self._apply(params, batch_stats, z, y)
+
+    return sample_fn
+
+
+def make_sample_fn(config, generator, state, *, use_ema=True, mesh=None, rng=None):
+  """One-off `Sampler(config, generator, mesh).sample_fn(state, ...)`."""
+  return Sampler(config, generator, mesh).sample_fn(state, use_ema=use_ema, rng=rng)
+
+
+def grid_classes(config):
+  """Class of each grid row: `grid_classes` classes spread evenly over all classes."""
+  n = min(config.train.grid_classes, config.data.num_classes)
+  return np.linspace(0, config.data.num_classes - 1, n).round().astype(np.int32)
+
+
+def grid_latents(config, rng):
+  """Fixed inputs of the training sample grid: rows = classes, columns = z (the same z per
+  column, so a column shows one latent across classes). Returns z [R*C, z_dim], y [R*C]."""
+  rows, cols = grid_classes(config), config.train.grid_per_class
+  z = jax.random.normal(rng, (cols, config.model.z_dim), jnp.float32)
+  z = jnp.tile(z, (len(rows), 1))
+  y = jnp.repeat(jnp.asarray(rows), cols)
+  return z, y
+
+
+def interpolation_latents(config, rng, num_steps=8):
+  """Latent interpolation: per grid class, z linearly interpolated between two random endpoints.
+
+  Returns z [R*num_steps, z_dim] and y [R*num_steps] (row r = class grid_classes()[r]).
+  """
+  rows = grid_classes(config)
+  k0, k1 = jax.random.split(rng)
+  z0 = jax.random.normal(k0, (len(rows), 1, config.model.z_dim))
+  z1 = jax.random.normal(k1, (len(rows), 1, config.model.z_dim))
+  t = jnp.linspace(0.0, 1.0, num_steps)[None, :, None]
+  z = ((1 - t) * z0 + t * z1).reshape(-1, config.model.z_dim)
+  y = jnp.repeat(jnp.asarray(rows), num_steps)
+  return z, y
+
+
+def to_uint8(images):
+  """[..., H, W, 3] float in [-1, 1] -> uint8 (the quantisation of SPEC 5)."""
+  x = (np.asarray(images, np.float32) + 1.0) * 127.5
+  return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def make_grid(images, rows, cols, pad=1):
+  """Tiles images [rows*cols, H, W, 3] in [-1, 1] row-major into one uint8 image.
+
+  Returns:
+    uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, 3] with white `pad`-pixel separators.
+  """
+  images = to_uint8(images)
+  n, h, w, c = images.shape
+  if n != rows * cols:
+    raise ValueError(f'make_grid: {n} images do not fill a {rows}x{cols} grid')
+  grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
+  for i in range(n):
+    r, col = divmod(i, cols)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h,
+         pad + col * (w + pad):pad + col * (w + pad) + w] = images[i]
+  return grid
+
+
+def save_png(array, path):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(array).save(path)
+  return path
+
+
+def generate(sample_fn, config, rng, num_samples, batch_size):
+  """Draws `num_samples` (z, y) from the prior and returns uint8 images [N, H, W, 3], y [N]."""
+  images, labels = [], []
+  for i, start in enumerate(range(0, num_samples, batch_size)):
+    n = min(batch_size, num_samples - start)
+    z, y = sample_latents(config, jax.random.fold_in(rng, i), batch_size)
+    images.append(to_uint8(parallel.to_host(sample_fn(z, y)))[:n])
+    labels.append(np.asarray(y)[:n])
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def write_samples(config, sample_fn, outdir, rng, num_samples=None):
+  """--mode=sample: a class grid, a latent-interpolation strip and an npz of samples.
+
+  Returns:
+    dict name -> path of what was written.
+  """
+  num_samples = config.eval.num_samples if num_samples is None else num_samples
+  k_grid, k_interp, k_dump = jax.random.split(rng, 3)
+  out = {}
+  z, y = grid_latents(config, k_grid)
+  grid = make_grid(parallel.to_host(sample_fn(z, y)), len(grid_classes(config)),
+                   config.train.grid_per_class)
+  out['grid'] = save_png(grid, os.path.join(outdir, 'grid.png'))
+  steps = 8
+  z, y = interpolation_latents(config, k_interp, steps)
+  strip = make_grid(parallel.to_host(sample_fn(z, y)), len(grid_classes(config)), steps)
+  out['interpolation'] = save_png(strip, os.path.join(outdir, 'interpolation.png'))
+  images, labels = generate(sample_fn, config, k_dump, num_samples, config.eval.batch_size)
+  out['npz'] = os.path.join(outdir, 'samples.npz')
+  np.savez_compressed(out['npz'], images=images, labels=labels)
+  return out
