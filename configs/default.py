@@ -89,7 +89,7 @@ def get_config():
   config.train.sample_every = 2000  # steps between sample grids
   config.train.checkpoint_every = 2000  # steps between checkpoints
   config.train.keep_checkpoints = 3  # newest checkpoints kept (plus the best-FID one)
-  config.train.eval_every = 0  # steps between evaluations; 0 = at the end only
+  config.train.eval_every = 0  # steps between evaluations; 0 = at the end only; -1 = never
   config.train.grid_classes = 10  # rows of the sample grid (classes shown)
   config.train.grid_per_class = 10  # columns of the sample grid
 
