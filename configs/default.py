@@ -32,6 +32,12 @@ def get_config():
   config.data.crop = 'none'  # none | center (center crop + resize, ImageNet)
   config.data.random_flip = True  # random horizontal flip of real images
   config.data.class_balanced = False  # class-balanced sampling (evaluation)
+  config.data.load = 'auto'  # tfds: memory | stream | auto (stream splits over 4 GiB, e.g. ImageNet)
+  config.data.shuffle_buffer = 10_000  # examples in the shuffle buffer of the streaming path
+  config.data.tfds_download = False  # let TFDS download/prepare a missing dataset (needs network)
+  config.data.tfds_manual_dir = ''  # TFDS manual_dir (ImageNet tars); '' = <data_dir>/downloads/manual
+  config.data.cache_dir = ''  # decoded npz/folder arrays; '' = ~/.cache/reacgan_jax, 'none' = off
+  config.data.prefetch = 2  # batches prepared ahead by a background thread (0 = in the caller)
 
   # ---- model --------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
