@@ -436,7 +436,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   def evaluate(step):
     results = run_evaluation(config, sampler.sample_fn(state), step, workdir)
     if results:
-      writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()})
+      writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()
+                                  if isinstance(v, float)})
       ckpt.save_best(step, state, results)
 
   with _Preemption() as preempt:
@@ -472,84 +473,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   return state
 
 
-def run_evaluation(config, sample_fn, step, workdir):
-  """Evaluator on `sample_fn`; writes workdir/eval/step_<n>.json. Returns the metrics or None
-  (with a warning) when the evaluator or the Inception weights are unavailable."""
+def run_evaluation(config, sample_fn, step, workdir, *, strict=False):
+  """Evaluator on `sample_fn`; writes workdir/eval/step_<n>.json.
+
+  Returns the metrics, or None with a warning when the evaluator or the Inception weights are
+  unavailable. With strict=False (inside training) any evaluation failure is a warning, so a
+  long run never dies in its evaluation; --mode=eval is strict.
+  """
+  unavailable = (ImportError, FileNotFoundError, OSError)
   try:
     from reacgan_jax.evaluation.evaluator import Evaluator  # noqa: PLC0415
 
     evaluator = Evaluator(config)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     results = evaluator.evaluate(sample_fn, config.eval.num_samples, rng)
-  except (ImportError, FileNotFoundError, OSError) as e:
-    logging.warning('Evaluation skipped at step %d: %s. Training continues; see README '
-                    '"Evaluation" to install the Inception weights.', step, e)
+  except Exception as e:  # noqa: BLE001 -- filtered just below
+    if strict and not isinstance(e, unavailable):
+      raise
+    logging.warning('Evaluation skipped at step %d: %r. Training continues; see README '
+                    '"Evaluation" for the Inception weights.', step, e)
     return None
-  results = {k: float(v) for k, v in results.items()}
+  results = {k: float(v) if np.ndim(v) == 0 and not isinstance(v, str) else v
+             for k, v in results.items()}
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
     with open(os.path.join(workdir, 'eval', f'step_{step}.json'), 'w') as f:
       json.dump(dict(results, step=step, bn_eval=config.model.bn_eval), f, indent=2)
   logging.info('Evaluation at step %d: %s', step, _fmt_metrics(results))
   return results
-
-
-def load_state(config, workdir, mesh, generator, discriminator, step=None):
-  """Restores a TrainState from workdir (newest readable checkpoint, or `step`).
-
-  Returns:
-    (state, step). Raises FileNotFoundError when the workdir has no checkpoint.
-  """
-  from reacgan_jax import checkpoints  # noqa: PLC0415
-
-  repl = parallel.replicated_sharding(mesh)
-  shapes = jax.eval_shape(functools.partial(create_train_state, config, generator, discriminator),
-                          jax.random.PRNGKey(config.seed))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
-  ckpt = checkpoints.Checkpointer(workdir, config)
-  try:
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first '
-                              '(--mode=train with the same --workdir).')
-    ckpt.check_config(step if step is not None else ckpt.latest_step())
-    return ckpt.restore(abstract, step=step)
-  finally:
-    ckpt.close()
-
-
-def evaluate_checkpoints(config, workdir, all_checkpoints=False):
-  """--mode=eval: evaluates the EMA G of the newest (or every) checkpoint.
-
-  Returns:
-    dict step -> metrics (None where evaluation was unavailable).
-  """
-  from reacgan_jax import checkpoints, sampling  # noqa: PLC0415
-
-  mesh = parallel.create_mesh()
-  generator, discriminator = build(config, mesh)
-  steps = checkpoints.list_checkpoint_steps(workdir)
-  if not steps:
-    raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first.')
-  sampler = sampling.Sampler(config, generator, mesh)
-  out = {}
-  for s in (steps if all_checkpoints else [None]):
-    state, at = load_state(config, workdir, mesh, generator, discriminator, step=s)
-    out[at] = run_evaluation(config, sampler.sample_fn(state), at, workdir)
-  return out
-
-
-def sample_checkpoint(config, workdir, num_samples=None):
-  """--mode=sample: grid, latent interpolation and an npz of samples from the newest checkpoint.
-
-  Returns:
-    dict name -> path (under workdir/samples/final_<step>/).
-  """
-  from reacgan_jax import sampling  # noqa: PLC0415
-
-  mesh = parallel.create_mesh()
-  generator, discriminator = build(config, mesh)
-  state, at = load_state(config, workdir, mesh, generator, discriminator)
-  sample_fn = sampling.Sampler(config, generator, mesh).sample_fn(state)
-  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
-  return sampling.write_samples(config, sample_fn, os.path.join(workdir, 'samples', f'final_{at}'),
-                                rng, num_samples)

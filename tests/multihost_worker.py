@@ -1,0 +1,36 @@
+"""One process of the multi-host test (tests/test_parallel.py::test_two_process_run...).
+
+Run as a subprocess with its own XLA_FLAGS (fake device count) and JAX_PLATFORMS=cpu:
+  python tests/multihost_worker.py OUT.npz WORKDIR NPZ STEPS [COORDINATOR NUM_PROCESSES PROCESS_ID]
+Trains the tiny config (eval off) and writes this process's final params to OUT.npz.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import traverse_util  # noqa: E402
+
+
+def main(out, workdir, npz, steps, coordinator='', num_processes='-1', process_id='-1'):
+  from configs import tiny  # noqa: PLC0415
+  from reacgan_jax import parallel, train  # noqa: PLC0415
+
+  parallel.maybe_initialize_distributed(coordinator, int(num_processes), int(process_id))
+  config = tiny.get_config()
+  config.data.npz_path, config.data.npz_layout = npz, 'nhwc'
+  config.train.steps = int(steps)
+  config.train.eval_every = -1
+  config.train.sample_every = 0
+  config.train.checkpoint_every = 0
+  state = train.train_and_evaluate(config, workdir)
+  host = parallel.to_host({'g': state.g_params, 'd': state.d_params, 'ema': state.ema_params})
+  flat = traverse_util.flatten_dict(host, sep='/')
+  np.savez(out, devices=jax.device_count(), processes=jax.process_count(), **flat)
+
+
+if __name__ == '__main__':
+  main(*sys.argv[1:])

@@ -1,0 +1,187 @@
+"""The trainer: device-count independence, EMA, NaN guard, logs/grids/compile count, resume.
+
+Tiny configs (configs/tiny.py) on a small synthetic npz written to tmp_path.
+"""
+
+import glob
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from train_helpers import tiny_config, write_npz
+
+from reacgan_jax import checkpoints, parallel, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def npz(tmp_path_factory):
+  return write_npz(tmp_path_factory.mktemp('data') / 'toy.npz')
+
+
+def _batch(config, n_d, seed=0):
+  rng = np.random.default_rng(seed)
+  B, s = config.train.batch_size, config.data.image_size
+  return {'image': rng.uniform(-1, 1, (n_d, B, s, s, 3)).astype(np.float32),
+          'label': rng.integers(0, config.data.num_classes, (n_d, B)).astype(np.int32)}
+
+
+def _one_step(config, devices, batch):
+  mesh = parallel.create_mesh(devices)
+  generator, discriminator = train.build(config, mesh)
+  state = train.init_state(config, generator, discriminator, mesh)
+  step = train.compile_train_step(config, generator, discriminator, mesh)
+  state, metrics = step(state, parallel.shard_batch(batch, mesh))
+  return parallel.to_host(state), parallel.to_host(metrics)
+
+
+@pytest.mark.parametrize('cond', ['none', 'acgan', 'pd', 'reacgan'])
+def test_one_step_on_1_and_8_devices_agree(npz, cond):
+  # Same global batch and seed, synchronised BN: the 8-device step is the 1-device step up to
+  # float32 reduction order. Tolerance: 2e-6 absolute on every parameter, optimiser moment and
+  # EMA leaf (one Adam step moves a parameter by ~lr = 2.8e-4, 100x more).
+  config = tiny_config(npz, **{'model.cond_method': cond, 'train.d_updates_per_step': 1,
+                               'train.ema_start': 0})
+  batch = _batch(config, 1)
+  s1, m1 = _one_step(config, jax.devices()[:1], batch)
+  s8, m8 = _one_step(config, jax.devices(), batch)
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(s1)]
+  for path, a, b in zip(paths, jax.tree.leaves(s1), jax.tree.leaves(s8), strict=True):
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-6, err_msg=path)
+  for k in m1:
+    np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  # The step really trained: parameters moved, losses are finite.
+  init = train.init_state(config, *train.build(config, parallel.create_mesh(jax.devices()[:1])),
+                          parallel.create_mesh(jax.devices()[:1]))
+  moved = [np.max(np.abs(a - np.asarray(b))) for a, b in
+           zip(jax.tree.leaves(s1.d_params), jax.tree.leaves(init.d_params), strict=True)]
+  assert max(moved) > 1e-5
+  assert all(np.isfinite(v) for v in m1.values())
+  expected = {'d_loss', 'd_adv', 'd_cond', 'g_loss', 'g_adv', 'g_cond', 'd_acc_real', 'd_acc_fake'}
+  assert expected <= set(m1)
+  if cond == 'none' or cond == 'pd':
+    assert m1['d_cond'] == 0 and m1['g_cond'] == 0
+  else:
+    assert m1['d_cond'] > 0 and m1['g_cond'] > 0
+
+
+def test_ema_copies_before_start_then_averages(npz):
+  config = tiny_config(npz, **{'train.ema_start': 1, 'train.ema_decay': 0.75,
+                               'train.d_updates_per_step': 1})
+  mesh = parallel.create_mesh()
+  generator, discriminator = train.build(config, mesh)
+  state = train.init_state(config, generator, discriminator, mesh)
+  step = train.compile_train_step(config, generator, discriminator, mesh)
+  batch = parallel.shard_batch(_batch(config, 1), mesh)
+  state, _ = step(state, batch)  # step index 0 < ema_start: plain copy
+  s1 = parallel.to_host(state)
+  for a, b in zip(jax.tree.leaves(s1.ema_params), jax.tree.leaves(s1.g_params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  state, _ = step(state, batch)  # step index 1: ema = 0.75 ema + 0.25 params
+  s2 = parallel.to_host(state)
+  for e1, e2, p2 in zip(jax.tree.leaves((s1.ema_params, s1.ema_state)),
+                        jax.tree.leaves((s2.ema_params, s2.ema_state)),
+                        jax.tree.leaves((s2.g_params, s2.g_state)), strict=True):
+    np.testing.assert_allclose(e2, 0.75 * e1.astype(np.float64) + 0.25 * p2, rtol=1e-6, atol=1e-7)
+
+
+def test_tiny_run_writes_scalars_grids_progress_and_compiles_once(npz, tmp_path, caplog):
+  from tensorflow.core.util import event_pb2  # noqa: PLC0415 (TF is a clu dependency)
+  from tensorflow.python.lib.io import tf_record  # noqa: PLC0415
+
+  config = tiny_config(npz, **{'train.steps': 4, 'train.log_every': 2, 'train.sample_every': 2,
+                               'train.checkpoint_every': 2})
+  workdir = str(tmp_path / 'run')
+  jax.config.update('jax_log_compiles', True)
+  try:
+    with caplog.at_level(logging.DEBUG):
+      train.train_and_evaluate(config, workdir)
+  finally:
+    jax.config.update('jax_log_compiles', False)
+  messages = [r.getMessage() for r in caplog.records]
+  compiles = [m for m in messages if 'Finished XLA compilation of jit(train_step)' in m]
+  assert len(compiles) == 1, compiles  # steps 2-4 reuse the step-1 executable
+  progress = [m for m in messages if m.startswith('step 4/4')]
+  assert progress and 'img/s' in progress[0] and 'ETA' in progress[0]
+  assert os.path.exists(os.path.join(workdir, 'samples', 'step_2.png'))
+  assert os.path.exists(os.path.join(workdir, 'samples', 'step_4.png'))
+  tags = set()
+  for f in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
+    for rec in tf_record.tf_record_iterator(f):
+      tags |= {v.tag for v in event_pb2.Event.FromString(rec).summary.value}
+  for t in ('d_loss', 'd_adv', 'd_cond', 'g_loss', 'g_adv', 'g_cond', 'd_acc_real', 'd_acc_fake',
+            'img_per_sec', 'samples'):
+    assert t in tags, (t, tags)
+  assert checkpoints.list_checkpoint_steps(workdir) == [2, 4]
+
+
+def test_nan_stops_with_step_and_last_good_checkpoint(npz, tmp_path):
+  # A learning rate of 1e30 sends the weights to ~1e30 after the first update, so step 2's
+  # losses overflow. Nothing non-finite may be saved.
+  config = tiny_config(npz, **{'train.steps': 4, 'train.log_every': 2,
+                               'train.checkpoint_every': 4, 'optim.g_lr': 1e30,
+                               'optim.d_lr': 1e30, 'train.sample_every': 0})
+  workdir = str(tmp_path / 'nan')
+  with pytest.raises(FloatingPointError, match=r'at step [12]\. Last good checkpoint: none'):
+    train.train_and_evaluate(config, workdir)
+  assert checkpoints.list_checkpoint_steps(workdir) == []
+
+
+def _run_cli(workdir, npz, steps, extra=(), wait=True):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  cmd = [sys.executable, os.path.join(REPO, 'main.py'), f'--config={REPO}/configs/tiny.py',
+         f'--workdir={workdir}', f'--config.data.npz_path={npz}', '--config.data.npz_layout=nhwc',
+         f'--config.train.steps={steps}', '--config.train.eval_every=-1',
+         '--config.train.checkpoint_every=5', '--config.train.sample_every=0',
+         '--config.train.log_every=5', *extra]
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  if wait:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+  return proc
+
+
+def _final(workdir, config):
+  mesh = parallel.create_mesh(jax.devices()[:2])
+  generator, discriminator = train.build(config, mesh)
+  state, step = train.load_state(config, workdir, mesh, generator, discriminator)
+  return parallel.to_host(state), step
+
+
+def _wait_for_checkpoint(workdir, step, proc, timeout=300):
+  t0 = time.time()
+  while step not in checkpoints.list_checkpoint_steps(workdir):
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    assert time.time() - t0 < timeout
+    time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
+def test_killed_and_resumed_run_is_bit_identical(npz, tmp_path, sig):
+  config = tiny_config(npz, **{'train.steps': 20})
+  straight = str(tmp_path / 'straight')
+  _run_cli(straight, npz, 20)
+  a, step_a = _final(straight, config)
+  resumed = str(tmp_path / 'resumed')
+  proc = _run_cli(resumed, npz, 20, wait=False)
+  _wait_for_checkpoint(resumed, 10, proc)
+  proc.send_signal(sig)
+  out, _ = proc.communicate(timeout=120)
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 0, out[-3000:]
+    assert 'after SIGTERM' in out or 'Signal 15' in out
+  assert max(checkpoints.list_checkpoint_steps(resumed)) < 20  # it really stopped early
+  _run_cli(resumed, npz, 20)
+  b, step_b = _final(resumed, config)
+  assert step_a == step_b == 20
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
