@@ -61,6 +61,7 @@ def get_config():
   config.model.bn_eval = 'running'
   config.model.standing_batches = 16  # batches used by bn_eval=standing
   config.model.dtype = 'float32'  # compute dtype: float32 | bfloat16
+  config.model.d_dropout = 0.5  # dropout rate of the dcgan D (ACGAN paper); other backbones ignore it
 
   # ---- losses (SPEC 1) ----------------------------------------------------
   config.loss = ml_collections.ConfigDict()
