@@ -1,0 +1,309 @@
+"""Fréchet Inception Distance (SPEC 5), cached reference statistics, and the `fid` CLI.
+
+FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), in float64, with
+`scipy.linalg.sqrtm` and pytorch-fid's handling of its numerical failures (eps offset when the
+root is not finite, tolerate an imaginary part up to 1e-3 on the diagonal, keep the real part).
+
+CLI (`python -m reacgan_jax.fid`):
+    python -m reacgan_jax.fid PATH_A PATH_B [--weights FILE] [--batch-size N]
+        [--resize legacy|friendly|clean] [--cifar-rows] [--num-images N]
+    python -m reacgan_jax.fid --save-stats PATH_IN OUT.npz [...]
+Each PATH is an image folder, an .npz of uint8 NHWC images (key x, images or x_train; pick another
+key with FILE.npz:KEY), or saved statistics (.npz with mu and sigma). Prints `FID: <value>` last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+from absl import logging
+from scipy import linalg
+
+from reacgan_jax.evaluation import inception
+
+IMAGE_KEYS = ('x', 'images', 'x_train')
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics and distance
+# ---------------------------------------------------------------------------------------------
+
+
+def compute_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and covariance of features, in float64.
+
+  Args:
+    features: [N, D] (N >= 2).
+  Returns:
+    (mu [D] float64, sigma [D, D] float64, the unbiased covariance (ddof=1) as np.cov).
+  """
+  f = np.asarray(features, np.float64)
+  if f.ndim != 2 or f.shape[0] < 2:
+    raise ValueError(f'features: expected [N >= 2, D], got shape {f.shape}')
+  return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), float64 (pytorch-fid's recipe).
+
+  Args:
+    mu1, mu2: [D] means. sigma1, sigma2: [D, D] covariances.
+    eps: diagonal offset added to both covariances when sqrtm of the product is not finite
+      (near-singular covariances, e.g. fewer samples than dimensions).
+  Returns:
+    FID as a Python float.
+  Raises:
+    ValueError when shapes differ or the matrix root has a significant imaginary part.
+  """
+  mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
+  mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
+  s1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+  s2 = np.atleast_2d(np.asarray(sigma2, np.float64))
+  if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0],) * 2:
+    raise ValueError(f'statistics shapes differ: mu {mu1.shape} vs {mu2.shape}, '
+                     f'sigma {s1.shape} vs {s2.shape}')
+  diff = mu1 - mu2
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)  # sqrtm warns on singular input; handled below
+    covmean = linalg.sqrtm(s1 @ s2)
+  if not np.isfinite(covmean).all():
+    logging.warning('FID: sqrtm(sigma1 sigma2) is not finite; adding %g to the diagonals', eps)
+    offset = np.eye(s1.shape[0]) * eps
+    covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+  if np.iscomplexobj(covmean):
+    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+      raise ValueError(f'FID: imaginary component {np.max(np.abs(covmean.imag)):g} in '
+                       'sqrtm(sigma1 sigma2): the covariances are too ill-conditioned (use more '
+                       'samples than feature dimensions)')
+    covmean = covmean.real
+  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def save_statistics(path, mu, sigma, n: int, description: str) -> pathlib.Path:
+  """Writes statistics as npz: mu [D], sigma [D, D] (float64), n, description (what/how)."""
+  path = pathlib.Path(path).expanduser()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + '.tmp.npz')
+  np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
+           n=np.int64(n), description=np.str_(description))
+  tmp.replace(path)
+  return path
+
+
+def load_statistics(path) -> dict:
+  """Reads statistics written by `save_statistics` (or any npz with mu and sigma, e.g. pytorch-fid).
+
+  Returns:
+    {'mu': [D] float64, 'sigma': [D, D] float64, 'n': int or None, 'description': str}.
+  """
+  path = pathlib.Path(path).expanduser()
+  try:
+    with np.load(path, allow_pickle=False) as d:
+      if 'mu' not in d or 'sigma' not in d:
+        raise ValueError(f'{path}: not an FID statistics file (needs arrays mu and sigma, has '
+                         f'{sorted(d.keys())})')
+      return {'mu': d['mu'].astype(np.float64), 'sigma': d['sigma'].astype(np.float64),
+              'n': int(d['n']) if 'n' in d else None,
+              'description': str(d['description']) if 'description' in d else ''}
+  except (OSError, EOFError) as e:
+    raise ValueError(f'{path}: cannot read FID statistics ({e})') from e
+
+
+def describe(source: str, n: int, resize: str, weights_source: str) -> str:
+  """What statistics were computed from, stored next to them (protocol made explicit, SPEC 7)."""
+  return json.dumps({'source': source, 'n': n, 'resize': resize, 'inception': weights_source,
+                     'features': 'pool3 2048-d, float64 mean/cov (ddof=1)'}, sort_keys=True)
+
+
+def statistics_of_images(params, images, *, batch_size: int = 200, resize: str = 'legacy',
+                         progress: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+  """(mu, sigma, n) of Inception pool3 features of images (array or iterable of batches)."""
+  feats = inception.extract_batched(params, images, batch_size=batch_size, resize=resize,
+                                    progress=progress, desc='fid')['pool']
+  mu, sigma = compute_statistics(feats)
+  return mu, sigma, feats.shape[0]
+
+
+def reference_statistics(path, images_fn, params, *, source: str, batch_size: int = 200,
+                         resize: str = 'legacy', weights_source: str = '',
+                         progress: bool = False) -> dict:
+  """Reference statistics of a dataset split, computed once and cached at `path`.
+
+  The cache is used when its stored description (source, n, resize, weights) equals the one
+  requested; otherwise it is recomputed and overwritten (with a warning), so a changed protocol
+  never silently reuses stale numbers.
+
+  Args:
+    path: npz cache file.
+    images_fn: () -> [N, H, W, 3] uint8 images (only called on a cache miss).
+    params: Inception params. source: e.g. 'cifar10:test (shared/data/cifar10.npz)'.
+  Returns:
+    load_statistics-style dict.
+  """
+  path = pathlib.Path(path).expanduser()
+  if path.exists():
+    stats = load_statistics(path)
+    try:
+      cached = json.loads(stats['description'])
+    except json.JSONDecodeError:
+      cached = {}
+    if (cached.get('source'), cached.get('resize'), cached.get('inception')) == (
+        source, resize, weights_source):
+      logging.info('FID reference statistics from cache %s (n=%s)', path, stats['n'])
+      return stats
+    logging.warning('FID reference cache %s was computed from %s; recomputing for %s', path,
+                    stats['description'], (source, resize, weights_source))
+  images = images_fn()
+  mu, sigma, n = statistics_of_images(params, images, batch_size=batch_size, resize=resize,
+                                      progress=progress)
+  description = describe(source, n, resize, weights_source)
+  save_statistics(path, mu, sigma, n, description)
+  logging.info('FID reference statistics written to %s (%s)', path, description)
+  return {'mu': mu, 'sigma': sigma, 'n': n, 'description': description}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs of the CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def _split_key(spec: str) -> tuple[pathlib.Path, str | None]:
+  # FILE.npz:KEY picks an array; a bare path keeps its colon-free meaning.
+  if ':' in spec and spec.rsplit(':', 1)[0].endswith('.npz'):
+    p, key = spec.rsplit(':', 1)
+    return pathlib.Path(p).expanduser(), key
+  return pathlib.Path(spec).expanduser(), None
+
+
+def is_statistics_file(spec: str) -> bool:
+  path, key = _split_key(spec)
+  if key is not None or path.suffix != '.npz' or not path.is_file():
+    return False
+  with np.load(path, allow_pickle=False) as d:
+    return 'mu' in d and 'sigma' in d
+
+
+def _as_nhwc(x: np.ndarray, cifar_rows: bool, where: str) -> np.ndarray:
+  if cifar_rows:
+    if x.ndim != 2 or x.shape[1] % 3:
+      raise ValueError(f'{where}: --cifar-rows expects [N, 3*H*W] rows, got {x.shape}')
+    side = int(round((x.shape[1] // 3) ** 0.5))
+    if 3 * side * side != x.shape[1]:
+      raise ValueError(f'{where}: rows of {x.shape[1]} values are not 3 square planes')
+    # CIFAR `data` layout: R(HW) G(HW) B(HW), each plane row-major.
+    return x.reshape(-1, 3, side, side).transpose(0, 2, 3, 1)
+  if x.ndim == 2 and x.shape[1] == 3072:
+    raise ValueError(f'{where}: [N, 3072] rows look like CIFAR row layout; pass --cifar-rows')
+  if x.ndim != 4 or x.shape[-1] != 3:
+    hint = ' (NCHW? transpose to NHWC)' if x.ndim == 4 and x.shape[1] == 3 else ''
+    raise ValueError(f'{where}: expected uint8 images [N, H, W, 3], got {x.shape}{hint}')
+  return x
+
+
+def load_images(spec: str, *, cifar_rows: bool = False, num_images: int | None = None):
+  """Images of a CLI input: (array [N, H, W, 3] uint8 or an iterator of batches, N, description).
+
+  Folders are read lazily (sorted file names, converted to RGB); all images must share one size.
+  """
+  path, key = _split_key(spec)
+  if path.is_dir():
+    files = sorted(p for p in path.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+      raise ValueError(f'{path}: no images ({", ".join(IMAGE_SUFFIXES)}) in this folder')
+    if num_images:
+      files = files[:num_images]
+    return _folder_batches(files), len(files), f'folder:{path.resolve()}'
+  if path.suffix == '.npz' and path.is_file():
+    with np.load(path, allow_pickle=False) as d:
+      keys = [key] if key else [k for k in IMAGE_KEYS if k in d]
+      if not keys or keys[0] not in d:
+        raise ValueError(f'{spec}: no image array (looked for {key or ", ".join(IMAGE_KEYS)}; '
+                         f'has {sorted(d.keys())}); pick one with {path}:KEY')
+      x = d[keys[0]]
+    if x.dtype != np.uint8:
+      raise ValueError(f'{spec}: images must be uint8, got {x.dtype}')
+    x = _as_nhwc(x, cifar_rows, spec)
+    if num_images:
+      x = x[:num_images]
+    return x, x.shape[0], f'npz:{path.resolve()}:{keys[0]}'
+  raise ValueError(f'{spec}: not an image folder, an .npz of images, or an .npz of statistics')
+
+
+def _folder_batches(files, chunk: int = 500) -> Iterator[np.ndarray]:
+  from PIL import Image
+  shape = None
+  for i in range(0, len(files), chunk):
+    batch = []
+    for f in files[i:i + chunk]:
+      with Image.open(f) as img:
+        a = np.asarray(img.convert('RGB'))
+      if shape is None:
+        shape = a.shape
+      elif a.shape != shape:
+        raise ValueError(f'{f}: size {a.shape[:2]} differs from {shape[:2]} of the first image; '
+                         'resize the folder to one size first')
+      batch.append(a)
+    yield np.stack(batch)
+
+
+def _statistics_for(spec, params, weights_source, args) -> dict:
+  if is_statistics_file(spec):
+    stats = load_statistics(spec)
+    logging.info('%s: statistics (n=%s, %s)', spec, stats['n'], stats['description'])
+    return stats
+  images, n, source = load_images(spec, cifar_rows=args.cifar_rows, num_images=args.num_images)
+  mu, sigma, n = statistics_of_images(params, images, batch_size=args.batch_size,
+                                      resize=args.resize, progress=n > args.batch_size)
+  return {'mu': mu, 'sigma': sigma, 'n': n,
+          'description': describe(source, n, args.resize, weights_source)}
+
+
+def main(argv=None) -> float | None:
+  parser = argparse.ArgumentParser(
+      prog='python -m reacgan_jax.fid',
+      description='FID between two image sets (folders, .npz images or .npz statistics), with the '
+                  'FID Inception-v3 (2015-12-05) in JAX.')
+  parser.add_argument('paths', nargs='*', metavar='PATH', help='two inputs (PATH_A PATH_B)')
+  parser.add_argument('--save-stats', nargs=2, metavar=('PATH_IN', 'OUT_NPZ'),
+                      help='compute the statistics of PATH_IN and write them to OUT_NPZ')
+  parser.add_argument('--weights', default=None,
+                      help='converted Inception weights (default: the cache, see '
+                           'python -m reacgan_jax.evaluation.convert)')
+  parser.add_argument('--batch-size', type=int, default=200)
+  parser.add_argument('--resize', choices=inception.RESIZE_MODES, default='legacy',
+                      help='legacy: torch bilinear (pytorch-fid, StudioGAN); friendly: PIL '
+                           'bilinear; clean: PIL bicubic (clean-fid)')
+  parser.add_argument('--cifar-rows', action='store_true',
+                      help='npz arrays are CIFAR rows [N, 3072] (R, G, B planes)')
+  parser.add_argument('--num-images', type=int, default=None,
+                      help='use only the first N images of each image input')
+  args = parser.parse_args(argv)
+  if bool(args.save_stats) == (len(args.paths) == 2) or (args.paths and len(args.paths) != 2):
+    parser.error('give either PATH_A PATH_B, or --save-stats PATH_IN OUT.npz')
+  logging.set_verbosity(logging.INFO)
+
+  params, weights_source = None, 'n/a'
+  inputs = args.save_stats[:1] if args.save_stats else args.paths
+  if not all(is_statistics_file(p) for p in inputs):
+    _, params = inception.load_inception(args.weights)
+    weights_source = str(pathlib.Path(args.weights).expanduser() if args.weights
+                         else inception.default_weights_path())
+
+  if args.save_stats:
+    stats = _statistics_for(args.save_stats[0], params, weights_source, args)
+    out = save_statistics(args.save_stats[1], stats['mu'], stats['sigma'], stats['n'],
+                          stats['description'])
+    print(f'Wrote statistics of {stats["n"]} images to {out}')
+    return None
+  a = _statistics_for(args.paths[0], params, weights_source, args)
+  b = _statistics_for(args.paths[1], params, weights_source, args)
+  value = frechet_distance(a['mu'], a['sigma'], b['mu'], b['sigma'])
+  print(f'n_a={a["n"]} n_b={b["n"]} resize={args.resize}')
+  print(f'FID: {value:.6f}')
+  return value
