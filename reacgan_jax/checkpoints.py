@@ -59,7 +59,8 @@ class Checkpointer:
   """
 
   def __init__(self, workdir, config, *, keep=None):
-    self.workdir = epath.Path(workdir)
+    # Orbax's tensorstore backend requires absolute paths (--workdir=runs/x is relative).
+    self.workdir = epath.Path(os.path.abspath(workdir))
     self.config_dict = config_to_dict(config)
     keep = config.train.keep_checkpoints if keep is None else keep
     # Synchronous saves: the trainer donates the state buffers to the next step, so an async
