@@ -164,4 +164,7 @@ def d2d_ce(embed, proxy, labels, *, temperature: float, margin_pos: float,
   terms = jnp.concatenate([-pos[:, None], jnp.where(negatives, neg_terms, 0.0)], axis=1)
   mask = jnp.concatenate([jnp.ones((b, 1), bool), negatives], axis=1)
   lse = jax.nn.logsumexp(jnp.where(mask, terms, -jnp.inf), axis=1)
-  return jnp.mean(pos + lse)
+  # Without negatives pos + lse = pos - pos; XLA may round the two pos differently (~1e-8), so
+  # the zero of SPEC 1.7 is made exact (its gradient too).
+  per_sample = jnp.where(jnp.any(negatives, axis=1), pos + lse, 0.0)
+  return jnp.mean(per_sample)
