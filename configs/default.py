@@ -110,4 +110,6 @@ def get_config():
   config.eval.is_splits = 10  # Inception Score splits (reference 1, original protocol 10)
   config.eval.prdc_k = 5  # nearest neighbours for precision/recall/density/coverage
   config.eval.ref_stats = ''  # cached reference statistics; '' = <cache>/<dataset>_<split>.npz
+  config.eval.classifier_weights = ''  # 'accuracy' classifier; '' = <cache>/cifar10_classifier.msgpack
+  config.eval.msssim_pairs = 100  # 'msssim': random same-class pairs per class (ACGAN paper)
   return config
