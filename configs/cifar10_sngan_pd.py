@@ -20,8 +20,10 @@ def get_config():
   config.model.d_attn_block = 0
   config.model.apply_g_sn = False
   config.model.apply_d_sn = True
-  config.model.g_init = 'glorot'
-  config.model.d_init = 'glorot'
+  # StudioGAN's SNGAN.yaml sets no init, so its default applies: 'ortho' for G and D
+  # (src/config.py MODEL.g_init / d_init), not Miyato's glorot.
+  config.model.g_init = 'ortho'
+  config.model.d_init = 'ortho'
   config.loss.cond_lambda = 0.0
   config.optim.g_lr = 2e-4
   config.optim.d_lr = 2e-4
