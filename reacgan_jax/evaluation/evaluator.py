@@ -18,7 +18,8 @@ Metrics (config.eval.metrics, comma list) and result keys:
   ifid      'ifid'           per-class FID against the same split, averaged over classes
   accuracy  'accuracy'       CIFAR classifier's accuracy on samples under their labels, plus
                              'classifier_test_accuracy' (its accuracy on real test images)
-  msssim    'msssim'         ACGAN's intra-class MS-SSIM (config.eval.msssim_pairs pairs per class)
+  msssim    'msssim', 'msssim_real'  ACGAN's intra-class MS-SSIM (config.eval.msssim_pairs random
+                             pairs per class) of the samples and of the eval split
 Every result dict also carries 'protocol': one line naming the sample count, the reference split
 and its size, the Inception weights, the resize, the BN mode and the IS splits (SPEC 7).
 
@@ -317,10 +318,15 @@ class Evaluator:
       if test_acc is not None:
         results['classifier_test_accuracy'] = float(test_acc)
     if 'msssim' in want:
-      seed = int(jax.random.randint(k_ms, (), 0, np.iinfo(np.int32).max))
+      seed = np.asarray(jax.random.key_data(k_ms)).astype(np.uint32).ravel()
+      pairs = dict(pairs_per_class=c.eval.msssim_pairs, num_classes=c.data.num_classes)
       results['msssim'], _ = msssim.intra_class_msssim(
-          gen['images'], gen['labels'], pairs_per_class=c.eval.msssim_pairs, rng=seed,
-          num_classes=c.data.num_classes)
+          gen['images'], gen['labels'], rng=np.random.default_rng(seed), **pairs)
+      # The same diagnostic on the real split: a sample class is less diverse than real data
+      # when its value is above this one (the ACGAN paper's comparison).
+      ref_images, ref_labels = self._load_reference_arrays()
+      results['msssim_real'], _ = msssim.intra_class_msssim(
+          ref_images, ref_labels, rng=np.random.default_rng(seed), **pairs)
     results = {k: float(v) for k, v in results.items()}
     parts = [f'{num_samples} samples (class-balanced over {c.data.num_classes} classes)']
     if self._needs_features():
