@@ -305,16 +305,24 @@ def _torch_bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
   torch (UpSampleKernel, align_corners=False, no antialias): src = (dst + 0.5) * n_in / n_out - 0.5,
   clamped at 0 from below; the two neighbours floor(src) and min(floor(src) + 1, n_in - 1)
   weighted linearly. Unlike an antialiased resize it stays a 2-tap filter when downsampling.
+  torch does this arithmetic in float32 (its `opmath_t` for float input) with a fused multiply-add
+  (one rounding of scale * (dst + 0.5) - 0.5); we do the same (the float64 product of two float32
+  values is exact), which reproduces torch 2.13's CPU weights bit for bit. Plain float32 or float64
+  arithmetic would differ by up to ~1.5e-5 in a weight.
   """
-  dst = np.arange(n_out, dtype=np.float64)
-  src = np.maximum((dst + 0.5) * (n_in / n_out) - 0.5, 0.0)
-  i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+  f32 = np.float32
+  scale = f32(n_in) / f32(n_out)
+  dst = np.arange(n_out, dtype=f32) + f32(0.5)
+  src = (np.float64(scale) * dst.astype(np.float64) - 0.5).astype(f32)  # = fma in float32
+  src = np.maximum(src, f32(0.0))
+  i0 = np.minimum(src.astype(np.int64), n_in - 1)
   i1 = np.minimum(i0 + 1, n_in - 1)
-  l1 = src - i0
-  m = np.zeros((n_out, n_in), np.float64)
-  np.add.at(m, (np.arange(n_out), i0), 1.0 - l1)
+  l1 = src - i0.astype(f32)
+  l0 = f32(1.0) - l1
+  m = np.zeros((n_out, n_in), np.float32)
+  np.add.at(m, (np.arange(n_out), i0), l0)
   np.add.at(m, (np.arange(n_out), i1), l1)
-  return m.astype(np.float32)
+  return m
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -458,6 +466,38 @@ def expected_shapes(num_logits: int | None = None, width: float = 1.0) -> dict:
   x = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
   shapes = jax.eval_shape(model.init, jax.random.key(0), x)['params']
   return jax.tree.map(lambda s: tuple(s.shape), shapes)
+
+
+def random_params(num_logits: int | None = None, width: float = 1.0, seed: int = 0) -> dict:
+  """Random Inception params (numpy, float32) for tests and benchmarks; never for real metrics.
+
+  Built in numpy from `expected_shapes`, because `jax.jit(model.init)` of this 94-conv graph
+  takes minutes to compile on CPU. Kernels ~ N(0, (1.6^2) / fan_in) (a little above He's gain,
+  which offsets the shrinking of the pooled branches) and BN statistics near identity keep
+  activations O(1) *and* input-dependent through the graph; with the usual N(0, 1/fan_in) the
+  pool3 features of different images agree to ~1e-5 and tests would be vacuous.
+
+  Args:
+    num_logits: add an fc head of this size. width: channel multiplier (a multiple of 1/16
+      keeps every channel count an integer). seed: numpy seed.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = expected_shapes(num_logits, width)
+
+  def make(tree):
+    out = {}
+    for k, v in tree.items():
+      if isinstance(v, dict):
+        out[k] = make(v)
+      elif k == 'kernel':
+        fan_in = int(np.prod(v[:-1]))
+        out[k] = rng.normal(0.0, 1.6 * fan_in ** -0.5, v).astype(np.float32)
+      elif k == 'var':
+        out[k] = rng.uniform(0.95, 1.05, v).astype(np.float32)
+      else:  # beta, mean, bias
+        out[k] = rng.normal(0.0, 0.05, v).astype(np.float32)
+    return out
+  return make(shapes)
 
 
 def save_params(path, params, source: str) -> pathlib.Path:
