@@ -357,10 +357,13 @@ def tfds_memory(builder, split: str, size: int, crop: str) -> Arrays:
 
   name = f'TFDS {builder.name}[{split}]'
   shape = builder.info.features['image'].shape
-  if None not in shape:  # fixed-size images (CIFAR): one tensor for the whole split
-    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    images, labels = _as_rgb_uint8(data['image'], name), data['label']
-    images = resize_images(images, size, crop)
+  if None not in shape:  # fixed-size images (CIFAR): large batches, concatenated
+    # Not as_dataset(batch_size=-1): with TF 2.21 its batch of the whole split aborts the
+    # process (std::length_error in Dataset.batch).
+    parts = list(tfds.as_numpy(builder.as_dataset(split=split).batch(4096)))
+    images = np.concatenate([p['image'] for p in parts]) if parts else np.zeros((0, *shape))
+    labels = np.concatenate([p['label'] for p in parts]) if parts else np.zeros((0,), int)
+    images = resize_images(_as_rgb_uint8(images, name), size, crop)
   else:  # variable sizes: crop/resize one by one
     images, labels = [], []
     for ex in tfds.as_numpy(builder.as_dataset(split=split)):
