@@ -132,6 +132,12 @@ def d2d_ce(embed, proxy, labels, *, temperature: float, margin_pos: float,
   Returns:
     scalar, mean_i L_i (float32; float64 for float64 inputs).
   """
+  if embed.ndim != 2 or proxy.shape != embed.shape or labels.shape != embed.shape[:1]:
+    raise ValueError(f'd2d_ce expects embed [B, d], proxy [B, d], labels [B]; got '
+                     f'{embed.shape}, {proxy.shape}, {labels.shape} (the discriminator\'s '
+                     'embed/proxy outputs and the batch labels)')
+  if isinstance(temperature, int | float) and temperature <= 0:
+    raise ValueError(f'config.loss.temperature={temperature}: expected > 0')
   if margin_neg is None:
     margin_neg = 1.0 - margin_pos
   dtype = _at_least_f32(embed.dtype)  # bf16 activations: the loss is still taken in float32

@@ -281,6 +281,17 @@ def test_d2d_ce_batch_sharded_equals_single_device():
     np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-7)
 
 
+def test_d2d_ce_bad_inputs():
+  e = np.zeros((4, 8), np.float32)
+  y = np.zeros(4, np.int32)
+  with pytest.raises(ValueError, match='proxy'):
+    losses.d2d_ce(e, e[:, :4], y, temperature=0.5, margin_pos=0.98)
+  with pytest.raises(ValueError, match='labels'):
+    losses.d2d_ce(e, e, y[:3], temperature=0.5, margin_pos=0.98)
+  with pytest.raises(ValueError, match='config.loss.temperature'):
+    losses.d2d_ce(e, e, y, temperature=0.0, margin_pos=0.98)
+
+
 # ---- ACGAN cross-entropy and adversarial losses --------------------------------------------------
 
 
