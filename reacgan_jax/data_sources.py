@@ -25,7 +25,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A TFDS split larger than this on disk is streamed instead of loaded into RAM (load=auto).
 STREAM_THRESHOLD_BYTES = 4 << 30
 
-_MEMO: dict = {}  # (file identity, member) -> decoded array, shared by all callers
+_MEMO: dict = {}  # (file identity, split, ...) -> decoded Arrays, shared by all callers
 _MEMO_LOCK = threading.Lock()
 
 
@@ -96,10 +96,10 @@ def _save_atomic(path: pathlib.Path, array: np.ndarray):
 
 
 def npz_members(path: pathlib.Path, keys, cache: pathlib.Path | None) -> dict[str, np.ndarray]:
-  """The members `keys` of an npz that exist in it, decoded once per file version.
+  """The members `keys` of an npz that exist in it.
 
-  Compressed members are also written to `cache/npz/<stem>-<id>/<key>.npy`, so later processes
-  read them at disk speed instead of decompressing again.
+  Compressed members are also written to `cache/npz/<stem>-<id>/<key>.npy` (id: path, size,
+  mtime), so later processes read them at disk speed instead of decompressing again.
   """
   ident = _file_identity(path)
   out = {}
@@ -107,25 +107,18 @@ def npz_members(path: pathlib.Path, keys, cache: pathlib.Path | None) -> dict[st
     for key in keys:
       if key not in z.files:
         continue
-      with _MEMO_LOCK:
-        if (ident, key) in _MEMO:
-          out[key] = _MEMO[(ident, key)]
-          continue
       compressed = z.zip.getinfo(f'{key}.npy').compress_type != zipfile.ZIP_STORED
       cached = cache / 'npz' / f'{path.stem}-{ident}' / f'{key}.npy' if cache else None
       if cached is not None and compressed and cached.exists():
-        arr = np.load(cached, allow_pickle=False)
-      else:
-        try:
-          arr = z[key]
-        except ValueError:  # object arrays (e.g. pickled label names) are optional metadata
-          continue
-        if cached is not None and compressed:
-          logging.info('Caching decoded %s[%s] at %s.', path, key, cached)
-          _save_atomic(cached, arr)
-      with _MEMO_LOCK:
-        _MEMO[(ident, key)] = arr
-      out[key] = arr
+        out[key] = np.load(cached, allow_pickle=False)
+        continue
+      try:
+        out[key] = z[key]
+      except ValueError:  # object arrays (e.g. pickled label names) are optional metadata
+        continue
+      if cached is not None and compressed:
+        logging.info('Caching decoded %s[%s] at %s.', path, key, cached)
+        _save_atomic(cached, out[key])
   return out
 
 
@@ -181,6 +174,10 @@ def _labels(y: np.ndarray, n: int, name: str) -> np.ndarray:
 def load_npz(path: str, split: str, layout: str, cache) -> Arrays:
   """x_<split> / y_<split> of an npz file as uint8 NHWC + int32 labels (not resized)."""
   p = resolve_path(path)
+  memo_key = (_file_identity(p) if p.exists() else None, split, layout)
+  with _MEMO_LOCK:
+    if memo_key in _MEMO:
+      return _MEMO[memo_key]
   if not p.exists():
     raise FileNotFoundError(f'npz file {path!r} not found (looked in {pathlib.Path.cwd()} and '
                             f'{REPO_ROOT}); set --config.data.npz_path to a file with '
@@ -196,7 +193,10 @@ def load_npz(path: str, split: str, layout: str, cache) -> Arrays:
   labels = _labels(got[yk], len(images), f'{p}[{yk}]')
   names = got.get('label_names')
   num_classes = len(names) if names is not None and names.ndim == 1 else None
-  return Arrays(images, labels, num_classes, f'npz {p} [{xk}, {yk}]')
+  arrays = Arrays(images, labels, num_classes, f'npz {p} [{xk}, {yk}]')
+  with _MEMO_LOCK:
+    _MEMO[memo_key] = arrays
+  return arrays
 
 
 # ---- resizing --------------------------------------------------------------------------------
