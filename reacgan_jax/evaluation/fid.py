@@ -18,6 +18,7 @@ import argparse
 import json
 import pathlib
 import warnings
+import zipfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -111,7 +112,7 @@ def load_statistics(path) -> dict:
       return {'mu': d['mu'].astype(np.float64), 'sigma': d['sigma'].astype(np.float64),
               'n': int(d['n']) if 'n' in d else None,
               'description': str(d['description']) if 'description' in d else ''}
-  except (OSError, EOFError) as e:
+  except (OSError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f'{path}: cannot read FID statistics ({e})') from e
 
 
@@ -190,7 +191,7 @@ def is_statistics_file(spec: str) -> bool:
 
 
 def _as_nhwc(x: np.ndarray, cifar_rows: bool, where: str) -> np.ndarray:
-  if cifar_rows:
+  if cifar_rows and x.ndim != 4:  # NHWC inputs pass through: the flag names a layout, not a file
     if x.ndim != 2 or x.shape[1] % 3:
       raise ValueError(f'{where}: --cifar-rows expects [N, 3*H*W] rows, got {x.shape}')
     side = int(round((x.shape[1] // 3) ** 0.5))
@@ -198,8 +199,9 @@ def _as_nhwc(x: np.ndarray, cifar_rows: bool, where: str) -> np.ndarray:
       raise ValueError(f'{where}: rows of {x.shape[1]} values are not 3 square planes')
     # CIFAR `data` layout: R(HW) G(HW) B(HW), each plane row-major.
     return x.reshape(-1, 3, side, side).transpose(0, 2, 3, 1)
-  if x.ndim == 2 and x.shape[1] == 3072:
-    raise ValueError(f'{where}: [N, 3072] rows look like CIFAR row layout; pass --cifar-rows')
+  if x.ndim == 2:
+    raise ValueError(f'{where}: [N, {x.shape[1]}] rows look like the CIFAR row layout; pass '
+                     '--cifar-rows')
   if x.ndim != 4 or x.shape[-1] != 3:
     hint = ' (NCHW? transpose to NHWC)' if x.ndim == 4 and x.shape[1] == 3 else ''
     raise ValueError(f'{where}: expected uint8 images [N, H, W, 3], got {x.shape}{hint}')
@@ -280,7 +282,8 @@ def main(argv=None) -> float | None:
                       help='legacy: torch bilinear (pytorch-fid, StudioGAN); friendly: PIL '
                            'bilinear; clean: PIL bicubic (clean-fid)')
   parser.add_argument('--cifar-rows', action='store_true',
-                      help='npz arrays are CIFAR rows [N, 3072] (R, G, B planes)')
+                      help='2-D npz arrays are CIFAR rows [N, 3*H*W] (R, G, B planes); '
+                           '4-D arrays are NHWC either way')
   parser.add_argument('--num-images', type=int, default=None,
                       help='use only the first N images of each image input')
   args = parser.parse_args(argv)
