@@ -345,7 +345,7 @@ def tfds_builder(config, split: str):
 def tfds_split_bytes(builder, split: str) -> int:
   """Size on disk of `split` (0 when TFDS does not know it, e.g. under mock_data)."""
   try:
-    return int(builder.info.splits[split].num_bytes)
+    return int(builder.info.splits[split.split('[')[0]].num_bytes)  # 'train[:90%]' -> train
   except Exception:  # noqa: BLE001
     return 0
 

@@ -257,34 +257,39 @@ def _stream_batches(builder, config, start_step, process_index, process_count, l
 
 
 class _Prefetch:
-  """Runs an iterator in a daemon thread, `size` items ahead (numpy gathers release the GIL)."""
+  """Runs an iterator in a daemon thread, `size` items ahead (numpy gathers release the GIL).
+
+  The thread holds only the queue, the stop flag and the source iterator (not this object), so
+  dropping the last reference to a _Prefetch stops its thread.
+  """
 
   _END = object()
 
   def __init__(self, it, size: int):
     self._queue, self._stop = queue.Queue(maxsize=size), threading.Event()
-    self._thread = threading.Thread(target=self._run, args=(it,), daemon=True,
-                                    name='input-prefetch')
+    self._thread = threading.Thread(target=_Prefetch._run, args=(it, self._queue, self._stop),
+                                    daemon=True, name='input-prefetch')
     self._thread.start()
 
-  def _put(self, item) -> bool:
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        pass
-    return False
+  @staticmethod
+  def _run(it, q, stop):
+    def put(item) -> bool:
+      while not stop.is_set():
+        try:
+          q.put(item, timeout=0.1)
+          return True
+        except queue.Full:
+          pass
+      return False
 
-  def _run(self, it):
     try:
       for item in it:
-        if not self._put(item):
+        if not put(item):
           return
     except BaseException as e:  # noqa: BLE001 (re-raised in the consumer)
-      self._put(e)
+      put(e)
       return
-    self._put(self._END)
+    put(_Prefetch._END)
 
   def __iter__(self):
     return self

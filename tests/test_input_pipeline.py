@@ -472,3 +472,26 @@ def test_png_roundtrip_helper_is_lossless(tmp_path):
   buf = io.BytesIO()
   Image.fromarray(arr).save(buf, format='PNG')
   np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(buf.getvalue()))), arr)
+
+
+def test_prefetch_thread_stops_when_dropped_and_reraises(tmp_path):
+  import gc  # noqa: PLC0415
+
+  x, y = _synthetic(40)
+  c = _config(npz_path=_write_npz(tmp_path / 'd.npz', x, y), prefetch=2)
+  it = input_pipeline.create_train_iterator(c, process_index=0, process_count=1)
+  next(it)
+  thread = it._thread
+  del it
+  gc.collect()
+  thread.join(5)
+  assert not thread.is_alive()  # dropping the iterator stops its thread
+
+  def failing():
+    yield 1
+    raise RuntimeError('source broke')
+
+  it = input_pipeline._Prefetch(failing(), 2)
+  assert next(it) == 1
+  with pytest.raises(RuntimeError, match='source broke'):
+    next(it)
