@@ -1,0 +1,274 @@
+"""Building blocks shared by the backbones: BN / conditional BN, self-attention, residual blocks.
+
+Everything is NHWC. Parameters are float32; `dtype` is the compute dtype (config.model.dtype).
+Spectral norm is not a layer here: the trainer normalises the param pytree from outside
+(reacgan_jax/spectral_norm.py), selecting leaves with `models.sn_predicate`.
+
+Reference: PyTorch-StudioGAN `src/utils/ops.py`, `src/models/big_resnet.py`, `src/models/resnet.py`
+(SPEC.md section 3).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# StudioGAN's ops.batchnorm_2d: eps 1e-4, torch momentum 0.1, i.e. running = 0.9 * running
+# + 0.1 * batch in flax's convention.
+BN_EPS = 1e-4
+BN_MOMENTUM = 0.9
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def get_dtype(name: str) -> Dtype:
+  """Compute dtype from config.model.dtype ('float32' | 'bfloat16')."""
+  if name not in _DTYPES:
+    raise ValueError(f'config.model.dtype={name!r}: expected one of {", ".join(_DTYPES)}')
+  return _DTYPES[name]
+
+
+def get_init(name: str, which: str) -> Callable:
+  """Weight initialiser of conv/linear/embedding weights (StudioGAN ops.init_weights).
+
+  ortho: torch's orthogonal_ on the (out, in*kh*kw) view; flax's orthogonal() on the
+  (kh*kw*in, out) view is its transpose, also orthogonal. N02: N(0, 0.02). glorot: Xavier
+  uniform (fan_in = in*kh*kw, fan_out = out*kh*kw in both frameworks). Biases start at 0.
+  """
+  inits = {
+      'ortho': nn.initializers.orthogonal(),
+      'N02': nn.initializers.normal(0.02),
+      'glorot': nn.initializers.glorot_uniform(),
+  }
+  if name not in inits:
+    raise ValueError(f'config.model.{which}_init={name!r}: expected one of {", ".join(inits)}')
+  return inits[name]
+
+
+def upsample2x(x):
+  """Nearest-neighbour 2x upsampling [B, H, W, C] -> [B, 2H, 2W, C] (F.interpolate nearest)."""
+  b, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+  return x.reshape(b, 2 * h, 2 * w, c)
+
+
+def avg_pool2x(x):
+  """2x2 average pooling, stride 2 (nn.AvgPool2d(2)) [B, H, W, C] -> [B, H/2, W/2, C]."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def max_pool2x(x):
+  """2x2 max pooling, stride 2 (nn.MaxPool2d(2, 2)) [B, H, W, C] -> [B, H/2, W/2, C]."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class BatchNorm(nn.Module):
+  """Batch norm over (B, H, W) with optional per-group statistics.
+
+  Attributes:
+    use_scale_bias: learned per-channel scale and bias (torch affine=True).
+    groups: statistics over `B / groups` consecutive samples each (per-device BN when groups
+      match the device shards, StudioGAN's default without sync-BN); 1 = whole batch.
+    epsilon, momentum: StudioGAN's 1e-4 and torch momentum 0.1 (flax convention 0.9).
+    dtype: output dtype; statistics are always computed in float32.
+
+  Call with `use_running_average`: True normalises with the running averages
+  ('batch_stats' collection: mean, var); False with batch statistics, and the running
+  averages are updated only when 'batch_stats' is mutable. So `apply(..., train=True)`
+  without `mutable` runs on batch statistics and leaves the running ones untouched
+  (config.model.bn_eval='batch'). The running variance uses the unbiased batch variance
+  (as torch does); with groups > 1 the running statistics move towards the mean of the
+  group statistics.
+  """
+  use_scale_bias: bool = True
+  groups: int = 1
+  epsilon: float = BN_EPS
+  momentum: float = BN_MOMENTUM
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool):
+    c = x.shape[-1]
+    x32 = x.astype(jnp.float32)
+    keep_stats = use_running_average or self.is_mutable_collection('batch_stats')
+    if keep_stats:
+      ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (c,), jnp.float32)
+      ra_var = self.variable('batch_stats', 'var', jnp.ones, (c,), jnp.float32)
+    if use_running_average:
+      y = (x32 - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
+    else:
+      b, g = x.shape[0], self.groups
+      if b % g:
+        raise ValueError(f'batch of {b} samples does not split into bn_groups={g} equal groups '
+                         '(config.train.bn_sync=False needs a batch divisible by the devices)')
+      xg = x32.reshape((g, b // g) + x.shape[1:])
+      axes = tuple(range(1, xg.ndim - 1))
+      mean = jnp.mean(xg, axes, keepdims=True)
+      var = jnp.mean(jnp.square(xg - mean), axes, keepdims=True)  # two-pass: no cancellation
+      y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      if keep_stats and not self.is_initializing():
+        n = xg[0].size // c
+        unbiased = var.reshape(g, c) * (n / max(n - 1, 1))
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean.reshape(g, c), 0)
+        ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(unbiased, 0)
+    if self.use_scale_bias:
+      y = y * self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+      y = y + self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    return y.astype(self.dtype)
+
+
+class ConditionalBatchNorm(nn.Module):
+  """BN without affine, then per-sample gain `1 + W_g a` and bias `W_b a`.
+
+  StudioGAN's ops.ConditionalBatchNorm2d.
+  `a` [B, A] is the affine input: BigGAN's [shared class embedding, z chunk], or the one-hot
+  label in the ResNet/DCGAN generators. The gain is `1 + gamma(a)` (SPEC 3: dropping the +1 is a
+  known porting bug). W_g, W_b are linears without bias (spectral-normalised when apply_g_sn).
+  """
+  groups: int = 1
+  kernel_init: Callable = nn.initializers.orthogonal()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, affine, use_running_average: bool):
+    c = x.shape[-1]
+    y = BatchNorm(use_scale_bias=False, groups=self.groups, dtype=self.dtype, name='bn')(
+        x, use_running_average)
+    dense = lambda name: nn.Dense(c, use_bias=False, kernel_init=self.kernel_init,
+                                  dtype=self.dtype, name=name)
+    gain = 1.0 + dense('gain_linear')(affine)
+    bias = dense('bias_linear')(affine)
+    return y * gain[:, None, None, :].astype(self.dtype) + bias[:, None, None, :].astype(self.dtype)
+
+
+class SelfAttention(nn.Module):
+  """SAGAN/BigGAN self-attention as in StudioGAN's ops.SelfAttention.
+
+  theta = 1x1 conv C -> C/8 at every position; phi (C/8) and g (C/2) are 1x1 convs followed by
+  2x2 max pooling (keys/values at a quarter of the positions); attention = softmax over keys;
+  the C/2 result goes through a 1x1 conv back to C; out = x + sigma * that, with sigma a
+  learned scalar initialised to 0 (so the block starts as the identity). Convs have no bias.
+  x: [B, H, W, C] with H, W even and C >= 8.
+  """
+  kernel_init: Callable = nn.initializers.orthogonal()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    conv = lambda f, name: nn.Conv(f, (1, 1), use_bias=False, kernel_init=self.kernel_init,
+                                   dtype=self.dtype, name=name)
+    theta = conv(c // 8, 'theta')(x).reshape(b, h * w, c // 8)
+    phi = max_pool2x(conv(c // 8, 'phi')(x)).reshape(b, h * w // 4, c // 8)
+    g = max_pool2x(conv(c // 2, 'g')(x)).reshape(b, h * w // 4, c // 2)
+    logits = jnp.einsum('bqc,bkc->bqk', theta, phi).astype(jnp.float32)
+    attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # softmax in float32 (bf16 safe)
+    attn_g = jnp.einsum('bqk,bkc->bqc', attn, g).reshape(b, h, w, c // 2)
+    attn_g = conv(c, 'attn')(attn_g)
+    sigma = self.param('sigma', nn.initializers.zeros, (1,), jnp.float32)
+    return x + sigma.astype(self.dtype) * attn_g
+
+
+def conv(features: int, kernel: int, kernel_init: Callable, dtype: Dtype, name: str,
+         stride: int = 1, padding: int | None = None, use_bias: bool = True):
+  """nn.Conv with torch-style symmetric padding (default (kernel - 1) // 2 = 'same' at stride 1)."""
+  p = (kernel - 1) // 2 if padding is None else padding
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((p, p), (p, p)), use_bias=use_bias, kernel_init=kernel_init,
+                 dtype=dtype, name=name)
+
+
+class GenBlock(nn.Module):
+  """Residual up-block of the ResNet/BigGAN generators (big_resnet.GenBlock).
+
+  main: BN -> ReLU -> nearest 2x -> conv3x3 -> BN -> ReLU -> conv3x3;
+  shortcut: nearest 2x -> conv1x1. BN is conditional when `affine` is given, plain (affine)
+  BN otherwise (the unconditional ResNet generator). Upsampling is nearest + conv, as in the
+  reference (ConvTranspose would also be slow on XLA:CPU).
+  """
+  features: int
+  groups: int = 1
+  kernel_init: Callable = nn.initializers.orthogonal()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, affine, train: bool):
+    def norm(h, name):
+      if affine is None:
+        return BatchNorm(groups=self.groups, dtype=self.dtype, name=name)(h, not train)
+      return ConditionalBatchNorm(self.groups, self.kernel_init, self.dtype, name=name)(
+          h, affine, not train)
+
+    c = lambda k, name: conv(self.features, k, self.kernel_init, self.dtype, name)
+    h = nn.relu(norm(x, 'bn1'))
+    h = c(3, 'conv1')(upsample2x(h))
+    h = nn.relu(norm(h, 'bn2'))
+    h = c(3, 'conv2')(h)
+    # A 1x1 conv commutes with nearest upsampling: conv first is exact and 4x cheaper.
+    x0 = upsample2x(c(1, 'conv0')(x))
+    return h + x0
+
+
+class DiscOptBlock(nn.Module):
+  """First ("optimized") D block (big_resnet.DiscOptBlock), downsamples 2x.
+
+  main: conv3x3 -> [BN] -> ReLU -> conv3x3 -> avgpool; shortcut: avgpool -> [BN] -> conv1x1.
+  BN only when D has no spectral norm (`use_bn`), as in the reference.
+  """
+  features: int
+  use_bn: bool = False
+  groups: int = 1
+  kernel_init: Callable = nn.initializers.orthogonal()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    c = lambda k, name: conv(self.features, k, self.kernel_init, self.dtype, name)
+    bn = lambda h, name: (BatchNorm(groups=self.groups, dtype=self.dtype, name=name)(h, not train)
+                          if self.use_bn else h)
+    h = c(3, 'conv1')(x)
+    h = nn.relu(bn(h, 'bn1'))
+    h = avg_pool2x(c(3, 'conv2')(h))
+    x0 = c(1, 'conv0')(bn(avg_pool2x(x), 'bn0'))
+    return h + x0
+
+
+class DiscBlock(nn.Module):
+  """Residual D block (big_resnet.DiscBlock): pre-activation, optional 2x downsampling.
+
+  main: [BN] -> ReLU -> conv3x3 -> [BN] -> ReLU -> conv3x3 -> [avgpool];
+  shortcut (when downsampling or the width changes): [BN] -> conv1x1 -> [avgpool], else identity.
+
+  Reference quirk reproduced: without BN (D with spectral norm, every published config) the
+  reference's in-place ReLU (`nn.ReLU(inplace=True)` on the tensor the shortcut also holds)
+  rectifies the shortcut input too, so the shortcut sees relu(x), not x. With BN the main path
+  works on a new tensor and the shortcut sees x.
+  """
+  features: int
+  downsample: bool = True
+  use_bn: bool = False
+  groups: int = 1
+  kernel_init: Callable = nn.initializers.orthogonal()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    c = lambda k, name: conv(self.features, k, self.kernel_init, self.dtype, name)
+    bn = lambda h, name: (BatchNorm(groups=self.groups, dtype=self.dtype, name=name)(h, not train)
+                          if self.use_bn else h)
+    pool = avg_pool2x if self.downsample else (lambda h: h)
+    h = nn.relu(bn(x, 'bn1'))
+    x0 = x if self.use_bn else h  # the in-place ReLU aliasing, see the class docstring
+    h = c(3, 'conv1')(h)
+    h = nn.relu(bn(h, 'bn2'))
+    h = pool(c(3, 'conv2')(h))
+    if self.downsample or x.shape[-1] != self.features:
+      x0 = pool(c(1, 'conv0')(bn(x0, 'bn0')))
+    return h + x0
