@@ -495,3 +495,35 @@ def test_prefetch_thread_stops_when_dropped_and_reraises(tmp_path):
   assert next(it) == 1
   with pytest.raises(RuntimeError, match='source broke'):
     next(it)
+
+
+def test_folder_cache_follows_file_changes(tmp_path):
+  rng = np.random.default_rng(3)
+  a, b = (rng.integers(0, 256, (8, 8, 3), np.uint8) for _ in range(2))
+  root = tmp_path / 'r'
+  _png(root / 'k' / 'a.png', a)
+  c = _config(tmp_path, source='folder', folder=str(root), num_classes=1)
+  np.testing.assert_array_equal(input_pipeline.load_arrays(c, 'train')[0][0], a)
+  assert len(list((tmp_path / 'cache' / 'folder').glob('*/images.npy'))) == 1
+  data_sources.clear_memo()
+  _png(root / 'k' / 'a.png', b)  # same name, new content: the cache key changes
+  os.utime(root / 'k' / 'a.png', ns=(2, 2))
+  np.testing.assert_array_equal(input_pipeline.load_arrays(c, 'train')[0][0], b)
+
+
+def test_default_process_from_jax(tmp_path):
+  x, y = _synthetic(24)
+  c = _config(npz_path=_write_npz(tmp_path / 'd.npz', x, y))
+  a = next(input_pipeline.create_train_iterator(c))  # one process in tests
+  b = next(input_pipeline.create_train_iterator(c, process_index=0, process_count=1))
+  np.testing.assert_array_equal(a['image'], b['image'])
+
+
+def test_tfds_auto_streams_large_splits(mock_tfds, monkeypatch):
+  c = _tfds_config(load='auto', shuffle_buffer=4)
+  assert 'in memory' in input_pipeline.describe_source(c)
+  monkeypatch.setattr(data_sources, 'STREAM_THRESHOLD_BYTES', -1)  # every split is "large"
+  assert 'streamed' in input_pipeline.describe_source(c)
+  c.data.load = 'bogus'
+  with pytest.raises(ValueError, match='config.data.load'):
+    input_pipeline.describe_source(c)
