@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 from train_helpers import write_npz
 
@@ -27,6 +28,7 @@ def test_unknown_or_mistyped_config_key_is_named(tmp_path):
   assert r.returncode != 0 and 'steps' in r.stderr and 'many' in r.stderr
 
 
+@pytest.mark.slow
 def test_train_then_sample_then_eval(tmp_path):
   npz = write_npz(tmp_path / 'toy.npz')
   workdir = str(tmp_path / 'run')
