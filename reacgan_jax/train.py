@@ -345,7 +345,8 @@ def _next_batch(iterator, n_d, mesh):
 
 
 def _fmt_metrics(m):
-  return ', '.join(f'{k}={v:.4g}' for k, v in sorted(m.items()))
+  return ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                   for k, v in sorted(m.items()))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -397,6 +398,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   report = periodic_actions.ReportProgress(num_train_steps=steps, writer=writer,
                                            every_steps=config.train.log_every)
   pending = []  # device metrics since the last host sync
+  eval_cache = {}
   t_log, step_log = time.time(), start_step
 
   def every(n, step):
@@ -434,7 +436,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       writer.write_images(step, {'samples': grid[None]})
 
   def evaluate(step):
-    results = run_evaluation(config, sampler.sample_fn(state), step, workdir)
+    results = run_evaluation(config, sampler.sample_fn(state), step, workdir, cache=eval_cache)
     if results:
       writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()
                                   if isinstance(v, float)})
@@ -473,18 +475,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   return state
 
 
-def run_evaluation(config, sample_fn, step, workdir, *, strict=False):
+def run_evaluation(config, sample_fn, step, workdir, *, strict=False, cache=None):
   """Evaluator on `sample_fn`; writes workdir/eval/step_<n>.json.
 
   Returns the metrics, or None with a warning when the evaluator or the Inception weights are
   unavailable. With strict=False (inside training) any evaluation failure is a warning, so a
-  long run never dies in its evaluation; --mode=eval is strict.
+  long run never dies in its evaluation; --mode=eval is strict. `cache` (a dict) keeps the
+  Evaluator, its Inception network and reference statistics between calls.
   """
+  cache = {} if cache is None else cache
   unavailable = (ImportError, FileNotFoundError, OSError)
   try:
     from reacgan_jax.evaluation.evaluator import Evaluator  # noqa: PLC0415
 
-    evaluator = Evaluator(config)
+    if 'evaluator' not in cache:
+      cache['evaluator'] = Evaluator(config)
+    evaluator = cache['evaluator']
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     results = evaluator.evaluate(sample_fn, config.eval.num_samples, rng)
   except Exception as e:  # noqa: BLE001 -- filtered just below
