@@ -25,11 +25,14 @@ Measured per call (after one warm-up call, median of `repeats`):
 - `g_update_s`: one G update as in `train_generator`: G forward, D forward (D frozen but in
   train mode), hinge + cond_lambda * cond loss on fake, backward, Adam step.
 - `g_forward_img_per_s`: batch / time of one train-mode G forward without autograd.
-The real batch is random data: the input pipeline is not timed.
+The real batch is random data: the input pipeline is not timed. Each figure is also given as
+process CPU seconds / threads, which estimates the unloaded wall time when other jobs share
+the cores (see benchmarks/README.md).
 """
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -338,20 +341,26 @@ def make_steps(G, D, cfg, batch_size, seed=0):
 
 
 def _median_time(fn, repeats):
+  """-> (median wall seconds, median process CPU seconds summed over threads) per call."""
   fn()  # warm-up: allocator, Adam state, oneDNN primitive caches
-  times = []
+  wall, cpu = [], []
   for _ in range(repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+    wall.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+  return statistics.median(wall), statistics.median(cpu)
 
 
 def run_benchmark(model, batch_size=64, repeats=3, threads=2, seed=0, **overrides):
   """Times one D update, one G update and one G forward; -> dict of floats.
 
-  Keys: d_update_s, g_update_s (seconds, median of `repeats` after 1 warm-up),
-  g_forward_img_per_s (batch_size / median forward time), g_params, d_params, threads.
+  Keys: d_update_s, g_update_s (wall seconds, median of `repeats` after 1 warm-up),
+  g_forward_img_per_s (batch_size / median forward wall time), g_params, d_params, threads,
+  and *_cpu_s: process CPU seconds per call summed over threads. On a machine shared with
+  other jobs wall time grows with the load while CPU time roughly does not: cpu_s / threads
+  estimates the unloaded wall time (a floor-ish estimate: idle spinning of the thread pool
+  counts as CPU time too).
   """
   previous_threads = torch.get_num_threads()
   torch.set_num_threads(threads)
@@ -359,13 +368,15 @@ def run_benchmark(model, batch_size=64, repeats=3, threads=2, seed=0, **override
     torch.manual_seed(seed)
     G, D, cfg = build(model, **overrides)
     d_update, g_update, g_forward = make_steps(G, D, cfg, batch_size, seed)
+    d_wall, d_cpu = _median_time(d_update, repeats)
+    g_wall, g_cpu = _median_time(g_update, repeats)
+    f_wall, f_cpu = _median_time(g_forward, repeats)
     return {
       'model': model, 'batch_size': batch_size, 'repeats': repeats,
       'threads': torch.get_num_threads(), 'torch': torch.__version__,
       'g_params': count(G)[0], 'd_params': count(D)[0],
-      'd_update_s': _median_time(d_update, repeats),
-      'g_update_s': _median_time(g_update, repeats),
-      'g_forward_img_per_s': batch_size / _median_time(g_forward, repeats),
+      'd_update_s': d_wall, 'g_update_s': g_wall, 'g_forward_img_per_s': batch_size / f_wall,
+      'd_update_cpu_s': d_cpu, 'g_update_cpu_s': g_cpu, 'g_forward_cpu_s': f_cpu,
     }
   finally:  # callers (the JAX side-by-side, tests) keep their own thread setting
     torch.set_num_threads(previous_threads)
@@ -383,13 +394,22 @@ def main():
   if args.json:
     print(json.dumps(res))
     return
-  ref = ISSUE_FIGURES[args.model]
-  print(f"{args.model}: torch {res['torch']}, {res['threads']} threads, batch {args.batch}, "
+  ref, n = ISSUE_FIGURES[args.model], res['threads']
+  print(f"{args.model}: torch {res['torch']}, {n} threads, batch {args.batch}, "
         f"median of {args.repeats} after 1 warm-up; G {res['g_params']:,} / D "
-        f"{res['d_params']:,} params")
-  print(f'{"":22s} {"this run":>10s} {"issue 9 (StudioGAN)":>20s}')
+        f"{res['d_params']:,} params; load average {_loadavg()}")
+  from_cpu = {'d_update_s': res['d_update_cpu_s'] / n, 'g_update_s': res['g_update_cpu_s'] / n,
+              'g_forward_img_per_s': args.batch * n / res['g_forward_cpu_s']}
+  print(f'{"":22s} {"wall":>10s} {"CPU s/threads":>14s} {"issue 9 (StudioGAN)":>20s}')
   for key in ('d_update_s', 'g_update_s', 'g_forward_img_per_s'):
-    print(f'{key:22s} {res[key]:10.2f} {ref[key]:20.2f}')
+    print(f'{key:22s} {res[key]:10.2f} {from_cpu[key]:14.2f} {ref[key]:20.2f}')
+
+
+def _loadavg():
+  try:
+    return ' '.join(f'{x:.1f}' for x in os.getloadavg())
+  except OSError:
+    return 'n/a'
 
 
 if __name__ == '__main__':
