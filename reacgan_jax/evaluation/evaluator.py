@@ -25,12 +25,13 @@ and its size, the Inception weights, the resize, the BN mode and the IS splits (
 
 Reference features of the split are computed once and cached beside the FID statistics
 (`<cache>/<dataset>_<split>.npz` for mu/sigma, written with fid.save_statistics so the fid CLI
-reads it, and `<cache>/<dataset>_<split>_features.npz` for PRDC and iFID); a cache computed
-under another protocol (source, resize, weights) is recomputed, never reused.
+reads it, and `<cache>/<dataset>_<split>_features_<hash>.npz` for PRDC and iFID); a cache
+computed under another protocol (source, resize, weights) is recomputed, never reused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import time
@@ -152,7 +153,9 @@ class Evaluator:
     return self._cache_dir / f'{self.config.data.name}_{self._split()}.npz'
 
   def _features_path(self) -> pathlib.Path:
-    return self._cache_dir / f'{self.config.data.name}_{self._split()}_features.npz'
+    # One file per protocol (source, resize, network): switching networks never evicts a cache.
+    digest = hashlib.sha1(json.dumps(self._protocol_key()).encode()).hexdigest()[:10]
+    return self._cache_dir / f'{self.config.data.name}_{self._split()}_features_{digest}.npz'
 
   def _protocol_key(self) -> tuple:
     return (self._source(), self.config.eval.resize, self._features_tag)
@@ -183,10 +186,12 @@ class Evaluator:
     t0 = time.time()
     pool = self.features(np.asarray(images))['pool']
     logging.info('Reference features of %d images in %.1f s', pool.shape[0], time.time() - t0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp.npz')
-    np.savez(tmp, pool=pool, labels=np.asarray(labels, np.int32), protocol=np.str_(json.dumps(key)))
-    tmp.replace(path)
+    if jax.process_index() == 0:  # every host computes the same; one writes (atomically)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp = path.with_name(path.name + '.tmp.npz')
+      np.savez(tmp, pool=pool, labels=np.asarray(labels, np.int32),
+               protocol=np.str_(json.dumps(key)))
+      tmp.replace(path)
     self._reference = {'pool': pool, 'labels': np.asarray(labels, np.int32), 'n': pool.shape[0]}
     return self._reference
 
@@ -215,7 +220,8 @@ class Evaluator:
     ref = self.reference_features()
     mu, sigma = fid.compute_statistics(ref['pool'])
     description = fid.describe(source, ref['n'], resize, tag)
-    fid.save_statistics(path, mu, sigma, ref['n'], description)
+    if jax.process_index() == 0:
+      fid.save_statistics(path, mu, sigma, ref['n'], description)
     return {'mu': mu, 'sigma': sigma, 'n': ref['n'], 'description': description}
 
   # ---- sampling -------------------------------------------------------------------------------
