@@ -46,7 +46,7 @@ def tiny_config(backbone='biggan', image_size=32, cond='reacgan', **model):
 
 
 def _cases():
-  """(backbone, size, cond, g_attn, d_attn, g_sn, d_sn, fast) of every config + extra coverage.
+  """(backbone, size, cond, g_attn, d_attn, g_sn, d_sn, d_dropout): configs + extra coverage.
 
   `fast` cases run by default (one per config plus one per other backbone); the rest under
   `-m slow` (each case is a separate XLA compile, seconds on this CPU).
@@ -55,25 +55,29 @@ def _cases():
   for name in CONFIG_MODULES:
     m = _load_config(name).model
     cases.add((m.backbone, _load_config(name).data.image_size, m.cond_method, m.g_attn_block,
-               m.d_attn_block, m.apply_g_sn, m.apply_d_sn))
-  fast = set(cases) | {('deep_conv', 32, 'reacgan', 2, 1, True, True),
-                       ('dcgan', 32, 'acgan', 0, 0, False, True),
-                       ('resnet', 32, 'none', 0, 0, False, False)}
-  extra = {('biggan', 32, 'none', 2, 1, True, True), ('biggan', 64, 'none', 3, 1, True, True),
-           ('biggan', 128, 'none', 4, 1, True, True), ('resnet', 32, 'acgan', 0, 0, False, True),
-           ('deep_conv', 32, 'pd', 0, 0, False, False),
-           ('dcgan', 32, 'reacgan', 0, 0, False, False)}
+               m.d_attn_block, m.apply_g_sn, m.apply_d_sn, m.d_dropout))
+  fast = set(cases) | {('deep_conv', 32, 'reacgan', 2, 1, True, True, 0.5),
+                       # dropout's random masks alone cost ~10 s of compile here: off
+                       # in the default case (dcgan-reacgan under -m slow has them).
+                       ('dcgan', 32, 'acgan', 0, 0, False, True, 0.0),
+                       ('resnet', 32, 'none', 0, 0, False, False, 0.5)}
+  extra = {('biggan', 32, 'none', 2, 1, True, True, 0.5),
+           ('biggan', 64, 'none', 3, 1, True, True, 0.5),
+           ('biggan', 128, 'none', 4, 1, True, True, 0.5),
+           ('resnet', 32, 'acgan', 0, 0, False, True, 0.5),
+           ('deep_conv', 32, 'pd', 0, 0, False, False, 0.5),
+           ('dcgan', 32, 'reacgan', 0, 0, False, False, 0.5)}
   return ([c for c in sorted(fast)]
-          + [pytest.param(*[c], marks=pytest.mark.slow) for c in sorted(extra - fast)])
+          + [pytest.param(c, marks=pytest.mark.slow) for c in sorted(extra - fast)])
 
 
 CASES = _cases()
 
 
 def case_config(case):
-  backbone, size, cond, g_attn, d_attn, g_sn, d_sn = case
+  backbone, size, cond, g_attn, d_attn, g_sn, d_sn, dropout = case
   return tiny_config(backbone, size, cond, g_attn_block=g_attn, d_attn_block=d_attn,
-                     apply_g_sn=g_sn, apply_d_sn=d_sn)
+                     apply_g_sn=g_sn, apply_d_sn=d_sn, d_dropout=dropout)
 
 
 def _inputs(cfg, b=4, seed=0):
