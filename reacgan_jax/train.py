@@ -507,3 +507,65 @@ def run_evaluation(config, sample_fn, step, workdir, *, strict=False, cache=None
       json.dump(dict(results, step=step, bn_eval=config.model.bn_eval), f, indent=2)
   logging.info('Evaluation at step %d: %s', step, _fmt_metrics(results))
   return results
+
+
+def load_state(config, workdir, mesh, generator, discriminator, step=None):
+  """Restores a TrainState from workdir (newest readable checkpoint, or `step`).
+
+  Returns:
+    (state, step). Raises FileNotFoundError when the workdir has no checkpoint.
+  """
+  from reacgan_jax import checkpoints  # noqa: PLC0415
+
+  repl = parallel.replicated_sharding(mesh)
+  shapes = jax.eval_shape(functools.partial(create_train_state, config, generator, discriminator),
+                          jax.random.PRNGKey(config.seed))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
+  ckpt = checkpoints.Checkpointer(workdir, config)
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first '
+                              '(--mode=train with the same --workdir).')
+    ckpt.check_config(step if step is not None else ckpt.latest_step())
+    return ckpt.restore(abstract, step=step)
+  finally:
+    ckpt.close()
+
+
+def evaluate_checkpoints(config, workdir, all_checkpoints=False):
+  """--mode=eval: evaluates the EMA G of the newest (or every) checkpoint.
+
+  Returns:
+    dict step -> metrics (None where evaluation was unavailable).
+  """
+  from reacgan_jax import checkpoints, sampling  # noqa: PLC0415
+
+  mesh = parallel.create_mesh()
+  generator, discriminator = build(config, mesh)
+  steps = checkpoints.list_checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first.')
+  sampler = sampling.Sampler(config, generator, mesh)
+  out, cache = {}, {}
+  for s in (steps if all_checkpoints else [None]):
+    state, at = load_state(config, workdir, mesh, generator, discriminator, step=s)
+    out[at] = run_evaluation(config, sampler.sample_fn(state), at, workdir, strict=True,
+                             cache=cache)
+  return out
+
+
+def sample_checkpoint(config, workdir, num_samples=None):
+  """--mode=sample: grid, latent interpolation and an npz of samples from the newest checkpoint.
+
+  Returns:
+    dict name -> path (under workdir/samples/final_<step>/).
+  """
+  from reacgan_jax import sampling  # noqa: PLC0415
+
+  mesh = parallel.create_mesh()
+  generator, discriminator = build(config, mesh)
+  state, at = load_state(config, workdir, mesh, generator, discriminator)
+  sample_fn = sampling.Sampler(config, generator, mesh).sample_fn(state)
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
+  return sampling.write_samples(config, sample_fn, os.path.join(workdir, 'samples', f'final_{at}'),
+                                rng, num_samples)
