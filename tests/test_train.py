@@ -204,3 +204,17 @@ def test_killed_and_resumed_run_is_bit_identical(npz, tmp_path, sig, straight_ru
   assert step_a == step_b == 20
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+def test_linear_decay_reaches_zero_at_the_last_update_of_each_optimizer(npz):
+  # D takes d_updates_per_step Adam updates per train step, so its schedule spans
+  # steps * d_updates_per_step updates; G's spans steps.
+  config = tiny_config(npz, **{'optim.schedule': 'linear_decay', 'train.steps': 10,
+                               'train.d_updates_per_step': 3, 'optim.g_lr': 1.0,
+                               'optim.d_lr': 2.0})
+  assert train._learning_rate(config, 1.0, 1)(5) == pytest.approx(0.5)
+  assert train._learning_rate(config, 2.0, 3)(15) == pytest.approx(1.0)
+  assert train._learning_rate(config, 2.0, 3)(30) == pytest.approx(0.0)
+  config.optim.schedule = 'cosine'
+  with pytest.raises(ValueError, match=r'config\.optim\.schedule'):
+    train.make_optimizers(config)
