@@ -123,10 +123,11 @@ def describe(source: str, n: int, resize: str, weights_source: str) -> str:
 
 
 def statistics_of_images(params, images, *, batch_size: int = 200, resize: str = 'legacy',
-                         progress: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
-  """(mu, sigma, n) of Inception pool3 features of images (array or iterable of batches)."""
+                         progress: bool = False, total: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, int]:
+  """(mu, sigma, n) of Inception pool3 features of images (array or iterable of `total` batches)."""
   feats = inception.extract_batched(params, images, batch_size=batch_size, resize=resize,
-                                    progress=progress, desc='fid')['pool']
+                                    progress=progress, desc='fid', total=total)['pool']
   mu, sigma = compute_statistics(feats)
   return mu, sigma, feats.shape[0]
 
@@ -208,10 +209,12 @@ def _as_nhwc(x: np.ndarray, cifar_rows: bool, where: str) -> np.ndarray:
   return x
 
 
-def load_images(spec: str, *, cifar_rows: bool = False, num_images: int | None = None):
+def load_images(spec: str, *, cifar_rows: bool = False, num_images: int | None = None,
+                chunk: int = 500):
   """Images of a CLI input: (array [N, H, W, 3] uint8 or an iterator of batches, N, description).
 
-  Folders are read lazily (sorted file names, converted to RGB); all images must share one size.
+  Folders are read lazily, `chunk` files at a time (sorted names, converted to RGB); all images
+  must share one size.
   """
   path, key = _split_key(spec)
   if path.is_dir():
@@ -220,7 +223,7 @@ def load_images(spec: str, *, cifar_rows: bool = False, num_images: int | None =
       raise ValueError(f'{path}: no images ({", ".join(IMAGE_SUFFIXES)}) in this folder')
     if num_images:
       files = files[:num_images]
-    return _folder_batches(files), len(files), f'folder:{path.resolve()}'
+    return _folder_batches(files, chunk), len(files), f'folder:{path.resolve()}'
   if path.suffix == '.npz' and path.is_file():
     with np.load(path, allow_pickle=False) as d:
       keys = [key] if key else [k for k in IMAGE_KEYS if k in d]
@@ -259,9 +262,11 @@ def _statistics_for(spec, params, weights_source, args) -> dict:
     stats = load_statistics(spec)
     logging.info('%s: statistics (n=%s, %s)', spec, stats['n'], stats['description'])
     return stats
-  images, n, source = load_images(spec, cifar_rows=args.cifar_rows, num_images=args.num_images)
+  images, n, source = load_images(spec, cifar_rows=args.cifar_rows, num_images=args.num_images,
+                                  chunk=args.batch_size)
   mu, sigma, n = statistics_of_images(params, images, batch_size=args.batch_size,
-                                      resize=args.resize, progress=n > args.batch_size)
+                                      resize=args.resize, progress=n > args.batch_size,
+                                      total=-(-n // args.batch_size))
   return {'mu': mu, 'sigma': sigma, 'n': n,
           'description': describe(source, n, args.resize, weights_source)}
 
@@ -270,7 +275,14 @@ def main(argv=None) -> float | None:
   parser = argparse.ArgumentParser(
       prog='python -m reacgan_jax.fid',
       description='FID between two image sets (folders, .npz images or .npz statistics), with the '
-                  'FID Inception-v3 (2015-12-05) in JAX.')
+                  'FID Inception-v3 (2015-12-05) in JAX. An .npz input may name its array: '
+                  'FILE.npz:KEY (default: x, images or x_train).',
+      epilog='example (CIFAR-10 train vs test, SPEC 5; ~3.15 with all 50k train images):\n'
+             '  python -m reacgan_jax.fid ../shared/data/cifar10.npz:x_train '
+             '../shared/data/cifar10.npz:x_test --cifar-rows\n'
+             '  python -m reacgan_jax.fid --save-stats ../shared/data/cifar10.npz:x_test '
+             'cifar10_test.npz --cifar-rows',
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('paths', nargs='*', metavar='PATH', help='two inputs (PATH_A PATH_B)')
   parser.add_argument('--save-stats', nargs=2, metavar=('PATH_IN', 'OUT_NPZ'),
                       help='compute the statistics of PATH_IN and write them to OUT_NPZ')

@@ -394,7 +394,8 @@ def _pad_to(x, n: int):
 
 
 def extract_batched(params, images, batch_size: int = 200, resize: str = 'legacy',
-                    progress: bool = False, desc: str = 'inception') -> dict:
+                    progress: bool = False, desc: str = 'inception',
+                    total: int | None = None) -> dict:
   """Features of any number of images, `batch_size` at a time.
 
   The last, ragged batch is zero-padded to `batch_size` and the padding rows dropped, so the jitted
@@ -406,7 +407,8 @@ def extract_batched(params, images, batch_size: int = 200, resize: str = 'legacy
       an iterable of such batches (e.g. generated on the fly).
     batch_size: images per network call.
     resize: see `preprocess`.
-    progress: show a tqdm progress bar.
+    progress: show a tqdm progress bar (counting the chunks of `images`).
+    desc: progress bar label. total: number of chunks when `images` is an iterable (for the bar).
 
   Returns:
     {'pool': [N, 2048] float32 numpy, 'logits': [N, 1008] float32 numpy or None}.
@@ -417,7 +419,7 @@ def extract_batched(params, images, batch_size: int = 200, resize: str = 'legacy
     chunks: Iterable = (images[i:i + batch_size] for i in range(0, images.shape[0], batch_size))
     total = -(-images.shape[0] // batch_size)
   else:
-    chunks, total = images, None
+    chunks = images
   if progress:
     from tqdm import tqdm
     chunks = tqdm(chunks, total=total, desc=desc, unit='batch')
