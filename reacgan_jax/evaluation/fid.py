@@ -10,6 +10,10 @@ CLI (`python -m reacgan_jax.fid`):
     python -m reacgan_jax.fid --save-stats PATH_IN OUT.npz [...]
 Each PATH is an image folder, an .npz of uint8 NHWC images (key x, images or x_train; pick another
 key with FILE.npz:KEY), or saved statistics (.npz with mu and sigma). Prints `FID: <value>` last.
+
+Measured with this code (default_1.pt weights, float32 HIGHEST-precision convs on an H100; the
+same pipeline as the CLI): CIFAR-10 train 50k vs test 10k = 3.1518 ('legacy'; SPEC 5 quotes
+~3.15); train first 10k vs test 10k = 5.1966 ('legacy' and 'friendly'), 5.3511 ('clean').
 """
 
 from __future__ import annotations

@@ -358,6 +358,9 @@ def preprocess(images, resize: str = 'legacy', size: int = INPUT_SIZE) -> jax.Ar
     images: [B, H, W, 3] uint8, or float in [-1, 1] (generator output; quantised to uint8 first).
     resize: 'legacy' = torch bilinear, align_corners=False (pytorch-fid / StudioGAN default, run on
       device); 'friendly' = PIL bilinear; 'clean' = PIL bicubic (clean-fid; both on host).
+      Upsampling (CIFAR 32 -> 299), PIL bilinear is the same half-pixel 2-tap filter as torch, so
+      'friendly' equals 'legacy' up to float rounding; they differ when downsampling, where PIL
+      widens its filter (antialiasing) and torch does not.
     size: output side (299 for Inception).
 
   Returns:
