@@ -1,7 +1,7 @@
 """GAN training: the TrainState, one pure D+G train step, and the training loop.
 
 One train step = `config.train.d_updates_per_step` discriminator updates (each on a fresh
-real batch and fresh fakes, a `lax.scan`) followed by one generator update, with the loss
+real batch and fresh fakes, an unrolled loop) followed by one generator update, with the loss
 terms of SPEC 1 "Where each term applies" (reference StudioGAN `worker.py`):
   D: adv_D(real, fake) + cond_lambda * cond_loss(real)      (conditional loss on reals only)
   G: adv_G(fake)       + cond_lambda * cond_loss(fake, y_f) (y_f uniform random labels)
@@ -233,10 +233,16 @@ def make_train_step(config, generator, discriminator):
     n_d = batch['image'].shape[0]
     keys = jax.random.split(rng, n_d + 1)
     carry = (state.d_params, state.d_state, state.d_sn, state.d_opt, state.g_sn)
-    carry, d_metrics = jax.lax.scan(functools.partial(d_update, state.g_params, state.g_state),
-                                    carry, (batch['image'], batch['label'], keys[:-1]))
+    # An unrolled Python loop, not lax.scan: on XLA:CPU the scanned (while-loop) D update ran
+    # 10x slower than the unrolled one (0.52 s vs 5.2 s per step, cifar10_reacgan:small, batch
+    # 32, 2 cores) and compiled 2x slower. Compile time grows with d_updates_per_step instead.
+    d_metrics = []
+    for i in range(n_d):
+      carry, m = d_update(state.g_params, state.g_state, carry,
+                          (batch['image'][i], batch['label'][i], keys[i]))
+      d_metrics.append(m)
     d_params, d_state, d_sn, d_opt, g_sn = carry
-    d_metrics = jax.tree.map(jnp.mean, d_metrics)  # averaged over the D updates
+    d_metrics = {k: jnp.mean(jnp.stack([m[k] for m in d_metrics])) for k in d_metrics[0]}
 
     k_prior, k_aug, k_d = jax.random.split(keys[-1], 3)
     z, y_fake = sample_prior(k_prior, batch['image'].shape[1])

@@ -26,6 +26,11 @@ def main(out, workdir, npz, steps, coordinator='', num_processes='-1', process_i
   config.train.eval_every = -1
   config.train.sample_every = 0
   config.train.checkpoint_every = 0
+  # Adam's first steps are ~lr * sign(g) with eps=1e-6: float-noise gradients (a conv bias
+  # before BN has true gradient 0) would turn into +-lr updates whose sign depends on the
+  # reduction order across processes. eps=1 keeps updates ~lr * g, so the comparison with the
+  # single-process run measures gradient agreement (see test_train's 1-vs-8-device test).
+  config.optim.eps, config.optim.g_lr, config.optim.d_lr = 1.0, 0.01, 0.01
   state = train.train_and_evaluate(config, workdir)
   host = parallel.to_host({'g': state.g_params, 'd': state.d_params, 'ema': state.ema_params})
   flat = traverse_util.flatten_dict(host, sep='/')
