@@ -218,3 +218,26 @@ def test_linear_decay_reaches_zero_at_the_last_update_of_each_optimizer(npz):
   config.optim.schedule = 'cosine'
   with pytest.raises(ValueError, match=r'config\.optim\.schedule'):
     train.make_optimizers(config)
+
+
+@pytest.mark.slow
+def test_per_device_bn_is_grouped_bn(npz):
+  # config.train.bn_sync=False on 8 devices = BN statistics per device = groups of B/8
+  # consecutive samples, which a 1-device run reproduces with bn_groups=8. It must differ
+  # from synchronised BN (otherwise the flag would do nothing).
+  config = tiny_config(npz, **{'train.bn_sync': False, 'train.d_updates_per_step': 1,
+                               'optim.eps': 1.0, 'train.batch_size': 16})
+  batch = _batch(config, 1)
+  s8, _ = _one_step(config, jax.devices(), batch)
+  mesh1 = parallel.create_mesh(jax.devices()[:1])
+  g, d = train.build(config, mesh1)
+  g, d = g.clone(bn_groups=8), d.clone(bn_groups=8)
+  state = train.init_state(config, g, d, mesh1)
+  step = train.compile_train_step(config, g, d, mesh1)
+  s1 = parallel.to_host(step(state, parallel.shard_batch(batch, mesh1))[0])
+  for a, b in zip(jax.tree.leaves(s1.g_state), jax.tree.leaves(s8.g_state), strict=True):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  config.train.bn_sync = True
+  s_sync, _ = _one_step(config, jax.devices(), batch)
+  assert any(not np.allclose(a, b, atol=1e-6) for a, b in
+             zip(jax.tree.leaves(s_sync.g_state), jax.tree.leaves(s8.g_state), strict=True))
