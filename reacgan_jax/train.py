@@ -454,13 +454,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         batch = _next_batch(iterator, n_d, mesh)
         state, metrics = train_step(state, batch)
       pending.append(metrics)
+      if step == start_step + 1:
+        # One sync so the first step (compilation) stays out of the img/s and ETA figures.
+        jax.block_until_ready(metrics)
+        logging.info('First step (compilation included) took %.1f s.', time.time() - t_log)
+        t_log, step_log = time.time(), step
       report(step)
       last = step == steps
       if every(config.train.log_every, step) or last:
         host = check_pending(step)
         mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
         now = time.time()
-        rate = (step - step_log) / max(now - t_log, 1e-9)
+        rate = (step - step_log) / max(now - t_log, 1e-9) if step > step_log else 0.0
         mean['img_per_sec'] = rate * B * n_d  # real images through D per second
         writer.write_scalars(step, mean)
         logging.info('step %d/%d | %.1f img/s | ETA %.0f s | %s', step, steps,

@@ -53,8 +53,9 @@ def test_one_step_on_1_and_8_devices_agree(npz, cond):
   # eps = 1e-6 it turns float-noise gradients (a conv bias right before BN has true gradient
   # 0 and a computed one of ~1e-7) into +-lr steps whose sign is noise. eps = 1 makes the step
   # ~lr * g, so parameter differences measure gradient differences. Tolerance: 1e-6 absolute
-  # on every parameter, SN vector, optimiser moment and EMA leaf, while one step moves the
-  # parameters by up to ~1e-3 (checked below).
+  # plus 1e-5 relative (Adam's first moment holds raw gradients up to ~20, where one float32
+  # ulp is 2e-6) on every parameter, SN vector, optimiser moment and EMA leaf, while one step
+  # moves the parameters by up to ~1e-3 (checked below).
   config = tiny_config(npz, **{'model.cond_method': cond, 'train.d_updates_per_step': 1,
                                'train.ema_start': 0, 'optim.eps': 1.0, 'optim.g_lr': 0.01,
                                'optim.d_lr': 0.01})
@@ -63,7 +64,7 @@ def test_one_step_on_1_and_8_devices_agree(npz, cond):
   s8, m8 = _one_step(config, jax.devices(), batch)
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(s1)]
   for path, a, b in zip(paths, jax.tree.leaves(s1), jax.tree.leaves(s8), strict=True):
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6, err_msg=path)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)
   for k in m1:
     np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-6, err_msg=k)
   # The step really trained: parameters moved, losses are finite.
