@@ -32,10 +32,12 @@ def get_config():
   config.data.crop = 'none'  # none | center (center crop + resize, ImageNet)
   config.data.random_flip = True  # random horizontal flip of real images
   config.data.class_balanced = False  # class-balanced sampling (evaluation)
-  config.data.load = 'auto'  # tfds: memory | stream | auto (stream splits over 4 GiB, e.g. ImageNet)
+  # tfds: memory | stream | auto (stream splits over 4 GiB, e.g. ImageNet)
+  config.data.load = 'auto'
   config.data.shuffle_buffer = 10_000  # examples in the shuffle buffer of the streaming path
   config.data.tfds_download = False  # let TFDS download/prepare a missing dataset (needs network)
-  config.data.tfds_manual_dir = ''  # TFDS manual_dir (ImageNet tars); '' = <data_dir>/downloads/manual
+  # TFDS manual_dir (ImageNet tars); '' = <data_dir>/downloads/manual
+  config.data.tfds_manual_dir = ''
   config.data.cache_dir = ''  # decoded npz/folder arrays; '' = ~/.cache/reacgan_jax, 'none' = off
   config.data.prefetch = 2  # batches prepared ahead by a background thread (0 = in the caller)
 
@@ -61,7 +63,8 @@ def get_config():
   config.model.bn_eval = 'running'
   config.model.standing_batches = 16  # batches used by bn_eval=standing
   config.model.dtype = 'float32'  # compute dtype: float32 | bfloat16
-  config.model.d_dropout = 0.5  # dropout rate of the dcgan D (ACGAN paper); other backbones ignore it
+  # dropout rate of the dcgan D (ACGAN paper); other backbones ignore it
+  config.model.d_dropout = 0.5
 
   # ---- losses (SPEC 1) ----------------------------------------------------
   config.loss = ml_collections.ConfigDict()
@@ -105,11 +108,13 @@ def get_config():
   config.eval.num_samples = 10_000  # generated images per evaluation
   config.eval.batch_size = 200  # generation / Inception batch (global)
   config.eval.inception_weights = ''  # converted Flax weights; '' = default cache path
-  config.eval.resize = 'legacy'  # legacy (torch bilinear) | friendly (PIL bilinear) | clean (PIL bicubic)
+  # legacy (torch bilinear) | friendly (PIL bilinear) | clean (PIL bicubic)
+  config.eval.resize = 'legacy'
   config.eval.metrics = 'fid,is,prdc'  # comma list: fid, is, prdc, ifid, accuracy, msssim
   config.eval.is_splits = 10  # Inception Score splits (reference 1, original protocol 10)
   config.eval.prdc_k = 5  # nearest neighbours for precision/recall/density/coverage
   config.eval.ref_stats = ''  # cached reference statistics; '' = <cache>/<dataset>_<split>.npz
-  config.eval.classifier_weights = ''  # 'accuracy' classifier; '' = <cache>/cifar10_classifier.msgpack
+  # 'accuracy' classifier; '' = <cache>/cifar10_classifier.msgpack
+  config.eval.classifier_weights = ''
   config.eval.msssim_pairs = 100  # 'msssim': random same-class pairs per class (ACGAN paper)
   return config
