@@ -355,6 +355,96 @@ def _fmt_metrics(m):
                    for k, v in sorted(m.items()))
 
 
+class _JsonlWriter:
+  """Appends every scalar record to workdir/metrics.jsonl: {"step": n, "<name>": value, ...}.
+
+  A plain-text copy of what goes to tensorboard, readable without TensorFlow (the experiment
+  scripts and RESULTS.md plots read it). On resume, records past the restored step are dropped
+  first, so the file describes one uninterrupted run.
+  """
+
+  def __init__(self, path, resume_step):
+    self._path = path
+    if os.path.exists(path):
+      keep = []
+      with open(path) as f:
+        for line in f:
+          try:
+            if json.loads(line)['step'] <= resume_step:
+              keep.append(line)
+          except (ValueError, KeyError):  # a line cut short by a crash mid-write
+            continue
+      tmp = path + '.tmp'
+      with open(tmp, 'w') as f:
+        f.writelines(keep)
+      os.replace(tmp, path)
+    self._file = open(path, 'a')  # noqa: SIM115 (closed in close())
+
+  def write_scalars(self, step, scalars):
+    record = {'step': int(step)}
+    record.update({k: float(v) for k, v in scalars.items()})
+    self._file.write(json.dumps(record) + '\n')
+    self._file.flush()
+
+  def write_images(self, step, images):
+    del step, images
+
+  def write_hparams(self, hparams):
+    del hparams
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+class _Writers:
+  """Forwards each call to several metric writers (clu's, when importable, and the JSONL one)."""
+
+  def __init__(self, writers):
+    self._writers = writers
+
+  def __getattr__(self, name):
+    def call(*args, **kwargs):
+      for w in self._writers:
+        getattr(w, name)(*args, **kwargs)
+    return call
+
+
+def _create_writer(workdir, resume_step=0):
+  """clu's default writer (tensorboard + text log) plus metrics.jsonl on process 0.
+
+  clu's writers import TensorFlow; where it is not installed (a bare GPU/TPU image) training
+  still runs and logs to the text log and metrics.jsonl, with a warning saying so.
+  """
+  writers = []
+  try:
+    from clu import metric_writers  # noqa: PLC0415 (imports TensorFlow: slow, optional)
+
+    writers.append(metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=False))
+  except ImportError as e:
+    logging.warning('clu metric writers unavailable (%s): no tensorboard events; metrics go to '
+                    'the log and %s/metrics.jsonl. `pip install tensorflow-cpu tensorboard` '
+                    'for tensorboard.', e, workdir)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    writers.append(_JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), resume_step))
+  return _Writers(writers)
+
+
+def _progress_action(steps, writer, every):
+  """clu's ReportProgress (steps/s, ETA into tensorboard), or a no-op when clu is unavailable."""
+  try:
+    from clu import periodic_actions  # noqa: PLC0415
+
+    return periodic_actions.ReportProgress(num_train_steps=steps, writer=writer,
+                                           every_steps=every)
+  except ImportError:
+    return lambda step: None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains (resuming from workdir's newest readable checkpoint) and evaluates.
 
@@ -364,8 +454,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   Returns:
     The final TrainState.
   """
-  from clu import metric_writers, periodic_actions  # noqa: PLC0415 (TF import, slow)
-
   from reacgan_jax import checkpoints, input_pipeline, sampling  # noqa: PLC0415
 
   mesh = parallel.create_mesh()
@@ -387,8 +475,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   start_step = int(parallel.to_host(state.step))
   last_good = ckpt.path(start_step) if start_step else None
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  writer = _create_writer(workdir, start_step)
   if start_step == 0:
     writer.write_hparams(checkpoints.config_to_dict(config)['train'])
   logging.info('Data: %s', input_pipeline.describe_source(config))
@@ -401,8 +488,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # Fixed grid inputs: the same z at every step, so grids show training progress.
   grid_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   grid_z, grid_y = sampling.grid_latents(config, grid_key)
-  report = periodic_actions.ReportProgress(num_train_steps=steps, writer=writer,
-                                           every_steps=config.train.log_every)
+  report = _progress_action(steps, writer, config.train.log_every)
   pending = []  # device metrics since the last host sync
   eval_cache = {}
   t_log, step_log = time.time(), start_step
@@ -482,6 +568,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         evaluate(step)
   logging.info('train_step compiled %d time(s).', train_step._cache_size())
   writer.flush()
+  writer.close()
   ckpt.close()
   return state
 

@@ -4,6 +4,7 @@ Tiny configs (configs/tiny.py) on a small synthetic npz written to tmp_path.
 """
 
 import glob
+import json
 import logging
 import os
 import signal
@@ -134,6 +135,36 @@ def test_tiny_run_writes_scalars_grids_progress_and_compiles_once(npz, tmp_path,
             'img_per_sec', 'samples'):
     assert t in tags, (t, tags)
   assert checkpoints.list_checkpoint_steps(workdir) == [2, 4]
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  logged = [r for r in records if 'd_loss' in r]
+  assert [r['step'] for r in logged] == [2, 4]
+  assert all(np.isfinite(r['g_loss']) and r['img_per_sec'] >= 0 for r in logged)
+
+
+def test_writer_without_tensorflow_logs_jsonl_and_truncates_on_resume(tmp_path, monkeypatch,
+                                                                      caplog):
+  # A bare accelerator image has no TensorFlow, so clu's writers cannot be imported there.
+  import clu  # noqa: PLC0415
+
+  monkeypatch.setitem(sys.modules, 'clu.metric_writers', None)
+  monkeypatch.delattr(clu, 'metric_writers', raising=False)  # set by an earlier import
+  workdir = str(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    w = train._create_writer(workdir, 0)
+  assert any('no tensorboard events' in r.getMessage() for r in caplog.records)
+  for step in (1, 2, 3):
+    w.write_scalars(step, {'d_loss': float(step)})
+  w.close()
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 4, "d_lo')  # a crash mid-write
+  w = train._create_writer(workdir, 2)  # resumed from the step-2 checkpoint
+  w.write_scalars(3, {'d_loss': 30.0})
+  w.close()
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  assert records == [{'step': 1, 'd_loss': 1.0}, {'step': 2, 'd_loss': 2.0},
+                     {'step': 3, 'd_loss': 30.0}]
 
 
 @pytest.mark.slow
