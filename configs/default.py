@@ -75,6 +75,8 @@ def get_config():
   config.loss.margin_neg = -1.0  # D2D-CE negative margin; < 0 means 1 - margin_pos
   config.loss.row_max_shift = True  # True: StudioGAN's form (default); False: paper form
   config.loss.false_negative_removal = True  # mask same-class pairs (ablation knob)
+  # False: D2D-CE without margins (m_p = 1, m_n = -1: every pair contributes; ablation knob)
+  config.loss.margins = True
 
   # ---- optimisation -------------------------------------------------------
   config.optim = ml_collections.ConfigDict()

@@ -122,6 +122,31 @@ def _perturbation_template(config, generator, discriminator):
   return shapes.get('perturbations')
 
 
+def make_cond_loss(config):
+  """`cond_loss(out, labels) -> scalar` for config.model.cond_method, with config.loss's knobs.
+
+  `out` is the discriminator's output structure (class_logits for acgan; embed and proxy for
+  reacgan). pd and none have no separate conditional term (zero).
+  """
+  cond = config.model.cond_method
+  margin_pos = config.loss.margin_pos
+  margin_neg = None if config.loss.margin_neg < 0 else config.loss.margin_neg
+  if not config.loss.margins:  # ablation: m_p = 1, m_n = -1 clip no pair (cosines lie in [-1, 1])
+    margin_pos, margin_neg = 1.0, -1.0
+
+  def cond_loss(out, labels):
+    if cond == 'acgan':
+      return losses.acgan_ce(out.class_logits, labels)
+    if cond == 'reacgan':
+      return losses.d2d_ce(out.embed, out.proxy, labels, temperature=config.loss.temperature,
+                           margin_pos=margin_pos, margin_neg=margin_neg,
+                           row_max_shift=config.loss.row_max_shift,
+                           false_negative_removal=config.loss.false_negative_removal)
+    return jnp.zeros((), jnp.float32)
+
+  return cond_loss
+
+
 def make_train_step(config, generator, discriminator):
   """Builds the pure `train_step(state, batch, rng) -> (state, metrics)`.
 
@@ -144,8 +169,8 @@ def make_train_step(config, generator, discriminator):
   z_dim, num_classes = config.model.z_dim, config.data.num_classes
   policy = config.train.diffaug_policy
   sn_kwargs = dict(n_power_iterations=config.model.sn_power_iterations, eps=config.model.sn_eps)
-  margin_neg = None if config.loss.margin_neg < 0 else config.loss.margin_neg
   pert_template = _perturbation_template(config, generator, discriminator)
+  cond_loss = make_cond_loss(config)
 
   def sn(params, sn_state):
     if not sn_state:
@@ -174,16 +199,6 @@ def make_train_step(config, generator, discriminator):
     out, upd = discriminator.apply(variables, x, y, train=True, rngs={'dropout': key},
                                    mutable=['batch_stats'])
     return out, upd['batch_stats']
-
-  def cond_loss(out, labels):
-    if cond == 'acgan':
-      return losses.acgan_ce(out.class_logits, labels)
-    if cond == 'reacgan':
-      return losses.d2d_ce(out.embed, out.proxy, labels, temperature=config.loss.temperature,
-                           margin_pos=config.loss.margin_pos, margin_neg=margin_neg,
-                           row_max_shift=config.loss.row_max_shift,
-                           false_negative_removal=config.loss.false_negative_removal)
-    return jnp.zeros((), jnp.float32)
 
   def sample_prior(key, batch):
     kz, ky = jax.random.split(key)

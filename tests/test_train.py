@@ -273,3 +273,31 @@ def test_per_device_bn_is_grouped_bn(npz):
   s_sync, _ = _one_step(config, jax.devices(), batch)
   assert any(not np.allclose(a, b, atol=1e-6) for a, b in
              zip(jax.tree.leaves(s_sync.g_state), jax.tree.leaves(s8.g_state), strict=True))
+
+
+@pytest.mark.parametrize('knobs,expect', [
+    ({}, dict(margin_pos=0.98, margin_neg=None, false_negative_removal=True)),
+    ({'loss.margins': False}, dict(margin_pos=1.0, margin_neg=-1.0, false_negative_removal=True)),
+    ({'loss.false_negative_removal': False},
+     dict(margin_pos=0.98, margin_neg=None, false_negative_removal=False)),
+    ({'loss.margin_neg': 0.3}, dict(margin_pos=0.98, margin_neg=0.3, false_negative_removal=True)),
+])
+def test_cond_loss_passes_the_ablation_knobs_to_d2d_ce(npz, knobs, expect):
+  import types  # noqa: PLC0415
+
+  from reacgan_jax import losses  # noqa: PLC0415
+
+  config = tiny_config(npz, **{'model.cond_method': 'reacgan', 'loss.temperature': 0.3,
+                               'loss.margin_pos': 0.98}, **knobs)
+  rng = np.random.default_rng(0)
+  out = types.SimpleNamespace(embed=rng.normal(size=(12, 8)).astype(np.float32),
+                              proxy=rng.normal(size=(12, 8)).astype(np.float32))
+  labels = rng.integers(0, 3, size=12)
+  got = train.make_cond_loss(config)(out, labels)
+  want = losses.d2d_ce(out.embed, out.proxy, labels, temperature=0.3, **expect)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  others = [dict(expect, margin_pos=0.5), dict(expect, false_negative_removal=not
+                                                  expect['false_negative_removal'])]
+  for other in others:  # the knob matters on this batch, so the check above can fail
+    assert abs(float(losses.d2d_ce(out.embed, out.proxy, labels, temperature=0.3, **other))
+               - float(got)) > 1e-4
