@@ -6,8 +6,9 @@
 Prints, per config: first-compile time (lower + compile of the one jitted step) and img/s =
 real images through D per second = steps/s * batch * d_updates_per_step (StyleGAN's "kimg"
 convention), measured over --steps steps after one warm-up step, on random data (the input
-pipeline is not timed). On a 2-core CPU the full-size configs take minutes per step: use
-:small there, the full ones on accelerators.
+pipeline is not timed), and XLA's FLOP count of the compiled step with the TFLOP/s it reaches
+(and the fraction of --peak_tflops, for accelerators). On a 2-core CPU the full-size configs
+take minutes per step: use :small there, the full ones on accelerators.
 """
 
 import os
@@ -27,6 +28,14 @@ _CONFIGS = flags.DEFINE_list(
     'Config modules in configs/, optionally with :variant.')
 _BATCH = flags.DEFINE_integer('batch_size', 64, 'Global batch (overrides the config).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps after one warm-up step.')
+_DTYPE = flags.DEFINE_string('dtype', '', 'config.model.dtype override (float32 | bfloat16).')
+_PRECISION = flags.DEFINE_enum(
+    'precision', 'default', ['default', 'high', 'highest'],
+    'jax_default_matmul_precision for float32 convs/matmuls: default lets GPUs use TF32 tensor '
+    'cores, highest is true float32.')
+_PEAK = flags.DEFINE_float(
+    'peak_tflops', 0.0, 'Accelerator peak TFLOP/s for the dtype used (H100 SXM dense: TF32 495, '
+    'BF16 989, FP32 67); > 0 adds the fraction of peak the step reaches.')
 
 
 def bench(name, batch_size, steps):
@@ -36,6 +45,8 @@ def bench(name, batch_size, steps):
   mod = importlib.import_module(f'configs.{module}')
   config = mod.get_config(variant) if variant else mod.get_config()
   config.train.batch_size = batch_size
+  if _DTYPE.value:
+    config.model.dtype = _DTYPE.value
   mesh = parallel.create_mesh()
   parallel.check_global_batch(batch_size, mesh)
   generator, discriminator = train.build(config, mesh)
@@ -50,6 +61,9 @@ def bench(name, batch_size, steps):
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float((cost or {}).get('flops', 0.0))  # XLA's count for the whole step (all devices)
   state, metrics = compiled(state, batch)  # warm-up
   jax.block_until_ready(metrics)
   t0 = time.perf_counter()
@@ -57,17 +71,28 @@ def bench(name, batch_size, steps):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
   dt = time.perf_counter() - t0
-  return compile_s, steps * batch_size * n_d / dt, dt / steps
+  return compile_s, steps * batch_size * n_d / dt, dt / steps, flops
 
 
 def main(argv):
   del argv
   jax.config.update('jax_threefry_partitionable', True)
-  print(f'devices: {jax.device_count()} x {jax.devices()[0].platform}; batch {_BATCH.value}')
-  print(f'{"config":32s} {"compile s":>10s} {"img/s":>10s} {"s/step":>10s}')
+  if _PRECISION.value != 'default':
+    jax.config.update('jax_default_matmul_precision', _PRECISION.value)
+  dev = jax.devices()[0]
+  print(f'devices: {jax.device_count()} x {dev.platform} ({dev.device_kind}); jax '
+        f'{jax.__version__}; batch {_BATCH.value}; dtype {_DTYPE.value or "config"}; matmul '
+        f'precision {_PRECISION.value}')
+  print(f'{"config":32s} {"compile s":>10s} {"img/s":>10s} {"s/step":>10s} {"GFLOP/step":>11s} '
+        f'{"TFLOP/s":>8s}' + (f' {"of peak":>8s}' if _PEAK.value > 0 else ''))
   for name in _CONFIGS.value:
-    compile_s, img_s, step_s = bench(name, _BATCH.value, _STEPS.value)
-    print(f'{name:32s} {compile_s:10.1f} {img_s:10.1f} {step_s:10.3f}', flush=True)
+    compile_s, img_s, step_s, flops = bench(name, _BATCH.value, _STEPS.value)
+    tflops = flops / step_s / 1e12
+    line = (f'{name:32s} {compile_s:10.1f} {img_s:10.1f} {step_s:10.4f} {flops / 1e9:11.1f} '
+            f'{tflops:8.2f}')
+    if _PEAK.value > 0:
+      line += f' {tflops / _PEAK.value:8.1%}'
+    print(line, flush=True)
 
 
 if __name__ == '__main__':
