@@ -115,6 +115,9 @@ def get_config():
   config.eval.metrics = 'fid,is,prdc'  # comma list: fid, is, prdc, ifid, accuracy, msssim
   config.eval.is_splits = 10  # Inception Score splits (reference 1, original protocol 10)
   config.eval.prdc_k = 5  # nearest neighbours for precision/recall/density/coverage
+  # reference images: > 0 = that many of the eval split, class-balanced, in file order (quick
+  # FIDs: biased, compare only runs with the same value); -1 = the whole split (SPEC 5)
+  config.eval.num_ref = -1
   config.eval.ref_stats = ''  # cached reference statistics; '' = <cache>/<dataset>_<split>.npz
   # 'accuracy' classifier; '' = <cache>/cifar10_classifier.msgpack
   config.eval.classifier_weights = ''

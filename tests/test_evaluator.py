@@ -240,3 +240,29 @@ def test_real_inception_end_to_end(small_cifar, tmp_path):
     assert real['is_mean'] > noise['is_mean']
   else:
     assert 'IS skipped' in real['protocol']
+
+
+def test_num_ref_uses_a_class_balanced_prefix_and_its_own_cache(small_cifar, tmp_path):
+  npz, x, y = small_cifar
+  idx = evaluator.balanced_subset(y, 95)
+  counts = np.bincount(y[idx], minlength=10)
+  assert len(idx) == 95 and counts.max() - counts.min() <= 1  # balanced
+  for c in range(10):  # each class contributes its first examples in file order
+    mine = np.flatnonzero(y == c)
+    np.testing.assert_array_equal(idx[y[idx] == c], mine[:counts[c]])
+  feats = _random_features()
+  cfg = _config(npz, metrics='fid')
+  cfg.eval.num_ref = 300
+  sub = evaluator.Evaluator(cfg, features_fn=feats, features_tag='random-64', cache_dir=tmp_path)
+  stats = sub.reference_statistics()
+  assert stats['n'] == 300 and 300 in feats.calls
+  assert 'first 300 class-balanced' in stats['description']
+  full_cfg = _config(npz, metrics='fid')
+  full = evaluator.Evaluator(full_cfg, features_fn=feats, features_tag='random-64',
+                             cache_dir=tmp_path).reference_statistics()
+  assert full['n'] == 1000  # the subset's cache is not taken for the whole split
+  with np.load(npz) as d:  # and the subset statistics are those of exactly those images
+    xt, yt = d['x_test'], d['y_test']
+  keep = evaluator.balanced_subset(yt, 300)
+  mu, _ = fid.compute_statistics(feats(xt[keep])['pool'])
+  np.testing.assert_allclose(stats['mu'], mu, rtol=1e-6, atol=1e-9)

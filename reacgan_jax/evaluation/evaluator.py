@@ -68,6 +68,18 @@ def balanced_labels(num_samples: int, num_classes: int, rng) -> np.ndarray:
   return np.random.default_rng(seed).permutation(labels)
 
 
+def balanced_subset(labels: np.ndarray, n: int) -> np.ndarray:
+  """Indices of n examples, class-balanced: round-robin over classes, each in file order.
+
+  Deterministic (no rng), so the cached reference statistics of a subset are reproducible.
+  """
+  labels = np.asarray(labels)
+  per_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+  order = [idx[r] for r in range(max(len(i) for i in per_class)) for idx in per_class
+           if r < len(idx)]
+  return np.sort(np.asarray(order[:n], np.int64))
+
+
 def _to_host(x) -> np.ndarray:
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     from reacgan_jax import parallel  # noqa: PLC0415 (multi-host only)
@@ -143,14 +155,18 @@ class Evaluator:
   def _source(self) -> str:
     d = self.config.data
     where = {'npz': d.npz_path, 'folder': d.folder, 'tfds': d.tfds_data_dir or 'default dir'}
+    subset = (f', first {self.config.eval.num_ref} class-balanced'
+              if self.config.eval.num_ref > 0 else '')
     if self._reference_arrays is not None:
-      return f'{d.name}:{self._split()} (arrays given to the Evaluator)'
-    return f'{d.name}:{self._split()} ({d.source} {where.get(d.source, "")})'
+      return f'{d.name}:{self._split()} (arrays given to the Evaluator{subset})'
+    return f'{d.name}:{self._split()} ({d.source} {where.get(d.source, "")}{subset})'
 
   def stats_path(self) -> pathlib.Path:
     if self.config.eval.ref_stats:
       return pathlib.Path(self.config.eval.ref_stats).expanduser()
-    return self._cache_dir / f'{self.config.data.name}_{self._split()}.npz'
+    n = self.config.eval.num_ref
+    subset = f'_first{n}' if n > 0 else ''  # a subset never evicts the whole split's cache
+    return self._cache_dir / f'{self.config.data.name}_{self._split()}{subset}.npz'
 
   def _features_path(self) -> pathlib.Path:
     # One file per protocol (source, resize, network): switching networks never evicts a cache.
@@ -161,11 +177,16 @@ class Evaluator:
     return (self._source(), self.config.eval.resize, self._features_tag)
 
   def _load_reference_arrays(self):
-    if self._reference_arrays is not None:
-      return self._reference_arrays
-    from reacgan_jax import input_pipeline  # noqa: PLC0415 (imports TF-backed sources lazily)
+    if self._reference_arrays is None:
+      from reacgan_jax import input_pipeline  # noqa: PLC0415 (imports TF-backed sources lazily)
 
-    return input_pipeline.load_arrays(self.config, self._split())
+      self._reference_arrays = input_pipeline.load_arrays(self.config, self._split())
+    n = self.config.eval.num_ref
+    if n > 0 and n < len(self._reference_arrays[1]):
+      images, labels = self._reference_arrays
+      keep = balanced_subset(labels, n)
+      self._reference_arrays = (images[keep], labels[keep])
+    return self._reference_arrays
 
   def reference_features(self) -> dict:
     """{'pool': [M, D] float32, 'labels': [M] int32, 'n': M} of the eval split, cached on disk."""
