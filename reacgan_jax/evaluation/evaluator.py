@@ -116,6 +116,7 @@ class Evaluator:
     self._classifier_meta: dict = {}
     self._cache_dir = pathlib.Path(cache_dir).expanduser() if cache_dir else inception.cache_dir()
     self._reference_arrays = reference
+    self._loaded_arrays = None  # reference arrays as used (num_ref applied), once loaded
     self._reference = None  # {'pool', 'labels', 'n'} once computed/loaded
 
   # ---- networks -------------------------------------------------------------------------------
@@ -177,16 +178,18 @@ class Evaluator:
     return (self._source(), self.config.eval.resize, self._features_tag)
 
   def _load_reference_arrays(self):
-    if self._reference_arrays is None:
-      from reacgan_jax import input_pipeline  # noqa: PLC0415 (imports TF-backed sources lazily)
+    if self._loaded_arrays is None:
+      arrays = self._reference_arrays
+      if arrays is None:
+        from reacgan_jax import input_pipeline  # noqa: PLC0415 (TF-backed sources, lazily)
 
-      self._reference_arrays = input_pipeline.load_arrays(self.config, self._split())
-    n = self.config.eval.num_ref
-    if n > 0 and n < len(self._reference_arrays[1]):
-      images, labels = self._reference_arrays
-      keep = balanced_subset(labels, n)
-      self._reference_arrays = (images[keep], labels[keep])
-    return self._reference_arrays
+        arrays = input_pipeline.load_arrays(self.config, self._split())
+      n = self.config.eval.num_ref
+      if 0 < n < len(arrays[1]):
+        keep = balanced_subset(arrays[1], n)
+        arrays = (arrays[0][keep], arrays[1][keep])
+      self._loaded_arrays = arrays
+    return self._loaded_arrays
 
   def reference_features(self) -> dict:
     """{'pool': [M, D] float32, 'labels': [M] int32, 'n': M} of the eval split, cached on disk."""
