@@ -244,6 +244,30 @@ def make_train_step(config, generator, discriminator):
     d_params = optax.apply_updates(d_params, updates)
     return (d_params, aux['stats'], aux['sn'], d_opt, g_sn), metrics
 
+  def g_update(g_params, g_state, g_sn, g_opt, d_params, d_state, d_sn, key, batch_size):
+    """One G update: fakes, D (train mode, frozen), loss, backward, Adam.
+
+    -> ((g_params, g_state, g_sn, g_opt, d_sn), metrics). G's BN running stats update here.
+    """
+    k_prior, k_aug, k_d = jax.random.split(key, 3)
+    z, y_fake = sample_prior(k_prior, batch_size)
+
+    def g_loss_fn(g_params):
+      g_w, new_g_sn = sn(g_params, g_sn)
+      fake, g_stats = apply_g(g_w, g_state, z, y_fake)
+      d_w, new_d_sn = sn(d_params, d_sn)  # D in train mode advances its u too (reference)
+      out_f, _ = apply_d(d_w, d_state, aug(fake, k_aug), y_fake, k_d)
+      adv = g_adv_fn(out_f.adv)
+      c = cond_loss(out_f, y_fake)
+      return adv + lam * c, (adv, c, new_g_sn, g_stats, new_d_sn)
+
+    (g_loss, (g_adv, g_c, new_g_sn, g_stats, new_d_sn)), g_grads = jax.value_and_grad(
+        g_loss_fn, has_aux=True)(g_params)
+    updates, g_opt = g_tx.update(g_grads, g_opt, g_params)
+    g_params = optax.apply_updates(g_params, updates)
+    return ((g_params, g_stats, new_g_sn, g_opt, new_d_sn),
+            dict(g_loss=g_loss, g_adv=g_adv, g_cond=g_c))
+
   def train_step(state, batch, rng):
     n_d = batch['image'].shape[0]
     keys = jax.random.split(rng, n_d + 1)
@@ -259,22 +283,9 @@ def make_train_step(config, generator, discriminator):
     d_params, d_state, d_sn, d_opt, g_sn = carry
     d_metrics = {k: jnp.mean(jnp.stack([m[k] for m in d_metrics])) for k in d_metrics[0]}
 
-    k_prior, k_aug, k_d = jax.random.split(keys[-1], 3)
-    z, y_fake = sample_prior(k_prior, batch['image'].shape[1])
-
-    def g_loss_fn(g_params):
-      g_w, new_g_sn = sn(g_params, g_sn)
-      fake, g_stats = apply_g(g_w, state.g_state, z, y_fake)
-      d_w, new_d_sn = sn(d_params, d_sn)  # D in train mode advances its u too (reference)
-      out_f, _ = apply_d(d_w, d_state, aug(fake, k_aug), y_fake, k_d)
-      adv = g_adv_fn(out_f.adv)
-      c = cond_loss(out_f, y_fake)
-      return adv + lam * c, (adv, c, new_g_sn, g_stats, new_d_sn)
-
-    (g_loss, (g_adv, g_c, new_g_sn, g_stats, new_d_sn)), g_grads = jax.value_and_grad(
-        g_loss_fn, has_aux=True)(state.g_params)
-    updates, g_opt = g_tx.update(g_grads, state.g_opt, state.g_params)
-    g_params = optax.apply_updates(state.g_params, updates)
+    (g_params, g_stats, new_g_sn, g_opt, new_d_sn), g_metrics = g_update(
+        state.g_params, state.g_state, g_sn, state.g_opt, d_params, d_state, d_sn, keys[-1],
+        batch['image'].shape[1])
 
     ema_params, ema_state = state.ema_params, state.ema_state
     if ema_params is not None:
@@ -284,13 +295,19 @@ def make_train_step(config, generator, discriminator):
       ema_params = jax.tree.map(lerp, ema_params, g_params)
       ema_state = jax.tree.map(lerp, ema_state, g_stats)
 
-    metrics = dict(d_metrics, g_loss=g_loss, g_adv=g_adv, g_cond=g_c)
+    metrics = dict(d_metrics, **g_metrics)
     new_state = state.replace(
         step=state.step + 1, g_params=g_params, g_state=g_stats, g_sn=new_g_sn,
         d_params=d_params, d_state=d_state, d_sn=new_d_sn, g_opt=g_opt, d_opt=d_opt,
         ema_params=ema_params, ema_state=ema_state)
     return new_state, metrics
 
+  # The pieces of one step, for benchmarks/compare.py (issue 9 times one D update and one G
+  # update exactly as the step runs them): d_update(g_params, g_state, (d_params, d_state,
+  # d_sn, d_opt, g_sn), (real, labels, key)) and g_update above; G forward = sample_prior,
+  # sn, apply_g.
+  train_step.d_update, train_step.g_update = d_update, g_update
+  train_step.sample_prior, train_step.sn, train_step.apply_g = sample_prior, sn, apply_g
   return train_step
 
 
