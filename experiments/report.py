@@ -1,0 +1,132 @@
+"""Plots and the RESULTS.md table from experiments/cifar10_compare.py's summaries.
+
+  python experiments/report.py --root=runs/cifar10_compare --out=docs
+
+Writes under --out: results/cifar10_compare.json (the summaries, curves included: what the
+table and plots are made of, committed), results/cifar10_compare_table.md (the RESULTS.md
+table rows), fid_over_steps.png, cond_grad_norm.png (ReACGAN's Figure 1 diagnostic),
+d_accuracy.png and samples_<variant>.png (each run's last class-conditional grid: rows are
+classes, same z across runs).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+METHODS = ('reacgan', 'acgan', 'pd', 'none')
+LABELS = {'reacgan': 'ReACGAN (D2D-CE)', 'acgan': 'ACGAN', 'pd': 'Projection D',
+          'none': 'Unconditional', 'reacgan_no_fnr': 'D2D-CE w/o false-negative removal',
+          'reacgan_no_margin': 'D2D-CE w/o margins', 'reacgan_t0.25': 'D2D-CE T=0.25',
+          'reacgan_t1.0': 'D2D-CE T=1.0'}
+
+
+def _smooth(steps, y, k=5):
+  """Running mean over k logged points, aligned with the last step of each window."""
+  y = np.asarray(y, np.float64)
+  if len(y) < k:
+    return list(steps), y
+  return list(steps)[k - 1:], np.convolve(y, np.ones(k) / k, mode='valid')
+
+
+def plot_curves(summaries, out):
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, group, title in ((axes[0], METHODS, 'methods'),
+                           (axes[1], [v for v in summaries if v.startswith('reacgan')],
+                            'D2D-CE ablations')):
+    for v in group:
+      if v in summaries and summaries[v]['fid_curve']:
+        steps, fids = zip(*summaries[v]['fid_curve'], strict=True)
+        ax.plot(steps, fids, marker='o', label=LABELS.get(v, v))
+    ax.set(xlabel='generator step', ylabel='FID-10k (test split)', title=f'FID over steps: {title}')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, 'fid_over_steps.png'), dpi=110)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for v in ('reacgan', 'acgan'):
+    curve = summaries.get(v, {}).get('cond_grad_norm_curve') or []
+    if curve:
+      steps, norms = zip(*curve, strict=True)
+      ax.plot(*_smooth(steps, norms), label=LABELS[v])
+  ax.set(xlabel='generator step', ylabel='||grad of lambda * cond loss wrt h||_2 (mean)',
+         title='Gradient the conditional head sends into D (ReACGAN Fig. 1)', yscale='log')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, 'cond_grad_norm.png'), dpi=110)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for v in METHODS:
+    curve = summaries.get(v, {}).get('d_acc_curve') or []
+    if curve:
+      ax.plot(*_smooth([c[0] for c in curve], [c[1] for c in curve]), label=f'{LABELS[v]}: real')
+  ax.set(xlabel='generator step', ylabel='D accuracy on real (hinge sign)',
+         title='Discriminator accuracy on real images')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, 'd_accuracy.png'), dpi=110)
+  plt.close(fig)
+
+
+def _fmt(x, spec='.2f'):
+  return '—' if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
+
+
+def table(summaries):
+  rows = ['| run | method | steps | batch | hardware | wall | FID-10k | precision | recall | '
+          'density | coverage | classifier acc. | MS-SSIM (real) |',
+          '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+  for v, s in summaries.items():
+    f = s['final']
+    steps = f'{s["steps_done"]}' + ('' if s['finished'] else f' of {s["steps_planned"]}')
+    ms = (f'{_fmt(f.get("msssim"), ".3f")} ({_fmt(f.get("msssim_real"), ".3f")})'
+          if 'msssim' in f else '—')
+    rows.append(
+        f'| `{v}` | {LABELS.get(v, v)} | {steps} | {s["batch_size"]} x {s["d_updates_per_step"]} D '
+        f'| {", ".join(s["hardware"])} | {s["wall_s"] / 60:.1f} min | {_fmt(f.get("fid"))} | '
+        f'{_fmt(f.get("precision"), ".3f")} | {_fmt(f.get("recall"), ".3f")} | '
+        f'{_fmt(f.get("density"), ".3f")} | {_fmt(f.get("coverage"), ".3f")} | '
+        f'{_fmt(f.get("accuracy"), ".3f")} | {ms} |')
+  return '\n'.join(rows) + '\n'
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--root', default='runs/cifar10_compare')
+  parser.add_argument('--out', default='docs')
+  args = parser.parse_args()
+  path = os.path.join(args.root, 'summary.json')
+  if not os.path.exists(path):
+    sys.exit(f'{path} not found: run experiments/cifar10_compare.py first (or with '
+             '--summarize_only to rebuild it from the run directories).')
+  with open(path) as f:
+    summaries = json.load(f)
+  os.makedirs(os.path.join(args.out, 'results'), exist_ok=True)
+  for v, s in summaries.items():
+    if s.get('final_grid') and os.path.exists(s['final_grid']):
+      dst = os.path.join(args.out, f'samples_{v}.png')
+      shutil.copyfile(s['final_grid'], dst)
+      s['final_grid'] = os.path.relpath(dst, args.out)
+  with open(os.path.join(args.out, 'results', 'cifar10_compare.json'), 'w') as f:
+    json.dump(summaries, f, indent=1)
+  plot_curves(summaries, args.out)
+  md = table(summaries)
+  with open(os.path.join(args.out, 'results', 'cifar10_compare_table.md'), 'w') as f:
+    f.write(md)
+  print(md)
+
+
+if __name__ == '__main__':
+  main()
