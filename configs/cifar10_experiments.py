@@ -35,6 +35,7 @@ def get_config(variant='reacgan'):
   config.train.checkpoint_every = 500
   config.train.eval_every = 1500
   config.eval.num_samples = 10_000
+  config.eval.num_ref = -1  # the whole 10k test split
   config.eval.batch_size = 200
   config.eval.metrics = 'fid,prdc,accuracy,msssim'
   method, _, ablation = variant.partition('_')
