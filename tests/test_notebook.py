@@ -121,3 +121,42 @@ def test_quickstart_notebook_runs(cifar10_npz, tmp_path):
   assert len(cli) == 1 and math.isfinite(cli[0]) and cli[0] > 0, text
   assert (workdir / 'samples' / 'final_2' / 'samples.npz').exists()
   print(f'notebook executed in {elapsed:.0f} s')
+
+
+def test_notebook_is_clean_and_uses_existing_library_functions():
+  """Fast guard in the default suite: the notebook is valid, committed without outputs, its code
+  parses, and every `module.name` it calls on the library exists (a renamed function fails here,
+  not only in the slow run)."""
+  import ast  # noqa: PLC0415
+  import importlib  # noqa: PLC0415
+
+  nbformat = pytest.importorskip('nbformat')
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  nbformat.validate(nb)
+  code = [c for c in nb.cells if c.cell_type == 'code']
+  assert all(not c.outputs and c.execution_count is None for c in code)
+  modules = {}  # alias in the notebook -> module
+  for cell in code:
+    tree = ast.parse(cell.source)
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('reacgan_jax'):
+        for alias in node.names:
+          full = f'{node.module}.{alias.name}'
+          try:
+            modules[alias.asname or alias.name] = importlib.import_module(full)
+          except ImportError:  # `from module import function`
+            assert hasattr(importlib.import_module(node.module), alias.name), full
+  assert {'train', 'input_pipeline', 'data_sources', 'fid'} <= set(modules)
+  used = set()
+  for cell in code:
+    for node in ast.walk(ast.parse(cell.source)):
+      if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+          and node.value.id in modules):
+        used.add((node.value.id, node.attr))
+        assert hasattr(modules[node.value.id], node.attr), f'{node.value.id}.{node.attr}'
+  assert ('train', 'train_and_evaluate') in used and ('train', 'sample_checkpoint') in used
+  # The environment variables the slow test sets are the ones the notebook reads.
+  source = '\n'.join(c.source for c in code)
+  read = set(re.findall(r"os\.environ\.get\(\s*'(QUICKSTART_\w+)'", source))
+  assert {'QUICKSTART_CONFIG', 'QUICKSTART_DATA', 'QUICKSTART_WORKDIR', 'QUICKSTART_STEPS',
+          'QUICKSTART_EVAL_SAMPLES', 'QUICKSTART_NUM_REF', 'QUICKSTART_OVERRIDES'} <= read
