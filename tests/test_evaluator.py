@@ -266,3 +266,18 @@ def test_num_ref_uses_a_class_balanced_prefix_and_its_own_cache(small_cifar, tmp
   keep = evaluator.balanced_subset(yt, 300)
   mu, _ = fid.compute_statistics(feats(xt[keep])['pool'])
   np.testing.assert_allclose(stats['mu'], mu, rtol=1e-6, atol=1e-9)
+
+
+def test_protocol_names_the_offline_npz_when_tfds_is_unavailable(small_cifar, tmp_path):
+  npz, _, _ = small_cifar
+  cfg = _config(npz, metrics='fid')
+  cfg.data.source = 'tfds'
+  cfg.data.tfds_data_dir = str(tmp_path / 'no_tfds_here')
+  cfg.data.offline_npz = str(npz)
+  ev = evaluator.Evaluator(cfg, features_fn=_random_features(), features_tag='random-64',
+                           cache_dir=tmp_path)
+  assert f'npz {npz}, offline fallback for tfds' in ev._source()
+  cfg.data.offline_npz = ''  # no fallback configured: the description stays the TFDS one
+  ev = evaluator.Evaluator(cfg, features_fn=_random_features(), features_tag='random-64',
+                           cache_dir=tmp_path)
+  assert ev._source() == f'cifar10:test (tfds {tmp_path / "no_tfds_here"})'

@@ -117,6 +117,7 @@ class Evaluator:
     self._cache_dir = pathlib.Path(cache_dir).expanduser() if cache_dir else inception.cache_dir()
     self._reference_arrays = reference
     self._loaded_arrays = None  # reference arrays as used (num_ref applied), once loaded
+    self._tfds_fallback = None  # '' = TFDS readable, else the offline npz read instead
     self._reference = None  # {'pool', 'labels', 'n'} once computed/loaded
 
   # ---- networks -------------------------------------------------------------------------------
@@ -160,6 +161,17 @@ class Evaluator:
               if self.config.eval.num_ref > 0 else '')
     if self._reference_arrays is not None:
       return f'{d.name}:{self._split()} (arrays given to the Evaluator{subset})'
+    if d.source == 'tfds' and d.offline_npz:
+      # Name the file actually read when TFDS is unavailable: its order can differ from TFDS's,
+      # so a num_ref subset (and its cache) differs too.
+      if self._tfds_fallback is None:
+        from reacgan_jax import input_pipeline  # noqa: PLC0415 (TF-backed, lazily)
+
+        _, fallback = input_pipeline._tfds_or_fallback(self.config, self._split())  # noqa: SLF001
+        self._tfds_fallback = fallback or ''
+      fallback = self._tfds_fallback
+      if fallback:
+        return f'{d.name}:{self._split()} (npz {fallback}, offline fallback for tfds{subset})'
     return f'{d.name}:{self._split()} ({d.source} {where.get(d.source, "")}{subset})'
 
   def stats_path(self) -> pathlib.Path:
