@@ -62,6 +62,26 @@ def test_output_shapes_logits_head_and_ragged_batches():
   assert shapes['logits'] is None and shapes['pool'].shape == (3, 128)
 
 
+def test_cpu_chunks_pad_least_and_leave_features_unchanged(monkeypatch):
+  # extract loops over CPU chunks (lax.map) for speed; every image is independent (eval BN),
+  # so the result must equal one whole-batch apply, the padded tail included.
+  assert [inception._chunk_size(b, 8) for b in (3, 8, 9, 11, 50, 106, 200)] == [
+      3, 8, 5, 6, 5, 6, 8]
+  assert [inception._chunk_size(b, 2) for b in (1, 2, 7, 50)] == [1, 2, 1, 2]
+  monkeypatch.setattr(inception, 'CPU_CHUNK', 8)  # read when extract traces a new shape
+  params = jax.tree.map(jnp.asarray, _tiny_params(num_logits=10))
+  b = 11  # chunks of 6: one padded image
+  x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (b, 299, 299, 3)), jnp.float32)
+  got = inception.extract(params, x)
+  module = inception._module_for(params)
+  ref = jax.jit(lambda p, x: module.apply({'params': p}, x))(params, x)
+  # Tolerance: float32 convs tiled differently for a chunk than for the whole batch; O(1) values.
+  for k in ('pool', 'logits'):
+    assert got[k].shape == ref[k].shape
+    np.testing.assert_allclose(np.asarray(got[k]), np.asarray(ref[k]), rtol=1e-4, atol=1e-4)
+  assert np.abs(np.asarray(got['pool'][0] - got['pool'][-1])).max() > 1e-3
+
+
 def test_avg_pool_ignores_padding_and_last_block_max_pools():
   # TF avg_pool semantics: the corner of a 3x3/s1/p1 pool averages the 4 real pixels only.
   x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
