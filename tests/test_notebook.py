@@ -8,7 +8,7 @@ test neither reads nor evicts the user's reference statistics. Skips without the
 weights, or nbclient.
 
 Slow (`pytest -m slow tests/test_notebook.py`): even at toy size the run compiles the train step
-and the Inception network and takes two 2048x2048 matrix square roots (FID), 2.5-4.5 min here.
+and the Inception network and takes two 2048x2048 matrix square roots (FID): 4-6 min here.
 """
 
 import json
@@ -64,7 +64,7 @@ def _report_cell_times(nb):
       print(f'cell {i}: {seconds:.1f} s  {cell.source.splitlines()[0][:60]}')
 
 
-@pytest.mark.slow  # ~4 min on the shared 2-core machine: two XLA compiles and two 2048-d sqrtm
+@pytest.mark.slow  # 4-6 min on the shared 2-core machine: two XLA compiles and two 2048-d sqrtm
 def test_quickstart_notebook_runs(cifar10_npz, tmp_path):
   nbformat = pytest.importorskip('nbformat')
   nbclient = pytest.importorskip('nbclient')
