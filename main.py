@@ -48,7 +48,7 @@ def parse_flags(argv):
     # config_flags raises these (not a flags error) for a key the config does not have.
     message = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').replace("'", '').split())
     sys.stderr.write(f'FATAL Flags parsing error: unknown config key {message}\n'
-                     'Pass --helpfull to see every --config.<key> flag.\n')
+                     'Every key, with its default and a comment, is in configs/default.py.\n')
     sys.exit(1)
   except flags.Error as e:
     sys.stderr.write(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see '

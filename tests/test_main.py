@@ -1,6 +1,7 @@
 """The CLI end to end: flag errors name the key; train -> sample -> eval on a tiny run."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -12,8 +13,10 @@ from train_helpers import write_npz
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _main(*args, cwd=None):
+def _main(*args, cwd=None, cache=None):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  if cache is not None:
+    env['REACGAN_JAX_CACHE'] = str(cache)
   return subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), *args], env=env,
                         cwd=cwd, capture_output=True, text=True, timeout=600)
 
@@ -53,6 +56,14 @@ def test_train_then_sample_then_eval(tmp_path):
     assert f['labels'].shape == (12,) and f['labels'].max() < 10
     assert f['images'].std() > 0  # not a constant image
 
-  r = _main(*common, '--mode=eval', cwd=str(tmp_path))
+  # A private cache: the toy reference statistics must not replace the user's real ones. The
+  # converted Inception weights are linked in when the user's cache has them (else converted).
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  weights = pathlib.Path(os.environ.get('REACGAN_JAX_CACHE', '~/.cache/reacgan_jax')).expanduser()
+  weights = weights / 'inception_fid_2015-12-05.msgpack'
+  if weights.exists():
+    (cache / weights.name).symlink_to(weights)
+  r = _main(*common, '--mode=eval', cwd=str(tmp_path), cache=cache)
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'step 2:' in r.stdout
