@@ -69,6 +69,8 @@ def summarize(workdir, variant, steps):
   final = evals[-1] if evals else {}
   last_step = train[-1]['step'] if train else 0
   grid = os.path.join(workdir, 'samples', f'step_{last_step}.png')
+  if not os.path.exists(grid):  # stopped between grids: main.py --mode=sample writes this one
+    grid = os.path.join(workdir, 'samples', f'final_{final.get("step", last_step)}', 'grid.png')
   summary = {
       'variant': variant,
       'method': config.model.cond_method,
