@@ -395,9 +395,9 @@ class _JsonlWriter:
   first, so the file describes one uninterrupted run.
   """
 
-  def __init__(self, path, resume_step):
+  def __init__(self, path, resume_step=None):
     self._path = path
-    if os.path.exists(path):
+    if resume_step is not None and os.path.exists(path):
       keep = []
       with open(path) as f:
         for line in f:
@@ -444,7 +444,7 @@ class _Writers:
     return call
 
 
-def _create_writer(workdir, resume_step=0):
+def _create_writer(workdir, resume_step=None):
   """clu's default writer (tensorboard + text log) plus metrics.jsonl on process 0.
 
   clu's writers import TensorFlow; where it is not installed (a bare GPU/TPU image) training
@@ -677,10 +677,15 @@ def evaluate_checkpoints(config, workdir, all_checkpoints=False):
     raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first.')
   sampler = sampling.Sampler(config, generator, mesh)
   out, cache = {}, {}
+  writer = _create_writer(workdir)  # appends: the training records stay
   for s in (steps if all_checkpoints else [None]):
     state, at = load_state(config, workdir, mesh, generator, discriminator, step=s)
     out[at] = run_evaluation(config, sampler.sample_fn(state), at, workdir, strict=True,
                              cache=cache)
+    if out[at]:
+      writer.write_scalars(at, {f'eval/{k}': v for k, v in out[at].items()
+                                if isinstance(v, float)})
+  writer.close()
   return out
 
 

@@ -1,5 +1,7 @@
 """The CLI end to end: flag errors name the key; train -> sample -> eval on a tiny run."""
 
+import glob
+import json
 import os
 import pathlib
 import subprocess
@@ -67,3 +69,9 @@ def test_train_then_sample_then_eval(tmp_path):
   r = _main(*common, '--mode=eval', cwd=str(tmp_path), cache=cache)
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'step 2:' in r.stdout
+  # The metrics also go to tensorboard and metrics.jsonl, after the training records.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  assert any('d_loss' in r for r in records)
+  assert records[-1]['step'] == 2 and np.isfinite(records[-1]['eval/fid'])
+  assert len(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))) >= 2
