@@ -31,7 +31,8 @@ LABELS = {'reacgan': 'ReACGAN (D2D-CE)', 'acgan': 'ACGAN', 'pd': 'Projection D',
 def _smooth(steps, y, k=5):
   """Running mean over k logged points, aligned with the last step of each window."""
   y = np.asarray(y, np.float64)
-  if len(y) < k:
+  k = max(1, min(k, len(y) // 10))  # short runs: keep their first points
+  if len(y) < k or k == 1:
     return list(steps), y
   return list(steps)[k - 1:], np.convolve(y, np.ones(k) / k, mode='valid')
 
@@ -85,8 +86,8 @@ def _fmt(x, spec='.2f'):
 
 
 def table(summaries):
-  rows = ['| run | method | steps | batch | hardware | wall | FID-10k | precision | recall | '
-          'density | coverage | classifier acc. | MS-SSIM (real) |',
+  rows = ['| run | method | steps | batch | hardware | wall (training) | FID | precision | '
+          'recall | density | coverage | classifier acc. | MS-SSIM (real) |',
           '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for v, s in summaries.items():
     f = s['final']
@@ -99,7 +100,11 @@ def table(summaries):
         f'{_fmt(f.get("precision"), ".3f")} | {_fmt(f.get("recall"), ".3f")} | '
         f'{_fmt(f.get("density"), ".3f")} | {_fmt(f.get("coverage"), ".3f")} | '
         f'{_fmt(f.get("accuracy"), ".3f")} | {ms} |')
-  return '\n'.join(rows) + '\n'
+  protocols = sorted({s['final']['protocol'] for s in summaries.values()
+                      if s['final'].get('protocol')})
+  notes = [f'\nProtocol{"s" if len(protocols) > 1 else ""} of the metrics: ' +
+           '; '.join(f'"{p}"' for p in protocols)] if protocols else []
+  return '\n'.join(rows + notes) + '\n'
 
 
 def main():

@@ -100,7 +100,7 @@ def test_report_writes_table_json_and_plots(tmp_path):
                'samples_reacgan.png', 'samples_acgan.png'):
     assert (out / name).stat().st_size > 0, name
   table = (out / 'results' / 'cifar10_compare_table.md').read_text().splitlines()
-  assert len(table) == 4 and table[2].startswith('| `reacgan` |')
+  assert len(table) == 4 and table[2].startswith('| `reacgan` |')  # no protocol in the fakes
   assert '| 25.00 |' in table[2] and '1.5 min' in table[2]
   with open(out / 'results' / 'cifar10_compare.json') as f:
     saved = json.load(f)
