@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax.models import conv as conv_ops
+
 Dtype = Any
 
 # StudioGAN's ops.batchnorm_2d: eps 1e-4, torch momentum 0.1, i.e. running = 0.9 * running
@@ -163,8 +165,9 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
-    conv = lambda f, name: nn.Conv(f, (1, 1), use_bias=False, kernel_init=self.kernel_init,
-                                   dtype=self.dtype, name=name)
+    conv = lambda f, name: nn.Conv(
+        f, (1, 1), use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype,
+        conv_general_dilated=conv_ops.conv_general_dilated, name=name)
     theta = conv(c // 8, 'theta')(x).reshape(b, h * w, c // 8)
     phi = max_pool2x(conv(c // 8, 'phi')(x)).reshape(b, h * w // 4, c // 8)
     g = max_pool2x(conv(c // 2, 'g')(x)).reshape(b, h * w // 4, c // 2)
@@ -178,11 +181,14 @@ class SelfAttention(nn.Module):
 
 def conv(features: int, kernel: int, kernel_init: Callable, dtype: Dtype, name: str,
          stride: int = 1, padding: int | None = None, use_bias: bool = True):
-  """nn.Conv with torch-style symmetric padding (default (kernel - 1) // 2 = 'same' at stride 1)."""
+  """nn.Conv with torch-style symmetric padding (default (kernel - 1) // 2 = 'same' at stride 1).
+
+  Stride-1 convolutions compute their weight gradient as matrix products on CPU (conv.py).
+  """
   p = (kernel - 1) // 2 if padding is None else padding
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((p, p), (p, p)), use_bias=use_bias, kernel_init=kernel_init,
-                 dtype=dtype, name=name)
+                 dtype=dtype, conv_general_dilated=conv_ops.conv_general_dilated, name=name)
 
 
 class GenBlock(nn.Module):
