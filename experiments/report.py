@@ -1,12 +1,15 @@
 """Plots and the RESULTS.md table from experiments/cifar10_compare.py's summaries.
 
   python experiments/report.py --root=runs/cifar10_compare --out=docs
+  python experiments/report.py --root=runs/cifar10_ablation_cpu --out=docs --name=cifar10_ablation
 
-Writes under --out: results/cifar10_compare.json (the summaries, curves included: what the
-table and plots are made of, committed), results/cifar10_compare_table.md (the RESULTS.md
-table rows), fid_over_steps.png, cond_grad_norm.png (ReACGAN's Figure 1 diagnostic),
-d_accuracy.png and samples_<variant>.png (each run's last class-conditional grid: rows are
-classes, same z across runs).
+Writes under --out: results/<name>.json (the summaries, curves included: what the table and
+plots are made of, committed), results/<name>_table.md (the RESULTS.md table rows),
+fid_over_steps.png, final_fid.png (last FID per run), cond_grad_norm.png (ReACGAN's Figure 1
+diagnostic, every run with a conditional loss), d_accuracy.png and samples_<variant>.png (each
+run's last class-conditional grid: rows are classes, same z across runs). --name defaults to
+cifar10_compare; any other name also prefixes the images (<name>_fid_over_steps.png, ...) so
+that reports of different run roots live side by side in docs/.
 """
 
 import argparse
@@ -37,7 +40,7 @@ def _smooth(steps, y, k=5):
   return list(steps)[k - 1:], np.convolve(y, np.ones(k) / k, mode='valid')
 
 
-def plot_curves(summaries, out):
+def plot_curves(summaries, out, prefix=''):
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, group, title in ((axes[0], METHODS, 'methods'),
                            (axes[1], [v for v in summaries if v.startswith('reacgan')],
@@ -50,34 +53,46 @@ def plot_curves(summaries, out):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(os.path.join(out, 'fid_over_steps.png'), dpi=110)
+  fig.savefig(os.path.join(out, f'{prefix}fid_over_steps.png'), dpi=110)
+  plt.close(fig)
+
+  final = [(v, s['final']['fid']) for v, s in summaries.items() if s['final'].get('fid')]
+  fig, ax = plt.subplots(figsize=(1.2 * len(final) + 2.5, 4))
+  bars = ax.bar(range(len(final)), [f for _, f in final])
+  ax.bar_label(bars, fmt='%.1f', fontsize=8)
+  ax.set_xticks(range(len(final)), [v for v, _ in final], rotation=30, ha='right', fontsize=8)
+  ax.set(ylabel='FID (protocol in the table)', title='FID at the last evaluation')
+  ax.grid(alpha=0.3, axis='y')
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, f'{prefix}final_fid.png'), dpi=110)
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(6.5, 4))
-  for v in ('reacgan', 'acgan'):
-    curve = summaries.get(v, {}).get('cond_grad_norm_curve') or []
-    if curve:
+  for v, s in summaries.items():
+    curve = s.get('cond_grad_norm_curve') or []
+    if curve and v != 'none':
       steps, norms = zip(*curve, strict=True)
-      ax.plot(*_smooth(steps, norms), label=LABELS[v])
+      ax.plot(*_smooth(steps, norms), label=LABELS.get(v, v))
   ax.set(xlabel='generator step', ylabel='||grad of lambda * cond loss wrt h||_2 (mean)',
          title='Gradient the conditional head sends into D (ReACGAN Fig. 1)', yscale='log')
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(out, 'cond_grad_norm.png'), dpi=110)
+  fig.savefig(os.path.join(out, f'{prefix}cond_grad_norm.png'), dpi=110)
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(6.5, 4))
-  for v in METHODS:
-    curve = summaries.get(v, {}).get('d_acc_curve') or []
+  for v, s in summaries.items():
+    curve = s.get('d_acc_curve') or []
     if curve:
-      ax.plot(*_smooth([c[0] for c in curve], [c[1] for c in curve]), label=f'{LABELS[v]}: real')
+      ax.plot(*_smooth([c[0] for c in curve], [c[1] for c in curve]),
+              label=f'{LABELS.get(v, v)}: real')
   ax.set(xlabel='generator step', ylabel='D accuracy on real (hinge sign)',
          title='Discriminator accuracy on real images')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(os.path.join(out, 'd_accuracy.png'), dpi=110)
+  fig.savefig(os.path.join(out, f'{prefix}d_accuracy.png'), dpi=110)
   plt.close(fig)
 
 
@@ -111,7 +126,11 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--root', default='runs/cifar10_compare')
   parser.add_argument('--out', default='docs')
+  parser.add_argument('--name', default='cifar10_compare',
+                      help='results/<name>.json and _table.md; other names prefix the images too')
   args = parser.parse_args()
+  prefix = '' if args.name == 'cifar10_compare' else f'{args.name}_'
+
   path = os.path.join(args.root, 'summary.json')
   if not os.path.exists(path):
     sys.exit(f'{path} not found: run experiments/cifar10_compare.py first (or with '
@@ -121,14 +140,14 @@ def main():
   os.makedirs(os.path.join(args.out, 'results'), exist_ok=True)
   for v, s in summaries.items():
     if s.get('final_grid') and os.path.exists(s['final_grid']):
-      dst = os.path.join(args.out, f'samples_{v}.png')
+      dst = os.path.join(args.out, f'{prefix}samples_{v}.png')
       shutil.copyfile(s['final_grid'], dst)
       s['final_grid'] = os.path.relpath(dst, args.out)
-  with open(os.path.join(args.out, 'results', 'cifar10_compare.json'), 'w') as f:
+  with open(os.path.join(args.out, 'results', f'{args.name}.json'), 'w') as f:
     json.dump(summaries, f, indent=1)
-  plot_curves(summaries, args.out)
+  plot_curves(summaries, args.out, prefix)
   md = table(summaries)
-  with open(os.path.join(args.out, 'results', 'cifar10_compare_table.md'), 'w') as f:
+  with open(os.path.join(args.out, 'results', f'{args.name}_table.md'), 'w') as f:
     f.write(md)
   print(md)
 

@@ -96,7 +96,7 @@ def test_report_writes_table_json_and_plots(tmp_path):
   out = tmp_path / 'docs'
   subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'report.py'),
                   f'--root={root}', f'--out={out}'], check=True, capture_output=True)
-  for name in ('fid_over_steps.png', 'cond_grad_norm.png', 'd_accuracy.png',
+  for name in ('fid_over_steps.png', 'final_fid.png', 'cond_grad_norm.png', 'd_accuracy.png',
                'samples_reacgan.png', 'samples_acgan.png'):
     assert (out / name).stat().st_size > 0, name
   table = (out / 'results' / 'cifar10_compare_table.md').read_text().splitlines()
@@ -106,3 +106,13 @@ def test_report_writes_table_json_and_plots(tmp_path):
     saved = json.load(f)
   assert saved['acgan']['final_grid'] == 'samples_acgan.png'
   assert report.table(summaries).splitlines()[3].startswith('| `acgan` |')
+  # Another name: its own JSON / table, and prefixed images beside the first report's.
+  subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'report.py'),
+                  f'--root={root}', f'--out={out}', '--name=ablation'], check=True,
+                 capture_output=True)
+  for name in ('ablation_fid_over_steps.png', 'ablation_final_fid.png',
+               'ablation_samples_reacgan.png', 'results/ablation.json',
+               'results/ablation_table.md'):
+    assert (out / name).stat().st_size > 0, name
+  with open(out / 'results' / 'ablation.json') as f:
+    assert json.load(f)['reacgan']['final_grid'] == 'ablation_samples_reacgan.png'
