@@ -66,6 +66,11 @@ def main(argv):
   # Sharded random draws must equal unsharded ones (device-count independent runs).
   jax.config.update('jax_threefry_partitionable', True)
   config, workdir = _CONFIG.value, _WORKDIR.value
+  if config.train.compilation_cache:
+    from reacgan_jax.evaluation import inception  # noqa: PLC0415
+
+    # Keyed by the computation, the compile options and the jax version: never a stale hit.
+    jax.config.update('jax_compilation_cache_dir', str(inception.cache_dir() / 'xla'))
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   if _MODE.value == 'train':

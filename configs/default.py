@@ -98,6 +98,9 @@ def get_config():
   config.train.diffaug_policy = ''  # e.g. 'color,translation,cutout'; '' = off
   config.train.bn_sync = True  # BN statistics over the global batch (device-count independent)
   config.train.log_every = 100  # steps between scalar logs (and host syncs)
+  # Persistent XLA compilation cache in <$REACGAN_JAX_CACHE or ~/.cache/reacgan_jax>/xla: a
+  # resumed or repeated run (same config, same jax) loads its compiled step instead of compiling.
+  config.train.compilation_cache = True
   config.train.sample_every = 2000  # steps between sample grids
   config.train.checkpoint_every = 2000  # steps between checkpoints
   config.train.keep_checkpoints = 3  # newest checkpoints kept (plus the best-FID one)

@@ -41,10 +41,20 @@ def test_train_then_sample_then_eval(tmp_path):
             f'--config.data.npz_path={npz}', '--config.data.npz_layout=nhwc',
             '--config.train.steps=2', '--config.train.d_updates_per_step=1',
             '--config.train.eval_every=-1', '--config.eval.num_samples=12']
-  r = _main(*common, cwd=str(tmp_path))
+  # A private cache: the toy reference statistics must not replace the user's real ones. The
+  # converted Inception weights are linked in when the user's cache has them (else converted).
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  weights = pathlib.Path(os.environ.get('REACGAN_JAX_CACHE', '~/.cache/reacgan_jax')).expanduser()
+  weights = weights / 'inception_fid_2015-12-05.msgpack'
+  if weights.exists():
+    (cache / weights.name).symlink_to(weights)
+  r = _main(*common, cwd=str(tmp_path), cache=cache)
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'img/s' in r.stderr
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '2'))
+  # train.compilation_cache (default on): the compiled step is kept under the cache dir.
+  assert any(p.name.startswith('jit_train_step') for p in (cache / 'xla').iterdir())
 
   r = _main(*common, '--mode=sample', cwd=str(tmp_path))
   assert r.returncode == 0, r.stderr[-3000:]
@@ -58,14 +68,6 @@ def test_train_then_sample_then_eval(tmp_path):
     assert f['labels'].shape == (12,) and f['labels'].max() < 10
     assert f['images'].std() > 0  # not a constant image
 
-  # A private cache: the toy reference statistics must not replace the user's real ones. The
-  # converted Inception weights are linked in when the user's cache has them (else converted).
-  cache = tmp_path / 'cache'
-  cache.mkdir()
-  weights = pathlib.Path(os.environ.get('REACGAN_JAX_CACHE', '~/.cache/reacgan_jax')).expanduser()
-  weights = weights / 'inception_fid_2015-12-05.msgpack'
-  if weights.exists():
-    (cache / weights.name).symlink_to(weights)
   r = _main(*common, '--mode=eval', cwd=str(tmp_path), cache=cache)
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'step 2:' in r.stdout
