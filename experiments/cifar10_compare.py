@@ -168,8 +168,15 @@ def main():
     with concurrent.futures.ThreadPoolExecutor(max(1, args.parallel)) as pool:
       summaries = list(pool.map(
           lambda r: run_one(r, args.root, args.steps, extra, hardware, env, deadline), runs))
-  with open(os.path.join(args.root, 'summary.json'), 'w') as f:
-    json.dump({s['variant']: s for s in summaries}, f, indent=1)
+  # Runs of earlier invocations (other --runs on the same root) stay in the root summary.
+  path = os.path.join(args.root, 'summary.json')
+  merged = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      merged = json.load(f)
+  merged.update({s['variant']: s for s in summaries})
+  with open(path, 'w') as f:
+    json.dump(merged, f, indent=1)
   print(f'wrote {args.root}/summary.json')
   for s in summaries:
     fin = s['final']

@@ -116,3 +116,16 @@ def test_report_writes_table_json_and_plots(tmp_path):
     assert (out / name).stat().st_size > 0, name
   with open(out / 'results' / 'ablation.json') as f:
     assert json.load(f)['reacgan']['final_grid'] == 'ablation_samples_reacgan.png'
+
+
+def test_root_summary_keeps_runs_of_earlier_invocations(tmp_path):
+  root = tmp_path / 'runs'
+  for v in ('reacgan', 'acgan'):
+    _fake_run(str(root / v))
+  for v in ('reacgan', 'acgan'):  # one variant per invocation, as across sessions
+    r = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'cifar10_compare.py'),
+                        '--summarize_only', f'--runs={v}', f'--root={root}', '--steps=4'],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+  with open(root / 'summary.json') as f:
+    assert sorted(json.load(f)) == ['acgan', 'reacgan']
