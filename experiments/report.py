@@ -137,6 +137,8 @@ def main():
              '--summarize_only to rebuild it from the run directories).')
   with open(path) as f:
     summaries = json.load(f)
+  rank = {v: i for i, v in enumerate(LABELS)}  # methods first, then the ablations
+  summaries = {v: summaries[v] for v in sorted(summaries, key=lambda v: rank.get(v, len(rank)))}
   os.makedirs(os.path.join(args.out, 'results'), exist_ok=True)
   for v, s in summaries.items():
     if s.get('final_grid') and os.path.exists(s['final_grid']):
