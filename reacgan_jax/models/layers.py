@@ -165,16 +165,14 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
-    conv = lambda f, name: nn.Conv(
-        f, (1, 1), use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype,
-        conv_general_dilated=conv_ops.conv_general_dilated, name=name)
-    theta = conv(c // 8, 'theta')(x).reshape(b, h * w, c // 8)
-    phi = max_pool2x(conv(c // 8, 'phi')(x)).reshape(b, h * w // 4, c // 8)
-    g = max_pool2x(conv(c // 2, 'g')(x)).reshape(b, h * w // 4, c // 2)
+    proj = lambda f, name: conv(f, 1, self.kernel_init, self.dtype, name, use_bias=False)
+    theta = proj(c // 8, 'theta')(x).reshape(b, h * w, c // 8)
+    phi = max_pool2x(proj(c // 8, 'phi')(x)).reshape(b, h * w // 4, c // 8)
+    g = max_pool2x(proj(c // 2, 'g')(x)).reshape(b, h * w // 4, c // 2)
     logits = jnp.einsum('bqc,bkc->bqk', theta, phi).astype(jnp.float32)
     attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # softmax in float32 (bf16 safe)
     attn_g = jnp.einsum('bqk,bkc->bqc', attn, g).reshape(b, h, w, c // 2)
-    attn_g = conv(c, 'attn')(attn_g)
+    attn_g = proj(c, 'attn')(attn_g)
     sigma = self.param('sigma', nn.initializers.zeros, (1,), jnp.float32)
     return x + sigma.astype(self.dtype) * attn_g
 
