@@ -1,0 +1,157 @@
+"""Records what the trainer does, so a refactor can prove it changed nothing (issue 13).
+
+For every backbone x cond_method on configs/tiny.py (plus DiffAugment and per-device-BN
+variants) it runs 20 train steps on a fixed synthetic batch stream and records every step's
+metrics (float32, exactly) and a sha256 digest of each part of the final state (G, D, SN
+vectors, BN statistics, optimiser states, EMA). The fixture it writes is compared with
+`np.array_equal`-strictness by tests/test_behaviour.py.
+
+  python scripts/record_behaviour.py --devices=1 --out=tests/fixtures/behaviour_1dev.json
+  python scripts/record_behaviour.py --devices=8 --out=tests/fixtures/behaviour_8dev.json
+
+XLA:CPU's code depends on the CPU (AVX2 vs AVX-512 kernels round differently), so the
+fixture records the CPU it was made on and the test compares only on that CPU.
+
+Only `state_parts` knows the TrainState's layout: a refactor that moves state around updates
+that function (the names and the leaf order inside each part stay).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+  sys.path.insert(0, _REPO)
+
+STEPS = 20
+BACKBONES = ('dcgan', 'deep_conv', 'resnet', 'biggan')
+CONDS = ('none', 'acgan', 'pd', 'reacgan')
+# name -> config overrides ('section.key' -> value) on top of the tiny config.
+EXTRA = {
+    'biggan-reacgan-diffaug': {'model.backbone': 'biggan', 'model.cond_method': 'reacgan',
+                               'train.diffaug_policy': 'color,translation,cutout'},
+    'dcgan-acgan-diffaug': {'model.backbone': 'dcgan', 'model.cond_method': 'acgan',
+                            'train.diffaug_policy': 'translation,cutout'},
+    'biggan-pd-bn_per_device': {'model.backbone': 'biggan', 'model.cond_method': 'pd',
+                                'train.bn_sync': False},
+}
+
+
+def cases():
+  """name -> overrides, every backbone x cond_method and the extra variants."""
+  out = {f'{b}-{c}': {'model.backbone': b, 'model.cond_method': c}
+         for b in BACKBONES for c in CONDS}
+  out.update(EXTRA)
+  return out
+
+
+def cpu_name():
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def make_config(overrides):
+  from configs import tiny  # noqa: PLC0415 (after sys.path is set)
+
+  config = tiny.get_config()
+  config.train.eval_every = -1
+  config.train.steps = STEPS
+  for key, value in overrides.items():
+    section, name = key.split('.')
+    setattr(config[section], name, value)
+  return config
+
+
+def batches(config, n_steps, seed=0):
+  """A fixed stream of global batches {'image': [n_d, B, S, S, 3], 'label': [n_d, B]}."""
+  import numpy as np  # noqa: PLC0415
+
+  rng = np.random.default_rng(seed)
+  n_d, b, s = config.train.d_updates_per_step, config.train.batch_size, config.data.image_size
+  for _ in range(n_steps):
+    yield {'image': rng.uniform(-1, 1, (n_d, b, s, s, 3)).astype(np.float32),
+           'label': rng.integers(0, config.data.num_classes, (n_d, b)).astype(np.int32)}
+
+
+def state_parts(state):
+  """name -> pytree: the TrainState cut into the named parts the fixture digests."""
+  return {
+      'g_params': state.g_params, 'g_batch_stats': state.g_state, 'g_sn': state.g_sn,
+      'g_opt': state.g_opt, 'd_params': state.d_params, 'd_batch_stats': state.d_state,
+      'd_sn': state.d_sn, 'd_opt': state.d_opt, 'ema_params': state.ema_params,
+      'ema_batch_stats': state.ema_state, 'step': state.step, 'rng': state.rng,
+  }
+
+
+def digest(tree):
+  """sha256 over (path, dtype, shape, bytes) of every leaf, in key-path order."""
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  h = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
+    a = np.asarray(jax.device_get(leaf))
+    if a.dtype == np.dtype('O'):  # typed PRNG keys
+      a = np.asarray(jax.random.key_data(leaf))
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(str(a.dtype).encode() + str(a.shape).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def run_case(overrides, n_devices):
+  """(per-step metrics as lists of python floats, digest per state part) of one 20-step run."""
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  from reacgan_jax import parallel, train  # noqa: PLC0415
+
+  config = make_config(overrides)
+  mesh = parallel.create_mesh(jax.devices()[:n_devices])
+  generator, discriminator = train.build(config, mesh)
+  state = train.init_state(config, generator, discriminator, mesh)
+  step_fn = train.compile_train_step(config, generator, discriminator, mesh)
+  metrics = {}
+  for batch in batches(config, STEPS):
+    state, m = step_fn(state, parallel.shard_batch(batch, mesh, sample_axis=1))
+    for k, v in parallel.to_host(m).items():
+      metrics.setdefault(k, []).append(float(np.float32(v)))
+  return metrics, {name: digest(part) for name, part in state_parts(state).items()}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--devices', type=int, default=1)
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--only', default='', help='comma list of case names (default: all)')
+  args = parser.parse_args()
+  os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  import jax  # noqa: PLC0415
+
+  jax.config.update('jax_threefry_partitionable', True)
+  names = [n for n in cases() if not args.only or n in args.only.split(',')]
+  record = {'cpu': cpu_name(), 'devices': args.devices, 'steps': STEPS, 'jax': jax.__version__,
+            'cases': {}}
+  for name in names:
+    metrics, digests = run_case(cases()[name], args.devices)
+    record['cases'][name] = {'metrics': metrics, 'digests': digests}
+    print(f'{name}: d_loss[-1]={metrics["d_loss"][-1]:.6g} g={digests["g_params"][:12]}',
+          flush=True)
+  with open(args.out, 'w') as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+
+
+if __name__ == '__main__':
+  main()
