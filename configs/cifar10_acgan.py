@@ -6,7 +6,7 @@ src/configs/CIFAR10/ACGAN-Mod-Big.yaml): batch 64, lr 2e-4, betas (0.5, 0.999),
 Variant ``small``: CPU size, as in cifar10_reacgan.py.
 """
 
-from configs import cifar10_reacgan
+from configs import cifar10_reacgan, variants
 
 
 def get_config(variant=''):
@@ -16,8 +16,4 @@ def get_config(variant=''):
   config.optim.g_lr = 2e-4
   config.optim.d_lr = 2e-4
   config.train.batch_size = 64
-  if variant == 'small':
-    cifar10_reacgan.apply_small(config)
-  elif variant:
-    raise ValueError(f"cifar10_acgan: unknown variant {variant!r}; expected '' or 'small'")
-  return config
+  return variants.apply(config, variant, {'small': cifar10_reacgan.apply_small}, 'cifar10_acgan')

@@ -7,7 +7,7 @@ The projection term has no separate loss weight (SPEC 1).
 Variant ``small``: CPU size, as in cifar10_reacgan.py.
 """
 
-from configs import cifar10_reacgan
+from configs import cifar10_reacgan, variants
 
 
 def get_config(variant=''):
@@ -17,8 +17,5 @@ def get_config(variant=''):
   config.optim.g_lr = 2e-4
   config.optim.d_lr = 2e-4
   config.train.batch_size = 64
-  if variant == 'small':
-    cifar10_reacgan.apply_small(config)
-  elif variant:
-    raise ValueError(f"cifar10_biggan_pd: unknown variant {variant!r}; expected '' or 'small'")
-  return config
+  return variants.apply(config, variant, {'small': cifar10_reacgan.apply_small},
+                        'cifar10_biggan_pd')

@@ -17,16 +17,14 @@ precision/recall/density/coverage), with classifier accuracy and intra-class MS-
 experiments/cifar10_compare.py runs the variants and writes the summaries RESULTS.md reads.
 """
 
-from configs import cifar10_reacgan
+from configs import cifar10_reacgan, variants
 
 VARIANTS = ('reacgan', 'acgan', 'pd', 'none', 'reacgan_no_fnr', 'reacgan_no_margin',
             'reacgan_t0.25', 'reacgan_t1.0')
 
 
 def get_config(variant='reacgan'):
-  if variant not in VARIANTS:
-    raise ValueError(f'cifar10_experiments: unknown variant {variant!r}; expected one of '
-                     f'{", ".join(VARIANTS)}')
+  variants.check(variant, VARIANTS, 'cifar10_experiments')
   config = cifar10_reacgan.get_config('small')
   config.train.steps = 6000
   config.train.ema_start = 1000

@@ -10,7 +10,7 @@ and architecture family at CPU size (narrow channels, batch 32, no D repeats
 beyond 2) for the README's main job; it trains in minutes on a 2-core CPU.
 """
 
-from configs import default
+from configs import default, variants
 
 
 def get_config(variant=''):
@@ -33,11 +33,7 @@ def get_config(variant=''):
   config.train.d_updates_per_step = 5
   config.train.steps = 100_000
   config.train.ema_start = 1000
-  if variant == 'small':
-    apply_small(config)
-  elif variant:
-    raise ValueError(f"cifar10_reacgan: unknown variant {variant!r}; expected '' or 'small'")
-  return config
+  return variants.apply(config, variant, {'small': apply_small}, 'cifar10_reacgan')
 
 
 def apply_small(config):

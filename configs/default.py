@@ -63,7 +63,7 @@ def get_config():
   config.model.bn_eval = 'running'
   config.model.standing_batches = 16  # batches used by bn_eval=standing
   config.model.dtype = 'float32'  # compute dtype: float32 | bfloat16
-  # dropout rate of the dcgan D (ACGAN paper); other backbones ignore it
+  # dropout rate of the dcgan D (ACGAN paper); read by dcgan only (models.BACKBONES keys)
   config.model.d_dropout = 0.5
 
   # ---- losses (SPEC 1) ----------------------------------------------------
@@ -77,6 +77,9 @@ def get_config():
   config.loss.false_negative_removal = True  # mask same-class pairs (ablation knob)
   # False: D2D-CE without margins (m_p = 1, m_n = -1: every pair contributes; ablation knob)
   config.loss.margins = True
+  # Extra loss terms by name (objectives.TERMS), comma lists, after adv and cond: e.g. 'r1'
+  config.loss.d_terms = ''
+  config.loss.g_terms = ''
 
   # ---- optimisation -------------------------------------------------------
   config.optim = ml_collections.ConfigDict()
@@ -86,6 +89,8 @@ def get_config():
   config.optim.beta2 = 0.999
   config.optim.eps = 1e-6  # StudioGAN's Adam eps
   config.optim.schedule = 'constant'  # constant | linear_decay (to 0 at train.steps)
+  # A network with a lazy term (interval k > 1) gets lr * c, betas ** c, c = k / (k + 1)
+  config.optim.lazy_scaling = True
 
   # ---- training -----------------------------------------------------------
   config.train = ml_collections.ConfigDict()
@@ -96,6 +101,8 @@ def get_config():
   config.train.ema_decay = 0.9999
   config.train.ema_start = 1000  # plain copy before this step
   config.train.diffaug_policy = ''  # e.g. 'color,translation,cutout'; '' = off
+  # augment.AUGMENTATIONS name: none | diffaug; '' = diffaug when diffaug_policy is set, else none
+  config.train.augment = ''
   config.train.bn_sync = True  # BN statistics over the global batch (device-count independent)
   config.train.log_every = 100  # steps between scalar logs (and host syncs)
   # Persistent XLA compilation cache in <$REACGAN_JAX_CACHE or ~/.cache/reacgan_jax>/xla: a

@@ -147,13 +147,59 @@ def diff_augment(x, rng, policy: str):
   return x
 
 
-def augment_fn(config) -> Callable:
-  """The trainer's hook: `fn(x [B, H, W, C], rng) -> x` for `config.train.diffaug_policy`.
+class Augmentation:
+  """The augmentation seam: `augment(x, key, state) -> x` and `observe(state, out_real) -> state`.
 
-  Identity when the policy is ''. The policy is validated here, before anything is traced.
-  A later adaptive augmentation (ADA) would plug in behind this same signature.
+  The trainer applies `augment` to reals and fakes in every D update and to the fakes of the G
+  update (where StudioGAN's worker applies DiffAugment and ADA), with the state the step
+  started from; after each D update it calls `observe` with D's outputs on the (augmented)
+  reals (heads.DOutput: `.adv` is the logit ADA's r_t reads), and once per train step
+  `step_end(state, step)` (ADA adjusts p every few steps). `init_state()` is the state a new
+  run starts from (None: stateless, nothing is stored). Subclasses override what they use.
   """
-  policy = config.train.diffaug_policy
-  if not parse_policy(policy):
-    return lambda x, rng: x
-  return lambda x, rng: diff_augment(x, rng, policy)
+
+  def init_state(self):
+    return None
+
+  def augment(self, x, key, state):
+    del key, state
+    return x
+
+  def observe(self, state, out_real):
+    del out_real
+    return state
+
+  def step_end(self, state, step):
+    del step
+    return state
+
+
+class DiffAugment(Augmentation):
+  """DiffAugment with `policy` (stateless): the same ops on reals and fakes."""
+
+  def __init__(self, policy: str):
+    self.policy = policy
+    parse_policy(policy)  # validated before anything is traced
+
+  def augment(self, x, key, state):
+    del state
+    return diff_augment(x, key, self.policy)
+
+
+# name -> builder(config) -> Augmentation, chosen by config.train.augment ('' = DiffAugment when
+# config.train.diffaug_policy is set, else none). ADA registers here; tests register test-only
+# augmentations.
+AUGMENTATIONS: dict[str, Callable] = {
+    'none': lambda config: Augmentation(),
+    'diffaug': lambda config: DiffAugment(config.train.diffaug_policy),
+}
+
+
+def build(config) -> Augmentation:
+  """The run's Augmentation for config.train.augment (see AUGMENTATIONS)."""
+  name = config.train.augment or ('diffaug' if parse_policy(config.train.diffaug_policy)
+                                  else 'none')
+  if name not in AUGMENTATIONS:
+    raise ValueError(f'config.train.augment={name!r}: expected one of '
+                     f'{", ".join(sorted(AUGMENTATIONS))} (or \'\' to follow diffaug_policy)')
+  return AUGMENTATIONS[name](config)

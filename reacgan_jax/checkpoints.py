@@ -24,6 +24,31 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+# The TrainState layouts this project has written, by a top-level field that only that layout
+# has (read from orbax's tree metadata, without loading any array).
+LAYOUT_MARKERS = {1: 'g_params', 2: 'g'}
+LAYOUT_NOTES = {1: 'the flat TrainState (g_params, g_state, g_sn, ...) of reacgan-jax up to '
+                   'commit f207e45 (2026-12-01)'}
+
+
+class CheckpointLayoutError(ValueError):
+  """A checkpoint written with another TrainState layout than this version reads."""
+
+
+def stored_layout(checkpoint_dir) -> int | None:
+  """The TrainState layout of a finished checkpoint directory, or None when unrecognised."""
+  meta = epath.Path(checkpoint_dir) / 'state' / '_METADATA'
+  try:
+    tree = json.loads(meta.read_text())['tree_metadata']
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  top = {k.strip('()').split(',')[0].strip().strip("'") for k in tree}
+  for layout, marker in LAYOUT_MARKERS.items():
+    if marker in top:
+      return layout
+  return None
+
+
 # Config sections that define what a checkpoint *is*; resuming with different values would
 # silently train another model (or fail on shapes), so resume refuses.
 RESUME_CRITICAL_SECTIONS = ('model', 'data', 'loss')
@@ -40,7 +65,9 @@ def config_differences(saved, current, sections=RESUME_CRITICAL_SECTIONS):
 
   def walk(a, b, prefix):
     for k in sorted(set(a) | set(b)):
-      va, vb = a.get(k, '<missing>'), b.get(k, '<missing>')
+      if k not in a:  # a key added since the checkpoint was written: its default applies
+        continue
+      va, vb = a[k], b.get(k, '<missing>')
       if isinstance(va, dict) and isinstance(vb, dict):
         walk(va, vb, f'{prefix}{k}.')
       elif va != vb:
@@ -58,10 +85,11 @@ class Checkpointer:
   coordinates the writes; arrays are global jax.Arrays).
   """
 
-  def __init__(self, workdir, config, *, keep=None):
+  def __init__(self, workdir, config, *, keep=None, layout=None):
     # Orbax's tensorstore backend requires absolute paths (--workdir=runs/x is relative).
     self.workdir = epath.Path(os.path.abspath(workdir))
     self.config_dict = config_to_dict(config)
+    self.layout = layout  # the TrainState layout restore expects (None: not checked)
     keep = config.train.keep_checkpoints if keep is None else keep
     # Synchronous saves: the trainer donates the state buffers to the next step, so an async
     # save still reading them would race; checkpoints of these models take well under a second.
@@ -119,7 +147,13 @@ class Checkpointer:
         'config']
 
   def check_config(self, step):
-    """Raises ValueError when checkpoint `step` was written under another model/data/loss."""
+    """Raises ValueError when checkpoint `step` was written under another model/data/loss.
+
+    A key the saved config lacks (added to configs/default.py after the run started) takes
+    its default and is not a difference. A checkpoint of another TrainState layout raises
+    CheckpointLayoutError first.
+    """
+    self._check_layout(self.directory / str(step))
     saved = self.saved_config(step)
     diffs = config_differences(saved, self.config_dict)
     if diffs:
@@ -142,6 +176,7 @@ class Checkpointer:
     manager = manager or self.manager
     steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
     for i, s in enumerate(steps):
+      self._check_layout(epath.Path(manager.directory) / str(s))
       try:
         restored = manager.restore(
             s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
@@ -153,6 +188,17 @@ class Checkpointer:
                         manager.directory, s, e, steps[i + 1])
         self._set_aside(manager, s)
     return None, None
+
+  def _check_layout(self, path):
+    """Raises CheckpointLayoutError for a checkpoint of another layout (never set aside)."""
+    found = stored_layout(path)
+    if self.layout is None or found is None or found == self.layout:
+      return
+    note = LAYOUT_NOTES.get(found, f'layout {found}')
+    raise CheckpointLayoutError(
+        f'Checkpoint {path} has TrainState layout {found} ({note}); this version reads layout '
+        f'{self.layout}. Nothing was changed. Resume or sample it with the version that wrote '
+        'it (git checkout f207e45), or train into a new --workdir.')
 
   def _set_aside(self, manager, step):
     # Renamed, not deleted (the user may want to inspect it), and out of orbax's way: a later

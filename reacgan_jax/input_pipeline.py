@@ -33,7 +33,7 @@ _PERMUTATION_STREAM, _FLIP_STREAM, _BALANCED_STREAM = 0, 1, 2  # independent num
 # ---- which source --------------------------------------------------------------------------
 
 
-def _tfds_or_fallback(config, split: str):
+def resolve_tfds(config, split: str):
   """-> (builder, None) when TFDS can read `split`, else (None, fallback npz path).
 
   Raises FileNotFoundError with what to do when neither TFDS nor config.data.offline_npz works.
@@ -81,7 +81,7 @@ def describe_source(config) -> str:
   if source == 'folder':
     return f'folder {data_sources.resolve_path(config.data.folder)} (split {split})'
   if source == 'tfds':
-    builder, fallback = _tfds_or_fallback(config, split)
+    builder, fallback = resolve_tfds(config, split)
     if builder is None:
       return f'npz {fallback} (offline fallback for TFDS {config.data.name}, split {split})'
     mode = 'streamed' if _streams(config, builder, split) else 'in memory'
@@ -92,7 +92,7 @@ def describe_source(config) -> str:
 def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
   """The split as uint8 [N, S, S, 3] at config.data.image_size, checked against the config.
 
-  tfds_resolved: `_tfds_or_fallback(config, split)` when the caller already has it.
+  tfds_resolved: `resolve_tfds(config, split)` when the caller already has it.
   """
   d = config.data
   cache = data_sources.cache_root(config)
@@ -103,7 +103,7 @@ def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
   elif d.source == 'folder':
     arrays = data_sources.load_folder(d.folder, split, d.image_size, d.crop, cache)
   elif d.source == 'tfds':
-    builder, fallback = tfds_resolved or _tfds_or_fallback(config, split)
+    builder, fallback = tfds_resolved or resolve_tfds(config, split)
     if builder is None:  # the fallback npz's layout is read off its shape
       arrays = data_sources.load_npz(str(fallback), split, 'auto', cache)
     else:
@@ -330,7 +330,7 @@ def create_train_iterator(config, *, start_step: int = 0, process_index: int | N
   split = config.data.train_split
   builder, resolved = None, None
   if config.data.source == 'tfds':
-    resolved = _tfds_or_fallback(config, split)
+    resolved = resolve_tfds(config, split)
     builder = resolved[0]
   if builder is not None and _streams(config, builder, split):
     if config.data.class_balanced:

@@ -21,62 +21,55 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from reacgan_jax import parallel, spectral_norm
+from reacgan_jax import adapter as adapter_lib
+from reacgan_jax import parallel
 
 
 def generator_variables(state, use_ema=True):
-  """(params, batch_stats) of the generator to sample from: the EMA copy when present."""
-  if use_ema and state.ema_params is not None:
-    return state.ema_params, state.ema_state
-  return state.g_params, state.g_state
+  """(params, collections) of the generator to sample from: the EMA copy when present."""
+  if use_ema and state.ema is not None:
+    return state.ema.params, state.ema.collections
+  return state.g.params, state.g.collections
 
 
-def _apply_g(generator, params, batch_stats, z, y, *, train):
-  variables = {'params': params}
-  if batch_stats:
-    variables['batch_stats'] = batch_stats
-  if train and batch_stats:
-    images, _ = generator.apply(variables, z, y, train=True, mutable=['batch_stats'])
-    return images
-  return generator.apply(variables, z, y, train=train)
+def _apply_g(adapter, params, collections, z, y, *, train):
+  # train (bn_eval='batch'): batch statistics, running averages untouched.
+  return adapter.apply_g(params, collections, z, y, train=train, update=False)[0]
 
 
-def _batch_statistics(generator, params, batch_stats, z, y):
+def _batch_statistics(adapter, params, collections, z, y):
   """Per-leaf batch statistics of one G forward, whatever BN momentum the model uses.
 
   A flax BN in train mode returns `m * old + (1 - m) * batch`; two forwards from old = 0 and
   old = 1 give `(1 - m) * batch` and `m + (1 - m) * batch`, hence m and the batch statistic,
-  without knowing the model's layers or momentum.
+  without knowing the model's layers or momentum. Only 'batch_stats' is recomputed.
   """
 
   def new_stats(old):
-    _, upd = generator.apply({'params': params, 'batch_stats': old}, z, y, train=True,
-                             mutable=['batch_stats'])
-    return upd['batch_stats']
+    cols = dict(collections, batch_stats=old)
+    return adapter.apply_g(params, cols, z, y, train=True)[1]['batch_stats']
 
-  zeros = new_stats(jax.tree.map(jnp.zeros_like, batch_stats))
-  ones = new_stats(jax.tree.map(jnp.ones_like, batch_stats))
+  stats = collections['batch_stats']
+  zeros = new_stats(jax.tree.map(jnp.zeros_like, stats))
+  ones = new_stats(jax.tree.map(jnp.ones_like, stats))
   return jax.tree.map(lambda a, b: a / jnp.maximum(1.0 - (b - a), 1e-12), zeros, ones)
 
 
-def standing_statistics(config, generator, params, batch_stats, rng, batch_size):
+def standing_statistics(config, adapter, params, collections, rng, batch_size):
   """BigGAN's standing statistics: mean of batch statistics over standing_batches batches."""
   n = config.model.standing_batches
-  stats_fn = jax.jit(functools.partial(_batch_statistics, generator))
+  stats_fn = jax.jit(functools.partial(_batch_statistics, adapter))
   total = None
   for i in range(n):
     z, y = sample_latents(config, jax.random.fold_in(rng, i), batch_size)
-    s = stats_fn(params, batch_stats, z, y)
+    s = stats_fn(params, collections, z, y)
     total = s if total is None else jax.tree.map(jnp.add, total, s)
-  return jax.tree.map(lambda t: t / n, total)
+  return dict(collections, batch_stats=jax.tree.map(lambda t: t / n, total))
 
 
 def sample_latents(config, rng, n):
   """z ~ N(0, I) [n, z_dim] and labels uniform over the classes [n] (the training prior)."""
-  kz, ky = jax.random.split(rng)
-  z = jax.random.normal(kz, (n, config.model.z_dim), jnp.float32)
-  y = jax.random.randint(ky, (n,), 0, config.data.num_classes, jnp.int32)
-  return z, y
+  return adapter_lib.sample_prior(rng, n, config.model.z_dim, config.data.num_classes)
 
 
 class Sampler:
@@ -84,18 +77,18 @@ class Sampler:
 
   Args:
     config: the run's config (model.bn_eval, model.sn_* keys).
-    generator: the flax generator module.
+    adapter: the run's adapter.ModelAdapter.
     mesh: optional data mesh; batches whose size divides the device count are sharded on it.
   """
 
-  def __init__(self, config, generator, mesh=None):
+  def __init__(self, config, adapter, mesh=None):
     mode = config.model.bn_eval
     if mode not in ('running', 'batch', 'standing'):
       raise ValueError(f"config.model.bn_eval={mode!r}: expected one of running, batch, standing")
-    self.config, self.generator, self.mesh = config, generator, mesh
+    self.config, self.adapter, self.mesh = config, adapter, mesh
     # Parameters are arguments, not closed-over constants (those would be baked into the HLO
     # and recompiled for every state).
-    self._apply = jax.jit(functools.partial(_apply_g, generator, train=mode == 'batch'))
+    self._apply = jax.jit(functools.partial(_apply_g, adapter, train=mode == 'batch'))
 
   def sample_fn(self, state, *, use_ema=True, rng=None):
     """Returns `sample_fn(z [B, z_dim], y [B]) -> images [B, H, W, 3] in [-1, 1]`.
@@ -106,14 +99,11 @@ class Sampler:
       rng: key for the standing-statistics batches (bn_eval='standing' only).
     """
     config = self.config
-    params, batch_stats = generator_variables(state, use_ema)
-    if state.g_sn:
-      params, _ = spectral_norm.spectral_normalize(
-          params, state.g_sn, n_power_iterations=config.model.sn_power_iterations,
-          eps=config.model.sn_eps, update=False)
-    if config.model.bn_eval == 'standing' and batch_stats:
+    params, collections = generator_variables(state, use_ema)
+    params, _ = self.adapter.normalize('g', params, state.g.sn, update=False)
+    if config.model.bn_eval == 'standing' and collections.get('batch_stats'):
       rng = jax.random.PRNGKey(config.seed) if rng is None else rng
-      batch_stats = standing_statistics(config, self.generator, params, batch_stats, rng,
+      collections = standing_statistics(config, self.adapter, params, collections, rng,
                                         config.eval.batch_size)
     mesh = self.mesh
 
@@ -121,14 +111,14 @@ class Sampler:
       if mesh is not None and z.shape[0] % mesh.devices.size == 0 and jax.process_count() == 1:
         sh = parallel.batch_sharding(mesh, 0)
         z, y = jax.device_put(z, sh), jax.device_put(y, sh)
-      return self._apply(params, batch_stats, z, y)
+      return self._apply(params, collections, z, y)
 
     return sample_fn
 
 
-def make_sample_fn(config, generator, state, *, use_ema=True, mesh=None, rng=None):
-  """One-off `Sampler(config, generator, mesh).sample_fn(state, ...)`."""
-  return Sampler(config, generator, mesh).sample_fn(state, use_ema=use_ema, rng=rng)
+def make_sample_fn(config, adapter, state, *, use_ema=True, mesh=None, rng=None):
+  """One-off `Sampler(config, adapter, mesh).sample_fn(state, ...)`."""
+  return Sampler(config, adapter, mesh).sample_fn(state, use_ema=use_ema, rng=rng)
 
 
 def grid_classes(config):

@@ -45,6 +45,8 @@ def cases():
   """name -> overrides, every backbone x cond_method and the extra variants."""
   out = {f'{b}-{c}': {'model.backbone': b, 'model.cond_method': c}
          for b in BACKBONES for c in CONDS}
+  for c in CONDS:  # deep_conv's attention needs >= 8 channels (c // 8) at its block
+    out[f'deep_conv-{c}'].update({'model.g_conv_dim': 8, 'model.d_conv_dim': 8})
   out.update(EXTRA)
   return out
 
@@ -85,11 +87,15 @@ def batches(config, n_steps, seed=0):
 
 def state_parts(state):
   """name -> pytree: the TrainState cut into the named parts the fixture digests."""
+  ema = state.ema
   return {
-      'g_params': state.g_params, 'g_batch_stats': state.g_state, 'g_sn': state.g_sn,
-      'g_opt': state.g_opt, 'd_params': state.d_params, 'd_batch_stats': state.d_state,
-      'd_sn': state.d_sn, 'd_opt': state.d_opt, 'ema_params': state.ema_params,
-      'ema_batch_stats': state.ema_state, 'step': state.step, 'rng': state.rng,
+      'g_params': state.g.params, 'g_batch_stats': state.g.collections.get('batch_stats', {}),
+      'g_sn': state.g.sn, 'g_opt': state.g.opt_state,
+      'd_params': state.d.params, 'd_batch_stats': state.d.collections.get('batch_stats', {}),
+      'd_sn': state.d.sn, 'd_opt': state.d.opt_state,
+      'ema_params': None if ema is None else ema.params,
+      'ema_batch_stats': None if ema is None else ema.collections.get('batch_stats', {}),
+      'step': state.step, 'rng': state.rng,
   }
 
 
@@ -115,19 +121,19 @@ def run_case(overrides, n_devices):
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from reacgan_jax import parallel, train  # noqa: PLC0415
+  from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
 
   config = make_config(overrides)
   mesh = parallel.create_mesh(jax.devices()[:n_devices])
-  generator, discriminator = train.build(config, mesh)
-  state = train.init_state(config, generator, discriminator, mesh)
-  step_fn = train.compile_train_step(config, generator, discriminator, mesh)
+  model = adapter.build(config, mesh)
+  train_state = state.init_state(config, model, mesh)
+  step_fn = step.compile_train_step(config, model, mesh)
   metrics = {}
   for batch in batches(config, STEPS):
-    state, m = step_fn(state, parallel.shard_batch(batch, mesh, sample_axis=1))
+    train_state, m = step_fn(train_state, parallel.shard_batch(batch, mesh, sample_axis=1))
     for k, v in parallel.to_host(m).items():
       metrics.setdefault(k, []).append(float(np.float32(v)))
-  return metrics, {name: digest(part) for name, part in state_parts(state).items()}
+  return metrics, {name: digest(part) for name, part in state_parts(train_state).items()}
 
 
 def main():
@@ -144,13 +150,19 @@ def main():
   names = [n for n in cases() if not args.only or n in args.only.split(',')]
   record = {'cpu': cpu_name(), 'devices': args.devices, 'steps': STEPS, 'jax': jax.__version__,
             'cases': {}}
+  if os.path.exists(args.out):  # add to (or redo cases of) an earlier record of this machine
+    with open(args.out) as f:
+      earlier = json.load(f)
+    if all(earlier[k] == record[k] for k in ('cpu', 'devices', 'steps', 'jax')):
+      record['cases'] = earlier['cases']
   for name in names:
     metrics, digests = run_case(cases()[name], args.devices)
     record['cases'][name] = {'metrics': metrics, 'digests': digests}
     print(f'{name}: d_loss[-1]={metrics["d_loss"][-1]:.6g} g={digests["g_params"][:12]}',
           flush=True)
-  with open(args.out, 'w') as f:
-    json.dump(record, f, indent=1, sort_keys=True)
+    with open(args.out + '.tmp', 'w') as f:  # after every case: a stopped run keeps its cases
+      json.dump(record, f, indent=1, sort_keys=True)
+    os.replace(args.out + '.tmp', args.out)
 
 
 if __name__ == '__main__':

@@ -32,7 +32,7 @@ def main(out, workdir, npz, steps, coordinator='', num_processes='-1', process_i
   # single-process run measures gradient agreement (see test_train's 1-vs-8-device test).
   config.optim.eps, config.optim.g_lr, config.optim.d_lr = 1.0, 0.01, 0.01
   state = train.train_and_evaluate(config, workdir)
-  host = parallel.to_host({'g': state.g_params, 'd': state.d_params, 'ema': state.ema_params})
+  host = parallel.to_host({'g': state.g.params, 'd': state.d.params, 'ema': state.ema.params})
   flat = traverse_util.flatten_dict(host, sep='/')
   np.savez(out, devices=jax.device_count(), processes=jax.process_count(), **flat)
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reacgan_jax.evaluation import convert, inception
+from reacgan_jax.evaluation import convert, inception, inception_net, inception_weights
 
 # Tiny random network for fast tests: same graph, channels / 16 (pool dim 128).
 TINY_WIDTH = 1 / 16
@@ -30,7 +30,7 @@ def _tiny_params(seed=0, num_logits=None):
 
 def test_parameter_count_matches_the_published_network():
   # shared/data/README.md: default_1.pt holds 376 tensors, 21,802,784 parameters, no fc.
-  leaves = [v for _, v in inception._flat_keys(inception.expected_shapes())]
+  leaves = [v for _, v in inception_weights._flat_keys(inception.expected_shapes())]
   assert len(leaves) == 376
   assert sum(int(np.prod(s)) for s in leaves) == 21_802_784
   with_fc = inception.expected_shapes(num_logits=1008)
@@ -85,11 +85,11 @@ def test_cpu_chunks_pad_least_and_leave_features_unchanged(monkeypatch):
 def test_avg_pool_ignores_padding_and_last_block_max_pools():
   # TF avg_pool semantics: the corner of a 3x3/s1/p1 pool averages the 4 real pixels only.
   x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
-  avg = np.asarray(inception._avg_pool_same(jnp.asarray(x)))[0, :, :, 0]
+  avg = np.asarray(inception_net._avg_pool_same(jnp.asarray(x)))[0, :, :, 0]
   assert avg[0, 0] == pytest.approx(np.mean([0, 1, 4, 5]))
   assert avg[1, 1] == pytest.approx(np.mean(x[0, :3, :3, 0]))
   assert avg[0, 1] == pytest.approx(np.mean(x[0, :2, :3, 0]))
-  mx = np.asarray(inception._max_pool_same(jnp.asarray(-x)))[0, :, :, 0]
+  mx = np.asarray(inception_net._max_pool_same(jnp.asarray(-x)))[0, :, :, 0]
   assert mx[0, 0] == 0 and mx[3, 3] == -10  # -inf padding: never selected
 
 
@@ -231,7 +231,7 @@ def test_weights_round_trip_and_clear_errors(tmp_path, monkeypatch):
 
 def test_pytorch_fid_name_map_covers_every_conv():
   shapes = inception.expected_shapes()
-  convs = {path.rsplit('/', 1)[0] for path, _ in inception._flat_keys(shapes)}
+  convs = {path.rsplit('/', 1)[0] for path, _ in inception_weights._flat_keys(shapes)}
   names = convert.conv_name_map()
   assert set(names) == convs and len(set(names.values())) == len(convs) == 94
 

@@ -17,7 +17,17 @@ import numpy as np
 import pytest
 from train_helpers import tiny_config, write_npz
 
-from reacgan_jax import checkpoints, parallel, train
+from reacgan_jax import (
+  adapter,
+  checkpoints,
+  modes,
+  objectives,
+  parallel,
+  state,
+  step,
+  train,
+  writers,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Lighter tiny model for the subprocess tests (compile time dominates on CPU).
@@ -38,11 +48,10 @@ def _batch(config, n_d, seed=0):
 
 def _one_step(config, devices, batch):
   mesh = parallel.create_mesh(devices)
-  generator, discriminator = train.build(config, mesh)
-  state = train.init_state(config, generator, discriminator, mesh)
-  step = train.compile_train_step(config, generator, discriminator, mesh)
-  state, metrics = step(state, parallel.shard_batch(batch, mesh))
-  return parallel.to_host(state), parallel.to_host(metrics)
+  model = adapter.build(config, mesh)
+  s = state.init_state(config, model, mesh)
+  s, metrics = step.compile_train_step(config, model, mesh)(s, parallel.shard_batch(batch, mesh))
+  return parallel.to_host(s), parallel.to_host(metrics)
 
 
 @pytest.mark.parametrize('cond', [
@@ -69,10 +78,10 @@ def test_one_step_on_1_and_8_devices_agree(npz, cond):
   for k in m1:
     np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-6, err_msg=k)
   # The step really trained: parameters moved, losses are finite.
-  init = train.init_state(config, *train.build(config, parallel.create_mesh(jax.devices()[:1])),
-                          parallel.create_mesh(jax.devices()[:1]))
+  mesh1 = parallel.create_mesh(jax.devices()[:1])
+  init = state.init_state(config, adapter.build(config, mesh1), mesh1)
   moved = [np.max(np.abs(a - np.asarray(b))) for a, b in
-           zip(jax.tree.leaves(s1.d_params), jax.tree.leaves(init.d_params), strict=True)]
+           zip(jax.tree.leaves(s1.d.params), jax.tree.leaves(init.d.params), strict=True)]
   assert max(moved) > 1e-5
   assert all(np.isfinite(v) for v in m1.values())
   expected = {'d_loss', 'd_adv', 'd_cond', 'g_loss', 'g_adv', 'g_cond', 'd_acc_real', 'd_acc_fake'}
@@ -88,19 +97,19 @@ def test_ema_copies_before_start_then_averages(npz):
   config = tiny_config(npz, **{'train.ema_start': 1, 'train.ema_decay': 0.75,
                                'train.d_updates_per_step': 1})
   mesh = parallel.create_mesh()
-  generator, discriminator = train.build(config, mesh)
-  state = train.init_state(config, generator, discriminator, mesh)
-  step = train.compile_train_step(config, generator, discriminator, mesh)
+  model = adapter.build(config, mesh)
+  s = state.init_state(config, model, mesh)
+  train_step = step.compile_train_step(config, model, mesh)
   batch = parallel.shard_batch(_batch(config, 1), mesh)
-  state, _ = step(state, batch)  # step index 0 < ema_start: plain copy
-  s1 = parallel.to_host(state)
-  for a, b in zip(jax.tree.leaves(s1.ema_params), jax.tree.leaves(s1.g_params), strict=True):
+  s, _ = train_step(s, batch)  # step index 0 < ema_start: plain copy
+  s1 = parallel.to_host(s)
+  for a, b in zip(jax.tree.leaves(s1.ema.params), jax.tree.leaves(s1.g.params), strict=True):
     np.testing.assert_array_equal(a, b)
-  state, _ = step(state, batch)  # step index 1: ema = 0.75 ema + 0.25 params
-  s2 = parallel.to_host(state)
-  for e1, e2, p2 in zip(jax.tree.leaves((s1.ema_params, s1.ema_state)),
-                        jax.tree.leaves((s2.ema_params, s2.ema_state)),
-                        jax.tree.leaves((s2.g_params, s2.g_state)), strict=True):
+  s, _ = train_step(s, batch)  # step index 1: ema = 0.75 ema + 0.25 params
+  s2 = parallel.to_host(s)
+  for e1, e2, p2 in zip(jax.tree.leaves((s1.ema.params, s1.ema.collections)),
+                        jax.tree.leaves((s2.ema.params, s2.ema.collections)),
+                        jax.tree.leaves((s2.g.params, s2.g.collections)), strict=True):
     np.testing.assert_allclose(e2, 0.75 * e1.astype(np.float64) + 0.25 * p2, rtol=1e-6, atol=1e-7)
 
 
@@ -151,14 +160,14 @@ def test_writer_without_tensorflow_logs_jsonl_and_truncates_on_resume(tmp_path, 
   monkeypatch.delattr(clu, 'metric_writers', raising=False)  # set by an earlier import
   workdir = str(tmp_path)
   with caplog.at_level(logging.WARNING):
-    w = train._create_writer(workdir, 0)
+    w = writers.create_writer(workdir, 0)
   assert any('no tensorboard events' in r.getMessage() for r in caplog.records)
-  for step in (1, 2, 3):
-    w.write_scalars(step, {'d_loss': float(step)})
+  for k in (1, 2, 3):
+    w.write_scalars(k, {'d_loss': float(k)})
   w.close()
   with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
     f.write('{"step": 4, "d_lo')  # a crash mid-write
-  w = train._create_writer(workdir, 2)  # resumed from the step-2 checkpoint
+  w = writers.create_writer(workdir, 2)  # resumed from the step-2 checkpoint
   w.write_scalars(3, {'d_loss': 30.0})
   w.close()
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
@@ -197,9 +206,8 @@ def _run_cli(workdir, npz, steps, extra=(), wait=True):
 
 def _final(workdir, config):
   mesh = parallel.create_mesh(jax.devices()[:2])
-  generator, discriminator = train.build(config, mesh)
-  state, step = train.load_state(config, workdir, mesh, generator, discriminator)
-  return parallel.to_host(state), step
+  s, at = modes.load_state(config, workdir, mesh, adapter.build(config, mesh))
+  return parallel.to_host(s), at
 
 
 def _wait_for_checkpoint(workdir, step, proc, timeout=300):
@@ -244,12 +252,12 @@ def test_linear_decay_reaches_zero_at_the_last_update_of_each_optimizer(npz):
   config = tiny_config(npz, **{'optim.schedule': 'linear_decay', 'train.steps': 10,
                                'train.d_updates_per_step': 3, 'optim.g_lr': 1.0,
                                'optim.d_lr': 2.0})
-  assert train._learning_rate(config, 1.0, 1)(5) == pytest.approx(0.5)
-  assert train._learning_rate(config, 2.0, 3)(15) == pytest.approx(1.0)
-  assert train._learning_rate(config, 2.0, 3)(30) == pytest.approx(0.0)
+  assert state._learning_rate(config, 1.0, 1)(5) == pytest.approx(0.5)
+  assert state._learning_rate(config, 2.0, 3)(15) == pytest.approx(1.0)
+  assert state._learning_rate(config, 2.0, 3)(30) == pytest.approx(0.0)
   config.optim.schedule = 'cosine'
   with pytest.raises(ValueError, match=r'config\.optim\.schedule'):
-    train.make_optimizers(config)
+    state.make_optimizers(config)
 
 
 @pytest.mark.slow
@@ -262,17 +270,20 @@ def test_per_device_bn_is_grouped_bn(npz):
   batch = _batch(config, 1)
   s8, _ = _one_step(config, jax.devices(), batch)
   mesh1 = parallel.create_mesh(jax.devices()[:1])
-  g, d = train.build(config, mesh1)
-  g, d = g.clone(bn_groups=8), d.clone(bn_groups=8)
-  state = train.init_state(config, g, d, mesh1)
-  step = train.compile_train_step(config, g, d, mesh1)
-  s1 = parallel.to_host(step(state, parallel.shard_batch(batch, mesh1))[0])
-  for a, b in zip(jax.tree.leaves(s1.g_state), jax.tree.leaves(s8.g_state), strict=True):
+  m = adapter.build(config, mesh1)
+  m = adapter.ModelAdapter(config, m.generator.clone(bn_groups=8),
+                           m.discriminator.clone(bn_groups=8))
+  s = state.init_state(config, m, mesh1)
+  s1 = parallel.to_host(step.compile_train_step(config, m, mesh1)(
+      s, parallel.shard_batch(batch, mesh1))[0])
+  for a, b in zip(jax.tree.leaves(s1.g.collections), jax.tree.leaves(s8.g.collections),
+                  strict=True):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
   config.train.bn_sync = True
   s_sync, _ = _one_step(config, jax.devices(), batch)
   assert any(not np.allclose(a, b, atol=1e-6) for a, b in
-             zip(jax.tree.leaves(s_sync.g_state), jax.tree.leaves(s8.g_state), strict=True))
+             zip(jax.tree.leaves(s_sync.g.collections), jax.tree.leaves(s8.g.collections),
+                 strict=True))
 
 
 @pytest.mark.parametrize('knobs,expect', [
@@ -293,7 +304,7 @@ def test_cond_loss_passes_the_ablation_knobs_to_d2d_ce(npz, knobs, expect):
   out = types.SimpleNamespace(embed=rng.normal(size=(12, 8)).astype(np.float32),
                               proxy=rng.normal(size=(12, 8)).astype(np.float32))
   labels = rng.integers(0, 3, size=12)
-  got = train.make_cond_loss(config)(out, labels)
+  got = objectives.make_cond_loss(config)(out, labels)
   want = losses.d2d_ce(out.embed, out.proxy, labels, temperature=0.3, **expect)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   others = [dict(expect, margin_pos=0.5), dict(expect, false_negative_removal=not

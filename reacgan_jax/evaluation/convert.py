@@ -22,7 +22,7 @@ import pathlib
 import numpy as np
 from absl import logging
 
-from reacgan_jax.evaluation import inception
+from reacgan_jax.evaluation import inception, inception_weights
 
 TORCHSCRIPT_FILE = 'default_1.pt'
 TORCHSCRIPT_SHA256 = '7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34'
@@ -240,7 +240,7 @@ def convert(source: str = 'torchscript', input_path=None, output_path=None,
   description = f'{source}:{input_path.name} sha256={digest[:16]}'
   inception.save_params(output_path, params, description)
   logging.info('Wrote %s (%s, %d tensors, logits: %s)', output_path, description,
-               sum(1 for _ in inception._flat_keys(params)), 'fc' in params)
+               sum(1 for _ in inception_weights._flat_keys(params)), 'fc' in params)
   return output_path
 
 

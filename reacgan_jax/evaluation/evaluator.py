@@ -42,20 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from reacgan_jax.evaluation import fid, inception, metrics, msssim
+from reacgan_jax.evaluation import fid, inception, registry
 
-METRICS = ('fid', 'is', 'prdc', 'ifid', 'accuracy', 'msssim')
+METRICS = tuple(registry.METRICS)
+parse_metrics = registry.parse_metrics
 FeaturesFn = Callable[[np.ndarray], dict]
-
-
-def parse_metrics(spec: str) -> tuple[str, ...]:
-  """'fid, is,prdc' -> ('fid', 'is', 'prdc'); unknown names fail naming config.eval.metrics."""
-  names = tuple(m.strip().lower() for m in spec.split(',') if m.strip())
-  bad = [m for m in names if m not in METRICS]
-  if bad:
-    raise ValueError(f'config.eval.metrics={spec!r}: unknown {", ".join(bad)}; expected a comma '
-                     f'list of {", ".join(METRICS)}')
-  return tuple(dict.fromkeys(names))
 
 
 def balanced_labels(num_samples: int, num_classes: int, rng) -> np.ndarray:
@@ -167,7 +158,7 @@ class Evaluator:
       if self._tfds_fallback is None:
         from reacgan_jax import input_pipeline  # noqa: PLC0415 (TF-backed, lazily)
 
-        _, fallback = input_pipeline._tfds_or_fallback(self.config, self._split())  # noqa: SLF001
+        _, fallback = input_pipeline.resolve_tfds(self.config, self._split())
         self._tfds_fallback = fallback or ''
       fallback = self._tfds_fallback
       if fallback:
@@ -309,7 +300,19 @@ class Evaluator:
     }
 
   def _needs_features(self) -> bool:
-    return any(m in self.metrics for m in ('fid', 'is', 'prdc', 'ifid'))
+    return registry.needs(self.metrics, 'features')
+
+  @property
+  def features_tag(self):
+    return self._features_tag
+
+  @property
+  def classifier_meta(self) -> dict:
+    return self._classifier_meta
+
+  def reference_arrays(self):
+    """(images uint8 [M, H, W, 3], labels [M]) of the eval split as used (num_ref applied)."""
+    return self._load_reference_arrays()
 
   # ---- evaluation -----------------------------------------------------------------------------
 
@@ -326,49 +329,17 @@ class Evaluator:
     """
     c, want = self.config, self.metrics
     k_gen, k_ms = jax.random.split(rng)
-    clf = self._classifier_variables() if 'accuracy' in want else None
-    gen = self.generate(sample_fn, num_samples, k_gen, keep_images='msssim' in want,
-                        classifier_variables=clf)
+    clf = self._classifier_variables() if registry.needs(want, 'classifier') else None
+    gen = self.generate(sample_fn, num_samples, k_gen,
+                        keep_images=registry.needs(want, 'images'), classifier_variables=clf)
     results: dict = {}
     notes, n_ref = [], None
-    if 'fid' in want:
-      ref = self.reference_statistics()
-      mu, sigma = fid.compute_statistics(gen['pool'])
-      results['fid'] = fid.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])
-      n_ref = ref['n']
-    if 'is' in want:
-      if gen['logits'] is None:
-        logging.warning("Inception Score skipped: the Inception weights have no logits (%s). "
-                        "Convert pytorch-fid's weights for IS, or drop 'is' from "
-                        'config.eval.metrics.', self._features_tag)
-        notes.append('IS skipped (weights without logits)')
-      else:
-        results['is_mean'], results['is_std'] = metrics.inception_score(
-            gen['logits'], splits=c.eval.is_splits)
-    if 'prdc' in want or 'ifid' in want:
-      ref_f = self.reference_features()
-      n_ref = ref_f['n']
-      if 'prdc' in want:
-        results.update(metrics.prdc(ref_f['pool'], gen['pool'], k=c.eval.prdc_k))
-      if 'ifid' in want:
-        results['ifid'] = metrics.intra_class_fid(gen['pool'], gen['labels'], ref_f['pool'],
-                                                  ref_f['labels'],
-                                                  num_classes=c.data.num_classes)
-    if 'accuracy' in want:
-      results['accuracy'] = float(gen['correct'].mean())
-      test_acc = self._classifier_meta.get('test_accuracy')
-      if test_acc is not None:
-        results['classifier_test_accuracy'] = float(test_acc)
-    if 'msssim' in want:
-      seed = np.asarray(jax.random.key_data(k_ms)).astype(np.uint32).ravel()
-      pairs = dict(pairs_per_class=c.eval.msssim_pairs, num_classes=c.data.num_classes)
-      results['msssim'], _ = msssim.intra_class_msssim(
-          gen['images'], gen['labels'], rng=np.random.default_rng(seed), **pairs)
-      # The same diagnostic on the real split: a sample class is less diverse than real data
-      # when its value is above this one (the ACGAN paper's comparison).
-      ref_images, ref_labels = self._load_reference_arrays()
-      results['msssim_real'], _ = msssim.intra_class_msssim(
-          ref_images, ref_labels, rng=np.random.default_rng(seed), **pairs)
+    want = [n for n in registry.METRICS if n in want]  # registry order: results and protocol
+    for name in want:
+      out, n, more = registry.METRICS[name].compute(self, gen, k_ms)
+      results.update(out)
+      n_ref = n if n is not None else n_ref
+      notes += more
     results = {k: float(v) for k, v in results.items()}
     parts = [f'{num_samples} samples (class-balanced over {c.data.num_classes} classes)']
     if self._needs_features():
@@ -376,12 +347,10 @@ class Evaluator:
         parts.append(f'vs {self._source()} n={n_ref}')
       parts += [f'inception={self._features_tag}', f'resize={c.eval.resize}']
     parts.append(f'bn_eval={c.model.bn_eval}')
-    if 'is_mean' in results:
-      parts.append(f'IS splits={c.eval.is_splits}')
-    if 'precision' in results:
-      parts.append(f'PRDC k={c.eval.prdc_k}')
-    if 'msssim' in results:
-      parts.append(f'MS-SSIM {c.eval.msssim_pairs} pairs/class')
+    for name in want:
+      m = registry.METRICS[name]
+      if m.protocol is not None and m.result_key in results:
+        parts.append(m.protocol(c))
     results['protocol'] = '; '.join(parts + notes)
     logging.info('Evaluation (%s): %s', results['protocol'],
                  ', '.join(f'{k}={v:.4g}' for k, v in results.items() if k != 'protocol'))

@@ -14,13 +14,87 @@ standing = running averages replaced by batch statistics averaged over many batc
 Both modules take `bn_groups` (per-group BN statistics, see layers.BatchNorm).
 """
 
-from reacgan_jax import spectral_norm
-from reacgan_jax.models import biggan, dcgan, heads, layers, resnet
-from reacgan_jax.models.heads import COND_METHODS, DOutput
+import dataclasses
+from collections.abc import Callable
 
-BACKBONES = ('dcgan', 'deep_conv', 'resnet', 'biggan')
+from absl import logging
 
-__all__ = ['BACKBONES', 'COND_METHODS', 'DOutput', 'build_models', 'sn_predicate']
+from reacgan_jax import objectives, spectral_norm
+from reacgan_jax.models import biggan, dcgan, layers, resnet
+from reacgan_jax.models.heads import DOutput
+
+__all__ = ['BACKBONES', 'DOutput', 'build_models', 'sn_predicate']
+
+# config.model keys every backbone reads (the trainer reads the SN / init / dtype ones for all).
+COMMON_KEYS = ('backbone', 'cond_method', 'z_dim', 'g_conv_dim', 'd_conv_dim', 'embed_dim',
+               'apply_g_sn', 'apply_d_sn', 'sn_eps', 'sn_power_iterations', 'g_init', 'd_init',
+               'bn_eval', 'standing_batches', 'dtype')
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+  """A registered backbone: `build(config, common) -> (G, D)` and the extra model keys it reads.
+
+  `common` holds what every D takes (num_classes, cond_method, conv_dim, embed_dim, use_bn,
+  kernel_init, dtype) plus 'g_init'. A backbone with many knobs of its own owns a block,
+  `config.model.<name>`, instead of flat keys.
+  """
+  build: Callable
+  keys: tuple[str, ...] = ()
+
+
+def _biggan(config, common):
+  m, size, classes = config.model, config.data.image_size, config.data.num_classes
+  biggan.check_z_dim(m.z_dim, size)
+  g = biggan.BigGANGenerator(size, classes, m.cond_method != 'none', m.g_conv_dim, m.z_dim,
+                             m.shared_dim, m.g_attn_block, common.pop('g_init'), common['dtype'])
+  return g, resnet.ResNetDiscriminator(image_size=size, attn_block=m.d_attn_block, **common)
+
+
+def _resnet(config, common):
+  m, size, classes = config.model, config.data.image_size, config.data.num_classes
+  resnet.check_image_size(size)
+  g = resnet.ResNetGenerator(size, classes, m.cond_method != 'none', m.g_conv_dim, m.g_attn_block,
+                             common.pop('g_init'), common['dtype'])
+  return g, resnet.ResNetDiscriminator(image_size=size, attn_block=m.d_attn_block, **common)
+
+
+def _deep_conv(config, common):
+  m, classes = config.model, config.data.num_classes
+  dcgan.check_image_size(config.data.image_size, m.backbone)
+  g = dcgan.DeepConvGenerator(classes, m.cond_method != 'none', m.g_conv_dim, m.g_attn_block,
+                              common.pop('g_init'), common['dtype'])
+  return g, dcgan.DeepConvDiscriminator(attn_block=m.d_attn_block, **common)
+
+
+def _dcgan(config, common):
+  m, classes = config.model, config.data.num_classes
+  dcgan.check_image_size(config.data.image_size, m.backbone)
+  g = dcgan.DCGANGenerator(classes, m.cond_method != 'none', m.g_conv_dim, common.pop('g_init'),
+                           common['dtype'])
+  return g, dcgan.DCGANDiscriminator(dropout=m.d_dropout, **common)
+
+
+BACKBONES = {
+    'dcgan': Backbone(_dcgan, keys=('d_dropout',)),
+    'deep_conv': Backbone(_deep_conv, keys=('g_attn_block', 'd_attn_block')),
+    'resnet': Backbone(_resnet, keys=('g_attn_block', 'd_attn_block')),
+    'biggan': Backbone(_biggan, keys=('shared_dim', 'g_attn_block', 'd_attn_block')),
+}
+
+
+def _warn_unread(config, backbone):
+  """Logs the flat model keys set away from their defaults that `backbone` does not read."""
+  from configs import default  # noqa: PLC0415 (the defaults; configs/ imports nothing of ours)
+
+  defaults = default.get_config().model
+  read = set(COMMON_KEYS) | set(BACKBONES[backbone].keys)
+  flat = [k for k, v in config.model.items() if not hasattr(v, 'items') and k in defaults]
+  unread = [k for k in flat if k not in read and config.model[k] != defaults[k]]
+  for k in unread:
+    users = [n for n, b in BACKBONES.items() if k in b.keys]
+    logging.warning('config.model.%s=%r is read only by %s; backbone %s ignores it.', k,
+                    config.model[k], ', '.join(users) or 'no backbone', backbone)
 
 
 def build_models(config):
@@ -31,36 +105,17 @@ def build_models(config):
       backbone cannot take (the message names the config key).
   """
   m = config.model
-  size, classes = config.data.image_size, config.data.num_classes
-  heads.check_cond_method(m.cond_method)
-  conditional = m.cond_method != 'none'
-  dtype = layers.get_dtype(m.dtype)
-  g_init, d_init = layers.get_init(m.g_init, 'g'), layers.get_init(m.d_init, 'd')
-  use_bn = not m.apply_d_sn  # the reference drops D's BN when D is spectral-normalised
-  d_common = dict(num_classes=classes, cond_method=m.cond_method, conv_dim=m.d_conv_dim,
-                  embed_dim=m.embed_dim, use_bn=use_bn, kernel_init=d_init, dtype=dtype)
-  if m.backbone == 'biggan':
-    biggan.check_z_dim(m.z_dim, size)
-    g = biggan.BigGANGenerator(size, classes, conditional, m.g_conv_dim, m.z_dim, m.shared_dim,
-                               m.g_attn_block, g_init, dtype)
-    d = resnet.ResNetDiscriminator(image_size=size, attn_block=m.d_attn_block, **d_common)
-  elif m.backbone == 'resnet':
-    resnet.check_image_size(size)
-    g = resnet.ResNetGenerator(size, classes, conditional, m.g_conv_dim, m.g_attn_block, g_init,
-                               dtype)
-    d = resnet.ResNetDiscriminator(image_size=size, attn_block=m.d_attn_block, **d_common)
-  elif m.backbone == 'deep_conv':
-    dcgan.check_image_size(size, m.backbone)
-    g = dcgan.DeepConvGenerator(classes, conditional, m.g_conv_dim, m.g_attn_block, g_init, dtype)
-    d = dcgan.DeepConvDiscriminator(attn_block=m.d_attn_block, **d_common)
-  elif m.backbone == 'dcgan':
-    dcgan.check_image_size(size, m.backbone)
-    g = dcgan.DCGANGenerator(classes, conditional, m.g_conv_dim, g_init, dtype)
-    d = dcgan.DCGANDiscriminator(dropout=m.d_dropout, **d_common)
-  else:
+  objectives.check_cond_method(m.cond_method)
+  if m.backbone not in BACKBONES:
     raise ValueError(f'config.model.backbone={m.backbone!r}: expected one of '
                      f'{", ".join(BACKBONES)}')
-  return g, d
+  _warn_unread(config, m.backbone)
+  common = dict(num_classes=config.data.num_classes, cond_method=m.cond_method,
+                conv_dim=m.d_conv_dim, embed_dim=m.embed_dim,
+                use_bn=not m.apply_d_sn,  # the reference drops D's BN when D is SN'd
+                kernel_init=layers.get_init(m.d_init, 'd'), dtype=layers.get_dtype(m.dtype),
+                g_init=layers.get_init(m.g_init, 'g'))
+  return BACKBONES[m.backbone].build(config, common)
 
 
 def sn_predicate(config, which: str):

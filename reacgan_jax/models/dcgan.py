@@ -143,6 +143,7 @@ class DCGANDiscriminator(nn.Module):
   cond_method: str
   conv_dim: int
   embed_dim: int = 512
+  RNG_STREAMS = ('dropout',)  # read by adapter.ModelAdapter: a key per train-mode call
   dropout: float = 0.5
   use_bn: bool = False
   kernel_init: Callable = nn.initializers.orthogonal()

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-COND_METHODS = ('none', 'acgan', 'pd', 'reacgan')
+from reacgan_jax import objectives
 
 
 class DOutput(NamedTuple):
@@ -36,12 +36,6 @@ class DOutput(NamedTuple):
   h: jax.Array
 
 
-def check_cond_method(cond_method: str) -> None:
-  if cond_method not in COND_METHODS:
-    raise ValueError(f'config.model.cond_method={cond_method!r}: expected one of '
-                     f'{", ".join(COND_METHODS)}')
-
-
 class DiscriminatorHead(nn.Module):
   """Maps h [B, F] and labels y [B] int32 to a `DOutput`.
 
@@ -55,7 +49,7 @@ class DiscriminatorHead(nn.Module):
 
   @nn.compact
   def __call__(self, h, y):
-    check_cond_method(self.cond_method)
+    objectives.check_cond_method(self.cond_method)
     h = h.astype(jnp.float32)
     dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, kernel_init=self.kernel_init,
                                            name=name)

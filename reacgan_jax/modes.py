@@ -1,0 +1,113 @@
+"""--mode=eval and --mode=sample, and the evaluation the trainer runs: nothing here trains.
+
+  run_evaluation(config, sample_fn, step, workdir)     metrics -> eval/step_<n>.json
+  load_state(config, workdir, mesh, adapter, step)     a checkpoint's TrainState
+  evaluate_checkpoints(config, workdir, all)           --mode=eval
+  sample_checkpoint(config, workdir, n)                --mode=sample
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from reacgan_jax import adapter as adapter_lib
+from reacgan_jax import checkpoints, parallel, sampling, writers
+from reacgan_jax import state as state_lib
+from reacgan_jax.evaluation.evaluator import Evaluator
+
+
+def fmt_metrics(m):
+  return ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                   for k, v in sorted(m.items()))
+
+
+def run_evaluation(config, sample_fn, step, workdir, *, strict=False, cache=None):
+  """Evaluator on `sample_fn`; writes workdir/eval/step_<n>.json.
+
+  Returns the metrics, or None with a warning when the evaluator or the Inception weights are
+  unavailable. With strict=False (inside training) any evaluation failure is a warning, so a
+  long run never dies in its evaluation; --mode=eval is strict. `cache` (a dict) keeps the
+  Evaluator, its Inception network and reference statistics between calls.
+  """
+  cache = {} if cache is None else cache
+  unavailable = (ImportError, FileNotFoundError, OSError)
+  try:
+    if 'evaluator' not in cache:
+      cache['evaluator'] = Evaluator(config)
+    evaluator = cache['evaluator']
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    results = evaluator.evaluate(sample_fn, config.eval.num_samples, rng)
+  except Exception as e:  # noqa: BLE001 -- filtered just below
+    if strict and not isinstance(e, unavailable):
+      raise
+    logging.warning('Evaluation skipped at step %d: %r. Training continues; see README '
+                    '"Evaluation" for the Inception weights.', step, e)
+    return None
+  results = {k: float(v) if np.ndim(v) == 0 and not isinstance(v, str) else v
+             for k, v in results.items()}
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
+    with open(os.path.join(workdir, 'eval', f'step_{step}.json'), 'w') as f:
+      json.dump(dict(results, step=step, bn_eval=config.model.bn_eval), f, indent=2)
+  logging.info('Evaluation at step %d: %s', step, fmt_metrics(results))
+  return results
+
+
+def load_state(config, workdir, mesh, adapter, step=None):
+  """Restores a TrainState from workdir (newest readable checkpoint, or `step`).
+
+  Returns:
+    (state, step). Raises FileNotFoundError when the workdir has no checkpoint.
+  """
+  ckpt = checkpoints.Checkpointer(workdir, config, layout=state_lib.LAYOUT)
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first '
+                              '(--mode=train with the same --workdir).')
+    ckpt.check_config(step if step is not None else ckpt.latest_step())
+    return ckpt.restore(state_lib.abstract_state(config, adapter, mesh), step=step)
+  finally:
+    ckpt.close()
+
+
+def evaluate_checkpoints(config, workdir, all_checkpoints=False):
+  """--mode=eval: evaluates the EMA G of the newest (or every) checkpoint.
+
+  Returns:
+    dict step -> metrics (None where evaluation was unavailable).
+  """
+  mesh = parallel.create_mesh()
+  adapter = adapter_lib.build(config, mesh)
+  steps = checkpoints.list_checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first.')
+  sampler = sampling.Sampler(config, adapter, mesh)
+  out, cache = {}, {}
+  writer = writers.create_writer(workdir)  # appends: the training records stay
+  for s in (steps if all_checkpoints else [None]):
+    state, at = load_state(config, workdir, mesh, adapter, step=s)
+    out[at] = run_evaluation(config, sampler.sample_fn(state), at, workdir, strict=True,
+                             cache=cache)
+    if out[at]:
+      writer.write_scalars(at, {f'eval/{k}': v for k, v in out[at].items()
+                                if isinstance(v, float)})
+  writer.close()
+  return out
+
+
+def sample_checkpoint(config, workdir, num_samples=None):
+  """--mode=sample: grid, latent interpolation and an npz of samples from the newest checkpoint.
+
+  Returns:
+    dict name -> path (under workdir/samples/final_<step>/).
+  """
+  mesh = parallel.create_mesh()
+  adapter = adapter_lib.build(config, mesh)
+  state, at = load_state(config, workdir, mesh, adapter)
+  sample_fn = sampling.Sampler(config, adapter, mesh).sample_fn(state)
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
+  return sampling.write_samples(config, sample_fn, os.path.join(workdir, 'samples', f'final_{at}'),
+                                rng, num_samples)

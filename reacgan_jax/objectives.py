@@ -1,0 +1,185 @@
+"""D and G objectives as lists of named terms, each with a weight and an interval.
+
+A `Term` is `weight * fn(ctx)`. The step sums the every-step terms (interval 1) of a network
+into that network's loss for each update. A term with interval k > 1 is StyleGAN2's lazy
+regularisation (Karras et al. 2020, stylegan2-ada-pytorch `training_loop.py` phases): it runs
+only on updates whose index is a multiple of k, scaled by k, inside `lax.cond` (one compiled
+step; the branch that does not run costs nothing but the predicate), either added to the
+gradient of that update (`place='inside'`, StudioGAN `r1_place: inside_loop`) or as an
+optimiser step of its own after it (`place='separate'`, `outside_loop`). When
+`config.optim.lazy_scaling` is on, a network with lazy terms gets Adam with lr * c and
+betas ** c, c = k / (k + 1) (`lazy_ratio`).
+
+Every-step terms read the outputs of the update's shared forward pass (`ctx.out_real`,
+`ctx.out_fake`); a lazy term runs its own forward (`ctx.apply(x, y)`, with `ctx.out_*` None).
+A term may keep state (a path-length running mean): give it `init_state`, and its fn returns
+`(value, new_state)`; the state lives in `TrainState.extra['term/<name>']`.
+
+Conditional losses come from `COND_LOSSES`, keyed by `config.model.cond_method`: one list of
+methods (models/heads.py builds the heads they read), one place to add one.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+
+from reacgan_jax import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+  """A named loss term: `weight * fn(ctx)`, every `interval` updates of its network."""
+  name: str
+  fn: Callable[..., Any]
+  weight: float = 1.0
+  interval: int = 1
+  place: str = 'inside'  # interval > 1 only: 'inside' (same update) | 'separate' (own update)
+  init_state: Callable[[], Any] | None = None  # stateful terms: fn returns (value, new_state)
+
+  def __post_init__(self):
+    if self.interval < 1:
+      raise ValueError(f'loss term {self.name!r}: interval={self.interval}, expected >= 1')
+    if self.place not in ('inside', 'separate'):
+      raise ValueError(f"loss term {self.name!r}: place={self.place!r}, expected 'inside' or "
+                       "'separate'")
+
+  @property
+  def lazy(self) -> bool:
+    return self.interval > 1
+
+
+class Context(NamedTuple):
+  """What a term sees. D terms: reals and fakes of one D update; G terms: the fakes.
+
+  out_real / out_fake: D's outputs (heads.DOutput) of the shared forward, None for lazy terms.
+  apply: `apply(x, y) -> DOutput`, D on the weights being differentiated (lazy terms; for G
+    terms `apply` is D frozen).
+  real, labels: the (augmented) real batch and its labels (None in G terms);
+  fake, fake_labels: the (augmented) fakes and their labels; state: the term's state or None.
+  """
+  out_real: Any
+  out_fake: Any
+  apply: Callable | None
+  real: Any
+  labels: Any
+  fake: Any
+  fake_labels: Any
+  state: Any = None
+
+
+# ---- conditional losses ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CondLoss:
+  """A conditional loss: `fn(config) -> loss(out, labels)`; `needs` = DOutput fields it reads."""
+  build: Callable
+  needs: tuple[str, ...] = ()
+
+
+def _zero(config):
+  del config
+  return lambda out, labels: jnp.zeros((), jnp.float32)
+
+
+def _acgan(config):
+  del config
+  return lambda out, labels: losses.acgan_ce(out.class_logits, labels)
+
+
+def _d2d_ce(config):
+  margin_pos = config.loss.margin_pos
+  margin_neg = None if config.loss.margin_neg < 0 else config.loss.margin_neg
+  if not config.loss.margins:  # ablation: m_p = 1, m_n = -1 clip no pair (cosines lie in [-1, 1])
+    margin_pos, margin_neg = 1.0, -1.0
+
+  def d2d(out, labels):
+    return losses.d2d_ce(out.embed, out.proxy, labels, temperature=config.loss.temperature,
+                         margin_pos=margin_pos, margin_neg=margin_neg,
+                         row_max_shift=config.loss.row_max_shift,
+                         false_negative_removal=config.loss.false_negative_removal)
+
+  return d2d
+
+
+# none / pd (projection lives inside D's adversarial logit) / spd have no separate term.
+COND_LOSSES = {
+    'none': CondLoss(_zero),
+    'acgan': CondLoss(_acgan, needs=('class_logits',)),
+    'pd': CondLoss(_zero),
+    'reacgan': CondLoss(_d2d_ce, needs=('embed', 'proxy')),
+}
+
+
+def check_cond_method(cond_method: str) -> None:
+  if cond_method not in COND_LOSSES:
+    raise ValueError(f'config.model.cond_method={cond_method!r}: expected one of '
+                     f'{", ".join(COND_LOSSES)}')
+
+
+def make_cond_loss(config):
+  """`cond_loss(out, labels) -> scalar` for config.model.cond_method, with config.loss's knobs.
+
+  `out` is the discriminator's output structure (class_logits for acgan; embed and proxy for
+  reacgan). pd and none have no separate conditional term (zero).
+  """
+  check_cond_method(config.model.cond_method)
+  return COND_LOSSES[config.model.cond_method].build(config)
+
+
+# ---- extra terms by name --------------------------------------------------------------------
+
+# name -> builder(config, which) -> Term | None, for `config.loss.d_terms` / `g_terms` (comma
+# lists). The StyleGAN2 regularisers register here; tests register test-only terms.
+TERMS: dict[str, Callable] = {}
+
+
+def register_term(name: str):
+  """Decorator: `@register_term('r1') def build(config, which) -> Term`."""
+
+  def deco(builder):
+    TERMS[name] = builder
+    return builder
+
+  return deco
+
+
+def _names(spec: str) -> list[str]:
+  return [n.strip() for n in spec.split(',') if n.strip()]
+
+
+def build_terms(config, which: str) -> tuple[Term, ...]:
+  """The terms of network `which` ('d' or 'g'): adversarial, conditional, then config's extras."""
+  if which not in ('d', 'g'):
+    raise ValueError(f"build_terms: which={which!r}, expected 'd' or 'g'")
+  d_adv, g_adv = losses.adversarial_losses(config.loss.adv)
+  cond = make_cond_loss(config)
+  if which == 'd':
+    terms = [Term('adv', lambda c: d_adv(c.out_real.adv, c.out_fake.adv)),
+             Term('cond', lambda c: cond(c.out_real, c.labels), config.loss.cond_lambda)]
+  else:
+    terms = [Term('adv', lambda c: g_adv(c.out_fake.adv)),
+             Term('cond', lambda c: cond(c.out_fake, c.fake_labels), config.loss.cond_lambda)]
+  key = f'{which}_terms'
+  for name in _names(config.loss[key]):
+    if name not in TERMS:
+      raise ValueError(f'config.loss.{key}: unknown term {name!r}; registered: '
+                       f'{", ".join(sorted(TERMS)) or "none"}')
+    terms.append(TERMS[name](config, which))
+  names = [t.name for t in terms]
+  if len(set(names)) != len(names):
+    raise ValueError(f'config.loss.{key}: a term appears twice ({", ".join(names)})')
+  return tuple(terms)
+
+
+def lazy_ratio(config, terms) -> float:
+  """c = k / (k + 1) of the network's lazy term (1.0 without one, or with scaling off)."""
+  intervals = {t.interval for t in terms if t.lazy}
+  if not intervals or not config.optim.lazy_scaling:
+    return 1.0
+  if len(intervals) > 1:
+    raise ValueError(f'lazy terms with different intervals {sorted(intervals)} on one network: '
+                     'the optimiser scaling c = k / (k + 1) needs one k')
+  k = intervals.pop()
+  return k / (k + 1)

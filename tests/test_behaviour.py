@@ -1,0 +1,72 @@
+"""The trainer's behaviour is the recorded one, to the bit (issue 13: the seams refactor).
+
+tests/fixtures/behaviour_{1,8}dev.json were written by scripts/record_behaviour.py at commit
+f207e45, before the trainer was split into state/adapter/objectives/step/train: 20 steps of
+every backbone x cond_method on the tiny config (plus DiffAugment and per-device BN), each
+step's metrics and a sha256 of each part of the final state. Every run here must reproduce
+them exactly: same floats, same bytes. XLA:CPU's kernels (and so the last bits) depend on the
+CPU, so the comparison runs on the CPU model the fixture names and skips elsewhere (re-record
+at f207e45 on the new CPU to compare there).
+"""
+
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'scripts'))
+
+import record_behaviour  # noqa: E402
+
+FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
+# One case per family in the default suite; the slow suite runs them all, on 1 and 8 devices.
+QUICK = ('biggan-reacgan', 'dcgan-acgan', 'biggan-reacgan-diffaug')
+
+
+def _fixture(devices):
+  with open(os.path.join(FIXTURES, f'behaviour_{devices}dev.json')) as f:
+    record = json.load(f)
+  if record['cpu'] != record_behaviour.cpu_name():
+    pytest.skip(f'fixture recorded on {record["cpu"]!r}, this CPU is '
+                f'{record_behaviour.cpu_name()!r}: XLA:CPU rounds differently across CPUs')
+  return record
+
+
+def _check(devices, name):
+  record = _fixture(devices)
+  want = record['cases'][name]
+  metrics, digests = record_behaviour.run_case(record_behaviour.cases()[name], devices)
+  assert set(metrics) == set(want['metrics'])
+  for k, values in want['metrics'].items():
+    assert metrics[k] == values, (name, k)  # exact float equality, every step
+  assert digests == want['digests'], name
+
+
+def test_fixture_covers_every_backbone_and_cond_method():
+  with open(os.path.join(FIXTURES, 'behaviour_1dev.json')) as f:
+    cases = json.load(f)['cases']
+  from reacgan_jax import models, objectives  # noqa: PLC0415
+
+  for b in models.BACKBONES:
+    for c in objectives.COND_LOSSES:
+      assert f'{b}-{c}' in cases
+  assert set(record_behaviour.cases()) == set(cases)
+
+
+@pytest.mark.parametrize('name', QUICK)
+def test_quick_cases_on_1_device(name):
+  _check(1, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', [n for n in record_behaviour.cases() if n not in QUICK])
+def test_every_case_on_1_device(name):
+  _check(1, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', list(record_behaviour.cases()))
+def test_every_case_on_8_devices(name):
+  _check(8, name)
