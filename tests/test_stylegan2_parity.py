@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from reacgan_jax import losses
 from reacgan_jax.models import stylegan2_convert, stylegan2_d, stylegan2_g
 
 FIX = Path(__file__).parent / 'fixtures' / 'stylegan2_parity.npz'
@@ -101,6 +102,13 @@ def test_discriminator_matches_studiogan(fx, name, arch, cond):
     unit = lambda a: np.asarray(a) / np.linalg.norm(np.asarray(a), axis=1, keepdims=True)
     np.testing.assert_allclose(unit(out.embed), ref['embed'], **TOL)
     np.testing.assert_allclose(unit(out.proxy), ref['proxy'], **TOL)
+    # StudioGAN's D2D-CE is built from cosine similarities, so its D-side normalisation does
+    # not change the loss; ours normalises inside losses.d2d_ce: same value either way.
+    kw = dict(temperature=0.25, margin_pos=0.98)
+    np.testing.assert_allclose(
+        float(losses.d2d_ce(out.embed, out.proxy, y, **kw)),
+        float(losses.d2d_ce(jnp.asarray(ref['embed']), jnp.asarray(ref['proxy']), y, **kw)),
+        rtol=1e-5)
   np.testing.assert_array_equal(np.asarray(d.apply(v, x, y, train=False).adv),
                                 np.asarray(out.adv))
 
