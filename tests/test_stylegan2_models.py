@@ -82,6 +82,8 @@ def test_truncation_identity_and_w_avg(tiny_g):
   np.testing.assert_allclose(wc[:, :2], ws0[:, :2], rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(wc[:, 2:], ws[:, 2:])
   img1 = g.apply(v, z, y, noise_mode='const')
+  g_const, _ = stylegan2.build(config(size=16, classes=3, noise_mode='const', **TINY))
+  np.testing.assert_array_equal(g_const.apply(v, z, y), img1)  # config default, no rng
   np.testing.assert_array_equal(g.apply(v, z, y, truncation_psi=1.0, noise_mode='const'), img1)
   assert img1.shape == (4, 16, 16, 3) and img1.dtype == jnp.float32
 
@@ -137,5 +139,7 @@ def test_build_rejects_bad_config():
     stylegan2.build(config(d_architecture='fancy'))
   with pytest.raises(ValueError, match='g_architecture'):
     stylegan2.build(config(g_architecture='fancy'))
+  with pytest.raises(ValueError, match='noise_mode'):
+    stylegan2.build(config(noise_mode='bogus'))
   with pytest.raises(ValueError, match='image_size'):
     stylegan2.build(config(size=24))

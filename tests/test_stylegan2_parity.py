@@ -123,3 +123,12 @@ def test_converter_rejects_wrong_width(fx):
                                         'noise': jax.random.PRNGKey(0)}, z, y))
   with pytest.raises(ValueError, match='shapes differ'):
     stylegan2_convert.torch_to_flax(_sub(fx, 'g_skip/sd'), like=like)
+
+
+def test_converter_drops_ddp_prefix(fx):
+  sd = _sub(fx, 'g_skip/sd')
+  plain = stylegan2_convert.torch_to_flax(sd)
+  wrapped = stylegan2_convert.torch_to_flax({f'module.{k}': v for k, v in sd.items()})
+  assert jax.tree.structure(plain) == jax.tree.structure(wrapped)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(plain),
+                                                  jax.tree.leaves(wrapped), strict=True))

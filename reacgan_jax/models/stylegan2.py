@@ -5,7 +5,7 @@ configs src/configs/CIFAR10/StyleGAN2*.yaml and src/config.py. Modules: stylegan
 stylegan2_d.py (D + heads), stylegan2_layers.py (blocks), stylegan2_convert.py (torch weights).
 
   G.apply({'params': p, 'stylegan2_state': s}, z [N, z_dim], y [N] int, train=bool,
-          rngs={'noise': k1[, 'mixing': k2]}, [noise_mode='random'|'const'|'none',
+          rngs={'noise': k1[, 'mixing': k2]}, [noise_mode=None (config) |'random'|'const'|'none',
           truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False,
           style_mixing_prob=None (config value), return_ws=False],
           mutable=['stylegan2_state'] when update_w_avg) -> images [N, S, S, 3] float32
@@ -59,7 +59,7 @@ def build(config):
       img_resolution=size, mapping_layers=s.mapping_layers,
       mapping_lr_multiplier=s.mapping_lr_multiplier, w_avg_beta=s.w_avg_beta,
       channel_base=s.channel_base, channel_max=s.channel_max, architecture=s.g_architecture,
-      conv_clamp=s.conv_clamp, style_mixing_prob=s.style_mixing_prob)
+      conv_clamp=s.conv_clamp, style_mixing_prob=s.style_mixing_prob, noise_mode=s.noise_mode)
   d = stylegan2_d.Discriminator(
       img_resolution=size, num_classes=classes, cond_method=cond,
       architecture=s.d_architecture, channel_base=s.channel_base, channel_max=s.channel_max,
@@ -67,5 +67,8 @@ def build(config):
       mbstd_num_channels=s.mbstd_num_channels, embed_dim=s.embed_dim,
       spd_mapping_layers=s.spd_mapping_layers, embed_mapping_layers=s.embed_mapping_layers)
   d.check()
+  if s.noise_mode not in stylegan2_g.NOISE_MODES:
+    raise ValueError(f'model.stylegan2.noise_mode={s.noise_mode!r}: expected one of '
+                     f'{stylegan2_g.NOISE_MODES}')
   stylegan2_g.SynthesisNetwork(s.w_dim, size).block_args()  # raises on a bad image size
   return g, d

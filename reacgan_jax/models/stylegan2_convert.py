@@ -34,14 +34,16 @@ def _leaf(name, v):
 def torch_to_flax(state_dict: Mapping[str, np.ndarray], like=None) -> dict:
   """{'params': ..., [STATE: ...]} nested dicts of float32 numpy arrays.
 
-  state_dict: torch names -> arrays (call .numpy() on tensors first), optionally with a common
-    prefix already stripped. like: optional flax variables (e.g. from `jax.eval_shape(init)`);
+  state_dict: torch names -> arrays (call .numpy() on tensors first); a leading 'module.'
+    (DataParallel/DDP) is dropped. like: optional flax variables (e.g. from `jax.eval_shape(init)`);
     when given, the key sets and every shape must match it, else ValueError names the
     difference (a wrong architecture or width in the config).
   """
   out = {}
   for key, value in state_dict.items():
     parts = key.split('.')
+    if parts[0] == 'module':  # saved from a DataParallel / DDP wrapper
+      parts = parts[1:]
     if parts[-1] == 'resample_filter':
       continue
     col = STATE if parts[-1] in _BUFFERS else 'params'

@@ -230,6 +230,7 @@ class Generator(nn.Module):
   architecture: str = 'skip'
   conv_clamp: float | None = None
   style_mixing_prob: float = 0.0
+  noise_mode: str = 'random'  # default for __call__/synthesize (config noise_mode)
 
   def setup(self):
     self.synthesis_net = SynthesisNetwork(self.w_dim, self.img_resolution, self.img_channels,
@@ -247,8 +248,8 @@ class Generator(nn.Module):
     return self.mapping_net(z, self._onehot(y, z.shape[0]), truncation_psi, truncation_cutoff,
                             update_w_avg)
 
-  def synthesize(self, ws, noise_mode='random'):
-    return self.synthesis_net(ws, noise_mode)
+  def synthesize(self, ws, noise_mode=None):
+    return self.synthesis_net(ws, self.noise_mode if noise_mode is None else noise_mode)
 
   def mix(self, ws, z, y, prob):
     """utils/sample.py style mixing: with probability `prob` (one coin per batch) the ws from a
@@ -261,8 +262,11 @@ class Generator(nn.Module):
     return jnp.where(take2, ws2, ws)
 
   def __call__(self, z, y, train=False, truncation_psi=1.0, truncation_cutoff=None,
-               noise_mode='random', update_w_avg=False, style_mixing_prob=None, return_ws=False):
-    """Images [N, S, S, C]; (images, ws) with return_ws. Style mixing only when train."""
+               noise_mode=None, update_w_avg=False, style_mixing_prob=None, return_ws=False):
+    """Images [N, S, S, C]; (images, ws) with return_ws. Style mixing only when train.
+    noise_mode / style_mixing_prob None = the module's (config) values. Truncation is a
+    sampling-time argument (StudioGAN trains with psi = 1; config truncation_psi/cutoff are
+    for the sampler to pass here)."""
     ws = self.mapping(z, y, truncation_psi, truncation_cutoff, update_w_avg)
     prob = self.style_mixing_prob if style_mixing_prob is None else style_mixing_prob
     if train and prob > 0:
