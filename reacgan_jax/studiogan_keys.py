@@ -144,6 +144,8 @@ def _cond_fwd(s):
                    '(MODEL.g_cond_mtd, MODEL.d_cond_mtd)')
   if method == 'reacgan' and not s['MODEL.normalize_d_embed']:
     raise Unmappable('MODEL.normalize_d_embed=False: our D2D-CE always normalises embed/proxy')
+  if method == 'acgan' and s['MODEL.normalize_d_embed']:  # big_resnet.py: h = normalize(h)
+    raise Unmappable('MODEL.normalize_d_embed=True with AC: our ACGAN head reads h unnormalised')
   return {'model.cond_method': method}
 
 

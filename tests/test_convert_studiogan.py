@@ -129,3 +129,38 @@ def test_mismatched_config_is_named():
   config.model.cond_method, config.model.apply_d_sn = 'pd', False
   with pytest.raises(ValueError, match='apply_d_sn'):
     convert_studiogan.convert_discriminator(state, config)
+
+
+@pytest.mark.slow  # two train-state builds and an orbax save: ~2.5 min on a loaded 2-core CPU
+def test_cli_writes_a_checkpoint_that_samples_like_studiogan(tmp_path):
+  """StudioGAN folder (model=G-..., model=D-..., model=G_ema-...) -> CLI -> restore -> G(z)."""
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  from reacgan_jax import checkpoints, train  # noqa: PLC0415
+
+  overrides = {**META['G']['big_resnet_cond'], **META['D']['big_resnet_PD']}
+  ckpt = tmp_path / 'studiogan_ckpt'
+  ckpt.mkdir()
+  for model, prefix in (('G', 'G/big_resnet_cond'), ('D', 'D/big_resnet_PD'),
+                        ('G_ema', 'G/big_resnet_cond')):
+    _save_pth(ckpt / f'model={model}-best-weights-step=7.pth', _state(prefix))
+  lines = ['from configs import default', '', '', 'def get_config():',
+           '  c = default.get_config()', '  c.data.image_size = 32',
+           f"  c.data.num_classes = {META['num_classes']}"]
+  lines += [f'  c.{k} = {v!r}' for k, v in overrides.items()]
+  (tmp_path / 'cfg.py').write_text('\n'.join(lines + ['  return c', '']))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, '-m', 'reacgan_jax.convert_studiogan', str(ckpt),
+                  f'--config={tmp_path / "cfg.py"}', f'--workdir={tmp_path / "run"}'],
+                 check=True, cwd=root, env=dict(os.environ, PYTHONPATH=root))
+  config = _config(overrides)
+  g, d = models.build_models(config)
+  fresh = train.create_train_state(config, g, d, jax.random.PRNGKey(0))
+  state, step = checkpoints.Checkpointer(str(tmp_path / 'run'), config).restore(
+      checkpoints.abstract_like(fresh))
+  assert step == 0
+  z, y = FIXTURE['G/big_resnet_cond/z'], FIXTURE['G/big_resnet_cond/y'].astype(np.int32)
+  for params, stats in ((state.g_params, state.g_state), (state.ema_params, state.ema_state)):
+    images = _apply(config, g, params, stats, state.g_sn, z, y)
+    np.testing.assert_allclose(images, FIXTURE['G/big_resnet_cond/images'], rtol=0, atol=ATOL_G)

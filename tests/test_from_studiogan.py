@@ -86,6 +86,12 @@ def test_unmappable_keys_are_named():
   assert 'NOT mapped' in text and 'RUN.mixed_precision' in text
 
 
+def test_acgan_with_normalized_features_is_not_mapped():
+  conv = from_studiogan.convert({'MODEL': {'g_cond_mtd': 'cBN', 'd_cond_mtd': 'AC',
+                                           'normalize_d_embed': True}})
+  assert 'MODEL.normalize_d_embed' in {k for k, _, _ in conv.unmapped}
+
+
 def test_back_mapping_names_what_studiogan_lacks():
   config = default.get_config()
   config.train.diffaug_policy = 'translation'
