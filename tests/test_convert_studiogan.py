@@ -46,11 +46,12 @@ def _config(overrides):
 
 
 def _check_layout(config, which, module, params, stats, sn, *inputs):
-  ref = module.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}, *inputs)
+  rngs = {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}
+  ref = jax.eval_shape(lambda: module.init(rngs, *inputs))  # shapes only: nothing compiled
   convert_studiogan.check_like(params, ref['params'], 'params')
   convert_studiogan.check_like(stats, ref.get('batch_stats', {}), 'batch_stats')
-  ref_sn = spectral_norm.init_sn_state(ref['params'], jax.random.PRNGKey(2),
-                                       models.sn_predicate(config, which))
+  ref_sn = jax.eval_shape(lambda: spectral_norm.init_sn_state(
+      ref['params'], jax.random.PRNGKey(2), models.sn_predicate(config, which)))
   convert_studiogan.check_like(sn, ref_sn, 'sn_state')
 
 
