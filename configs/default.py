@@ -16,12 +16,16 @@ def get_config():
 
   # ---- data ---------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
-  config.data.source = 'tfds'  # tfds | npz | folder
+  # tfds | npz | folder | tiny_imagenet | cifar_binary (the last two: reacgan_jax/datasets.py)
+  config.data.source = 'tfds'
   config.data.name = 'cifar10'  # TFDS dataset name (source=tfds)
   config.data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets)
   config.data.npz_path = ''  # source=npz: file with x_train/y_train (x_test/y_test)
   config.data.npz_layout = 'nhwc'  # npz image layout: nhwc | cifar_rows (N x 3072, R/G/B planes)
   config.data.folder = ''  # source=folder: root/<class_name>/*.{png,jpg,jpeg}
+  # source=tiny_imagenet: the official zip (or its unpacked folder, or train/ + valid/ class
+  # folders); source=cifar_binary: the folder of data_batch_*.bin / test_batch.bin (ArtBench-10)
+  config.data.root = ''
   # When source=tfds cannot load (offline machine), try this npz (cifar_rows
   # layout) before failing; '' disables the fallback.
   config.data.offline_npz = ''

@@ -25,7 +25,7 @@ import threading
 import numpy as np
 from absl import logging
 
-from reacgan_jax import data_sources
+from reacgan_jax import data_sources, datasets
 
 _PERMUTATION_STREAM, _FLIP_STREAM, _BALANCED_STREAM = 0, 1, 2  # independent numpy seed streams
 
@@ -80,13 +80,16 @@ def describe_source(config) -> str:
             f'(layout {config.data.npz_layout}, split {split})')
   if source == 'folder':
     return f'folder {data_sources.resolve_path(config.data.folder)} (split {split})'
+  if source in datasets.SOURCES:
+    return datasets.describe(config.data, split)
   if source == 'tfds':
     builder, fallback = resolve_tfds(config, split)
     if builder is None:
       return f'npz {fallback} (offline fallback for TFDS {config.data.name}, split {split})'
     mode = 'streamed' if _streams(config, builder, split) else 'in memory'
     return f'tfds {config.data.name}[{split}] from {builder.data_dir} ({mode})'
-  raise ValueError(f'config.data.source={source!r}: expected tfds, npz or folder')
+  raise ValueError(f'config.data.source={source!r}: expected tfds, npz, folder, '
+                   'tiny_imagenet or cifar_binary')
 
 
 def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
@@ -102,6 +105,8 @@ def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
     arrays = data_sources.load_npz(d.npz_path, split, d.npz_layout, cache)
   elif d.source == 'folder':
     arrays = data_sources.load_folder(d.folder, split, d.image_size, d.crop, cache)
+  elif d.source in datasets.SOURCES:
+    arrays = datasets.load(d, split, cache)
   elif d.source == 'tfds':
     builder, fallback = tfds_resolved or resolve_tfds(config, split)
     if builder is None:  # the fallback npz's layout is read off its shape
@@ -109,7 +114,8 @@ def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
     else:
       arrays = data_sources.tfds_memory(builder, split, d.image_size, d.crop)
   else:
-    raise ValueError(f'config.data.source={d.source!r}: expected tfds, npz or folder')
+    raise ValueError(f'config.data.source={d.source!r}: expected tfds, npz, folder, '
+                     'tiny_imagenet or cifar_binary')
   images = data_sources.resize_images(arrays.images, d.image_size, d.crop)
   _check(arrays, images, config)
   return data_sources.Arrays(images, arrays.labels, arrays.num_classes, arrays.description)
