@@ -260,25 +260,31 @@ def write_checkpoint(config, workdir: str, g, d, g_ema=None, step: int = 0) -> s
   """Saves converted networks as a reacgan-jax checkpoint at `step`; returns its path.
 
   g, d, g_ema: (params, batch_stats, sn_state) from convert_generator / convert_discriminator.
-  The state starts from train.create_train_state (fresh optimiser moments, seed's rng) and its
+  The state starts from state.create_train_state (fresh optimiser moments, seed's rng) and its
   networks are replaced. The current TrainState keeps no SN vectors of its own for the EMA
   generator (sampling uses g_sn): G_ema's are dropped with a warning, so EMA samples are
   StudioGAN's only up to the G / G_ema u difference.
   """
   import jax  # noqa: PLC0415
 
-  from reacgan_jax import checkpoints, models, train  # noqa: PLC0415
+  from reacgan_jax import adapter, checkpoints  # noqa: PLC0415
+  from reacgan_jax import state as state_lib  # noqa: PLC0415
 
-  generator, discriminator = models.build_models(config)
-  state = train.create_train_state(config, generator, discriminator,
-                                   jax.random.PRNGKey(config.seed))
-  for name, ref, got in (('G', (state.g_params, state.g_state, state.g_sn), g),
-                         ('D', (state.d_params, state.d_state, state.d_sn), d)):
+  model = adapter.build(config)
+  state = state_lib.create_train_state(config, model, jax.random.PRNGKey(config.seed))
+  cols = lambda net: net.collections.get('batch_stats', {})
+  for name, ref, got in (('G', (state.g.params, cols(state.g), state.g.sn), g),
+                         ('D', (state.d.params, cols(state.d), state.d.sn), d)):
     for part, a, b in zip(('params', 'batch_stats', 'sn_state'), got, ref, strict=True):
       check_like(a, b, f'{name} {part}')
-  g_tx, d_tx = train.make_optimizers(config)
-  new = dict(g_params=g[0], g_state=g[1], g_sn=g[2], d_params=d[0], d_state=d[1], d_sn=d[2],
-             g_opt=g_tx.init(g[0]), d_opt=d_tx.init(d[0]))
+  txs = state_lib.make_optimizers(config)
+
+  def net(which, converted):
+    params, stats, sn = jax.tree.map(np.asarray, converted)
+    return state_lib.NetState(params=params, collections={'batch_stats': stats} if stats else {},
+                              sn=sn, opt_state=txs[which].init(params))
+
+  state = state.replace(g=net('g', g), d=net('d', d))
   if config.train.ema:
     ema = g_ema or g
     if g_ema is None:
@@ -286,9 +292,14 @@ def write_checkpoint(config, workdir: str, g, d, g_ema=None, step: int = 0) -> s
     elif jax.tree.leaves(g_ema[2]):
       logging.warning("G_ema's spectral-norm vectors are not kept (TrainState has no EMA SN "
                       "state): EMA samples use G's u.")
-    new.update(ema_params=ema[0], ema_state=ema[1])
-  state = state.replace(**jax.tree.map(np.asarray, new))
-  return str(checkpoints.Checkpointer(workdir, config).save(step, state))
+    params, stats = jax.tree.map(np.asarray, (ema[0], ema[1]))
+    state = state.replace(ema=state_lib.EmaState(
+        params=params, collections={'batch_stats': stats} if stats else {}))
+  ckpt = checkpoints.Checkpointer(workdir, config, layout=state_lib.LAYOUT)
+  try:
+    return str(ckpt.save(step, state))
+  finally:
+    ckpt.close()
 
 
 def main(argv):

@@ -138,7 +138,8 @@ def test_cli_writes_a_checkpoint_that_samples_like_studiogan(tmp_path):
   import subprocess  # noqa: PLC0415
   import sys  # noqa: PLC0415
 
-  from reacgan_jax import checkpoints, train  # noqa: PLC0415
+  from reacgan_jax import adapter, checkpoints  # noqa: PLC0415
+  from reacgan_jax import state as state_lib  # noqa: PLC0415
 
   overrides = {**META['G']['big_resnet_cond'], **META['D']['big_resnet_PD']}
   ckpt = tmp_path / 'studiogan_ckpt'
@@ -156,12 +157,14 @@ def test_cli_writes_a_checkpoint_that_samples_like_studiogan(tmp_path):
                   f'--config={tmp_path / "cfg.py"}', f'--workdir={tmp_path / "run"}'],
                  check=True, cwd=root, env=dict(os.environ, PYTHONPATH=root))
   config = _config(overrides)
-  g, d = models.build_models(config)
-  fresh = train.create_train_state(config, g, d, jax.random.PRNGKey(0))
+  model = adapter.build(config)
+  g = model.generator
+  fresh = state_lib.create_train_state(config, model, jax.random.PRNGKey(0))
   state, step = checkpoints.Checkpointer(str(tmp_path / 'run'), config).restore(
       checkpoints.abstract_like(fresh))
   assert step == 0
   z, y = FIXTURE['G/big_resnet_cond/z'], FIXTURE['G/big_resnet_cond/y'].astype(np.int32)
-  for params, stats in ((state.g_params, state.g_state), (state.ema_params, state.ema_state)):
-    images = _apply(config, g, params, stats, state.g_sn, z, y)
+  for net in (state.g, state.ema):
+    images = _apply(config, g, net.params, net.collections.get('batch_stats', {}), state.g.sn,
+                    z, y)
     np.testing.assert_allclose(images, FIXTURE['G/big_resnet_cond/images'], rtol=0, atol=ATOL_G)
