@@ -21,6 +21,7 @@ def get_config():
   config.data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets)
   config.data.npz_path = ''  # source=npz: file with x_train/y_train (x_test/y_test)
   config.data.npz_layout = 'nhwc'  # npz image layout: nhwc | cifar_rows (N x 3072, R/G/B planes)
+  config.data.npz_resize = False  # npz of another size than image_size: resize (True) or refuse
   config.data.folder = ''  # source=folder: root/<class_name>/*.{png,jpg,jpeg}
   # When source=tfds cannot load (offline machine), try this npz (cifar_rows
   # layout) before failing; '' disables the fallback.
