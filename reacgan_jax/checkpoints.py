@@ -68,6 +68,14 @@ class _Unusable(Exception):
   """A checkpoint that is finished but cannot be used (unreadable item, digest, NaN/Inf)."""
 
 
+def _item_names(path) -> tuple:
+  """Items orbax recorded in <step>/_CHECKPOINT_METADATA (() when unreadable)."""
+  try:
+    return tuple(json.loads((path / '_CHECKPOINT_METADATA').read_text())['item_handlers'])
+  except (OSError, ValueError, KeyError, TypeError):
+    return ()
+
+
 def check_keep(keep):
   """keep_checkpoints must keep at least one: orbax's max_to_keep=0 deletes every checkpoint."""
   if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -201,6 +209,8 @@ class Checkpointer:
     """The meta item of `step`; CheckpointLayoutError when it has none or another layout."""
     path = epath.Path(manager.directory) / str(step)
     if not (path / 'meta').exists():
+      if 'meta' in _item_names(path):  # written with a meta item that is gone: damaged
+        raise _Unusable('its meta item is missing')
       raise checkpoint_meta.layout_error(path, None, self.layout)
     try:
       meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
