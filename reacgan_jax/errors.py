@@ -53,3 +53,17 @@ def exit_on_user_error(prog: str, *, verbose: bool = False, status: int = 1):
     sys.stderr.write(f'{prog}: error: {e}\n')
     sys.stderr.flush()
     raise SystemExit(status) from None
+
+
+def message_of_flag_error(e: Exception) -> str | None:
+  """The UserError message inside a flag-parsing error, or None when there is none.
+
+  ml_collections' config_flags re-raises an error of a config file's get_config() as
+  `type(e)('Error whilst parsing config file:\n\n' + traceback)`, so the message is the text
+  after the last 'reacgan_jax.errors.<Class>: ' of the wrapped traceback.
+  """
+  text = str(e)
+  i = text.rfind('reacgan_jax.errors.')
+  if i < 0 or ': ' not in text[i:]:
+    return None
+  return text[i:].split(': ', 1)[1].strip() or None

@@ -17,11 +17,10 @@ import sys
 import textwrap
 import time
 
-import flax
+import fault_states
 import jax
-import jax.numpy as jnp
+import kill_harness
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
 from absl import flags
@@ -29,29 +28,14 @@ from ml_collections import config_flags
 from PIL import Image
 
 from configs import default, from_workdir, tiny
-from reacgan_jax import checkpoint_meta, checkpoints, errors, parallel, validate, workdir_lock
+from reacgan_jax import checkpoint_meta, checkpoints, errors, validate, workdir_lock
 from reacgan_jax.evaluation import fid, inception
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
 
 
-@flax.struct.dataclass
-class _State:
-  step: jax.Array
-  params: dict
-  opt: object
-  rng: jax.Array
-
-
-def _state(step, seed=0, poison=False):
-  k = jax.random.PRNGKey(seed)
-  params = {'conv': {'kernel': jax.random.normal(k, (3, 3, 2, 4))}, 'b': jnp.arange(4.0) + seed}
-  if poison:
-    params['b'] = params['b'].at[1].set(jnp.nan)
-  s = _State(step=jnp.array(step, jnp.int32), params=params, opt=optax.adam(1e-3).init(params),
-             rng=jax.random.PRNGKey(seed + 1))
-  return jax.device_put(s, parallel.replicated_sharding(parallel.create_mesh()))
+_state = fault_states.make_state
 
 
 def _assert_equal(a, b):
@@ -550,3 +534,52 @@ def test_user_error_exits_with_one_line_and_other_errors_keep_their_traceback():
   assert r.returncode == 1 and r.stderr == 'prog: error: config.x=1: must be 2\n'
   r = subprocess.run([sys.executable, '-c', code, 'b'], env=ENV, capture_output=True, text=True)
   assert r.returncode == 1 and 'Traceback' in r.stderr
+
+
+def test_a_user_error_of_a_config_file_is_one_message_after_config_flags_wraps_it(tmp_path):
+  fv = flags.FlagValues()
+  argv = ['prog', f'--config={REPO}/configs/from_workdir.py:{tmp_path / "nope"}']
+  config_flags.DEFINE_config_file('config', flag_values=fv, sys_argv=argv)
+  with pytest.raises(flags.Error) as e:
+    fv(argv)
+  assert 'Traceback' in str(e.value)  # what main.parse_flags prints today
+  msg = errors.message_of_flag_error(e.value)
+  assert msg.startswith('--config=configs/from_workdir.py:') and 'Traceback' not in msg
+  assert 'no readable config.json' in msg and '\n' not in msg
+  assert errors.message_of_flag_error(flags.Error('plain')) is None
+
+
+# ---- the kill -9 harness on a checkpoint writer (the trainer's loop test is the lead's) ---------
+
+
+_WRITER = textwrap.dedent('''
+    import sys, time
+    from configs import tiny
+    from fault_states import make_state
+    from reacgan_jax import checkpoints, workdir_lock
+    wd, last = sys.argv[1], int(sys.argv[2])
+    cfg = tiny.get_config()
+    cfg.train.keep_checkpoints = 2
+    with workdir_lock.WorkdirLock(wd, process_index=0, process_count=1):
+      ck = checkpoints.Checkpointer(wd, cfg)
+      _, at = ck.restore(checkpoints.abstract_like(make_state(0)))
+      for s in range((at or 0) + 1, last + 1):
+        ck.save(s, make_state(s, seed=s))
+        time.sleep(0.01)
+      ck.close()
+''')
+
+
+@pytest.mark.slow
+def test_kill_9_during_saves_loses_nothing(tmp_path):
+  wd = tmp_path / 'run'
+  env = dict(ENV, PYTHONPATH=f'{REPO}{os.pathsep}{REPO / "tests"}',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  cmd = [sys.executable, '-c', _WRITER, str(wd), '150']
+  history = kill_harness.kill_loop(cmd, str(wd), rounds=5, keep=2, min_delay_s=4,
+                                   max_delay_s=10, seed=0, env=env)
+  assert sum(r.killed for r in history) >= 3, [(r.delay_s, r.killed, r.steps) for r in history]
+  ck = checkpoints.Checkpointer(wd, tiny.get_config(), keep=2)
+  assert ck.all_steps() == [149, 150]
+  _assert_nothing_lost(ck, {s: _state(s, seed=s) for s in ck.all_steps()})
+  ck.close()
