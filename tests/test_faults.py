@@ -443,6 +443,20 @@ def test_stale_lock_rules(tmp_path):
     assert not lock.exists()
 
 
+def test_takeover_rechecks_under_the_guard(tmp_path):
+  # Two runs both saw the same stale lock; B took it over first. A must not replace B's lock.
+  wd = tmp_path / 'run'
+  wd.mkdir()
+  stale = {'pid': 2 ** 22 + 7, 'host': socket.gethostname(), 'started': 'then'}
+  (wd / workdir_lock.LOCK_NAME).write_text(json.dumps(stale))
+  a, b = _lock(wd), _lock(wd)
+  with b:
+    tmp = a._write_tmp()  # noqa: SLF001
+    assert a._take_over(stale, tmp) is False  # noqa: SLF001
+    assert json.loads((wd / workdir_lock.LOCK_NAME).read_text())['token'] == b.token
+    os.unlink(tmp)
+
+
 def test_concurrent_takeover_of_a_stale_lock_has_one_winner(tmp_path):
   wd = tmp_path / 'run'
   wd.mkdir()
