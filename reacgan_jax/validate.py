@@ -136,7 +136,8 @@ def check_labels(config, labels, declared_classes, description: str):
 
   A source with class names (label_names, class folders, TFDS ClassLabel) is checked against
   those names by the pipeline; without them, num_classes larger than the classes present means
-  embeddings and class-balanced sampling for classes that never occur.
+  embeddings and class-balanced sampling for classes that never occur. Call it on the training
+  split only: an eval split (or a test's 16-image one) may lack classes legitimately.
   """
   c = config.data.num_classes
   labels = np.asarray(labels)
@@ -171,3 +172,14 @@ def check_resolution(config, images_shape, description: str):
         f'{description} holds {h}x{w} images but config.data.image_size={s}: set '
         f'--config.data.image_size={h}' + (' ' if h == w else ' (after cropping) ')
         + f'for its resolution, or --config.data.npz_resize=True to resize them to {s}x{s}.')
+
+
+def check_arrays(config, arrays, split: str, *, from_npz: bool):
+  """Both data checks on a loaded data_sources.Arrays, before any resize (input_pipeline._load).
+
+  from_npz: the arrays come from an npz file (source=npz, or the offline npz fallback of tfds).
+  """
+  if from_npz:
+    check_resolution(config, arrays.images.shape, arrays.description)
+  if split == config.data.train_split:
+    check_labels(config, arrays.labels, arrays.num_classes, arrays.description)

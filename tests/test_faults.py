@@ -28,7 +28,7 @@ from ml_collections import config_flags
 from PIL import Image
 
 from configs import default, from_workdir, tiny
-from reacgan_jax import checkpoint_meta, checkpoints, errors, validate, workdir_lock
+from reacgan_jax import checkpoint_meta, checkpoints, data_sources, errors, validate, workdir_lock
 from reacgan_jax.evaluation import fid, inception
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -362,6 +362,16 @@ def test_data_checks_classes_and_resolution():
   validate.check_resolution(cfg, (5, 32, 32, 3), 'npz toy.npz')
   cfg.data.npz_resize = True
   validate.check_resolution(cfg, (5, 64, 64, 3), 'npz toy.npz')
+  # The pipeline's entry point: the eval split may lack classes, the train split may not.
+  cfg.data.num_classes, cfg.data.npz_resize = 12, False
+  arrays = data_sources.Arrays(np.zeros((30, 32, 32, 3), np.uint8), labels, None, 'npz toy.npz')
+  validate.check_arrays(cfg, arrays, 'test', from_npz=True)
+  with pytest.raises(errors.ConfigError, match='only 10 classes'):
+    validate.check_arrays(cfg, arrays, 'train', from_npz=True)
+  big = data_sources.Arrays(np.zeros((30, 64, 64, 3), np.uint8), labels, 12, 'npz big.npz')
+  validate.check_arrays(cfg, big, 'train', from_npz=False)  # folder/tfds: resized by design
+  with pytest.raises(errors.ConfigError, match='64x64'):
+    validate.check_arrays(cfg, big, 'test', from_npz=True)
 
 
 def test_tiny_config_embeds_a_small_reference_set():
