@@ -22,6 +22,7 @@ def get_config():
   config.data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets)
   config.data.npz_path = ''  # source=npz: file with x_train/y_train (x_test/y_test)
   config.data.npz_layout = 'nhwc'  # npz image layout: nhwc | cifar_rows (N x 3072, R/G/B planes)
+  config.data.npz_resize = False  # npz of another size than image_size: resize (True) or refuse
   config.data.folder = ''  # source=folder: root/<class_name>/*.{png,jpg,jpeg}
   # source=tiny_imagenet: the official zip (or its unpacked folder, or train/ + valid/ class
   # folders); source=cifar_binary: the folder of data_batch_*.bin / test_batch.bin (ArtBench-10)

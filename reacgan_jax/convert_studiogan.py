@@ -295,7 +295,7 @@ def write_checkpoint(config, workdir: str, g, d, g_ema=None, step: int = 0) -> s
     params, stats = jax.tree.map(np.asarray, (ema[0], ema[1]))
     state = state.replace(ema=state_lib.EmaState(
         params=params, collections={'batch_stats': stats} if stats else {}))
-  ckpt = checkpoints.Checkpointer(workdir, config, layout=state_lib.LAYOUT)
+  ckpt = checkpoints.Checkpointer(workdir, config)
   try:
     return str(ckpt.save(step, state))
   finally:

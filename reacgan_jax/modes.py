@@ -62,7 +62,7 @@ def load_state(config, workdir, mesh, adapter, step=None):
   Returns:
     (state, step). Raises FileNotFoundError when the workdir has no checkpoint.
   """
-  ckpt = checkpoints.Checkpointer(workdir, config, layout=state_lib.LAYOUT)
+  ckpt = checkpoints.Checkpointer(workdir, config)
   try:
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first '

@@ -6,7 +6,9 @@
 
 `extra` holds what a recipe adds: the augmentation's state under 'augment' (an ADA
 probability and its accumulator), a stateful loss term's under 'term/<name>'. The whole
-TrainState is one pytree: replicated on the mesh, checkpointed and restored as it is.
+TrainState is one pytree: replicated on the mesh, checkpointed and restored as it is. Its
+layout number is checkpoints.STATE_LAYOUT (2; 1 was the flat state of the first releases, whose
+checkpoints are refused by name, never set aside).
 """
 
 import functools
@@ -19,10 +21,6 @@ import optax
 
 from reacgan_jax import augment, objectives, parallel
 from reacgan_jax.adapter import state_collections
-
-# Bumped when the TrainState's pytree changes; checkpoints record it (checkpoints.py).
-# 1: the flat state of the first releases (g_params, g_state, g_sn, ...); 2: per network.
-LAYOUT = 2
 
 
 @flax.struct.dataclass

@@ -77,7 +77,7 @@ class _Run:
     logging.info('Mesh: %d devices on %d processes; global batch %d (%d per device).',
                  self.mesh.devices.size, jax.process_count(), config.train.batch_size,
                  config.train.batch_size // self.mesh.devices.size)
-    self.ckpt = checkpoints.Checkpointer(workdir, config, layout=state_lib.LAYOUT)
+    self.ckpt = checkpoints.Checkpointer(workdir, config)
     self.state = self._restore_or_init()
     self.start_step = int(parallel.to_host(self.state.step))
     self.last_good = self.ckpt.path(self.start_step) if self.start_step else None

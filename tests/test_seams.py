@@ -14,7 +14,17 @@ import optax
 import pytest
 from train_helpers import tiny_config, write_npz
 
-from reacgan_jax import adapter, augment, checkpoints, objectives, parallel, state, step, train
+from reacgan_jax import (
+  adapter,
+  augment,
+  checkpoints,
+  errors,
+  objectives,
+  parallel,
+  state,
+  step,
+  train,
+)
 
 LIGHT = {'train.d_updates_per_step': 1, 'model.g_attn_block': 0, 'model.d_attn_block': 0}
 
@@ -223,15 +233,18 @@ def test_augmentation_state_survives_resume_bit_exactly(npz, sign_counter, tmp_p
 # ---- checkpoints of the earlier layout -----------------------------------------------------------
 
 def test_a_layout_1_checkpoint_is_named_and_kept(npz, tmp_path):
-  # What the first releases saved: a flat TrainState (only its tree shape matters here).
+  # What the first releases saved: the flat TrainState, items state and config, no meta.
+  import orbax.checkpoint as ocp  # noqa: PLC0415
+
   config = tiny_config(npz)
   old = {'g_params': {'w': jnp.ones(3)}, 'g_state': {}, 'step': jnp.asarray(2, jnp.int32)}
-  ckpt = checkpoints.Checkpointer(str(tmp_path), config)
-  ckpt.save(2, old)
-  ckpt.close()
-  assert checkpoints.stored_layout(tmp_path / 'checkpoints' / '2') == 1
-  with pytest.raises(checkpoints.CheckpointLayoutError,
-                     match=r'layout 1 \(the flat TrainState .*reads layout 2.*new --workdir'):
+  m = ocp.CheckpointManager(tmp_path / 'checkpoints', options=ocp.CheckpointManagerOptions(
+      create=True, enable_async_checkpointing=False), item_names=('state', 'config'))
+  m.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(old), config=ocp.args.JsonSave(
+      checkpoints.config_to_dict(config))), force=True)
+  m.wait_until_finished()
+  m.close()
+  with pytest.raises(errors.CheckpointLayoutError, match=r'layout 1.*new --workdir'):
     train.train_and_evaluate(config, str(tmp_path))
   assert checkpoints.list_checkpoint_steps(str(tmp_path)) == [2]  # not set aside as corrupt
   assert not any(n.startswith('corrupt') for n in os.listdir(tmp_path / 'checkpoints'))

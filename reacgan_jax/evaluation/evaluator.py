@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -42,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from reacgan_jax.evaluation import fid, inception, registry
+from reacgan_jax.evaluation import fid, fid_protocol, inception, registry
 
 METRICS = tuple(registry.METRICS)
 parse_metrics = registry.parse_metrics
@@ -226,9 +227,15 @@ class Evaluator:
     """FID statistics {'mu', 'sigma', 'n', 'description'} of the eval split (cached)."""
     path = self.stats_path()
     if self.config.eval.ref_stats and path.exists():
-      stats = fid.load_statistics(path)  # given explicitly: trusted, its description logged
+      stats = fid.load_statistics(path)  # given explicitly: checked against our protocol
       logging.info('FID reference statistics %s given by config.eval.ref_stats: %s', path,
                    stats['description'])
+      self._inception()
+      tag = self._features_tag
+      network = fid_protocol.network_id(tag) if os.path.isfile(tag) else ''
+      ours = fid.describe(self._source(), 0, self.config.eval.resize, tag, network)
+      fid_protocol.check_same_protocol((f'config.eval.ref_stats={path}', stats['description']),
+                                       ('this evaluation', ours))
       return stats
     self._inception()
     source, resize, tag = self._protocol_key()

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
+import sys
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -29,7 +31,9 @@ import numpy as np
 from absl import logging
 from scipy import linalg
 
-from reacgan_jax.evaluation import inception
+from reacgan_jax import errors
+from reacgan_jax.errors import InputError
+from reacgan_jax.evaluation import fid_protocol, inception
 
 IMAGE_KEYS = ('x', 'images', 'x_train')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
@@ -50,7 +54,7 @@ def compute_statistics(features) -> tuple[np.ndarray, np.ndarray]:
   """
   f = np.asarray(features, np.float64)
   if f.ndim != 2 or f.shape[0] < 2:
-    raise ValueError(f'features: expected [N >= 2, D], got shape {f.shape}')
+    raise InputError(f'features: expected [N >= 2, D], got shape {f.shape}')
   return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
@@ -71,7 +75,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
   s1 = np.atleast_2d(np.asarray(sigma1, np.float64))
   s2 = np.atleast_2d(np.asarray(sigma2, np.float64))
   if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0],) * 2:
-    raise ValueError(f'statistics shapes differ: mu {mu1.shape} vs {mu2.shape}, '
+    raise InputError(f'statistics shapes differ: mu {mu1.shape} vs {mu2.shape}, '
                      f'sigma {s1.shape} vs {s2.shape}')
   diff = mu1 - mu2
   with warnings.catch_warnings():
@@ -83,7 +87,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
   if np.iscomplexobj(covmean):
     if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-      raise ValueError(f'FID: imaginary component {np.max(np.abs(covmean.imag)):g} in '
+      raise InputError(f'FID: imaginary component {np.max(np.abs(covmean.imag)):g} in '
                        'sqrtm(sigma1 sigma2): the covariances are too ill-conditioned (use more '
                        'samples than feature dimensions)')
     covmean = covmean.real
@@ -111,19 +115,36 @@ def load_statistics(path) -> dict:
   try:
     with np.load(path, allow_pickle=False) as d:
       if 'mu' not in d or 'sigma' not in d:
-        raise ValueError(f'{path}: not an FID statistics file (needs arrays mu and sigma, has '
+        raise InputError(f'{path}: not an FID statistics file (needs arrays mu and sigma, has '
                          f'{sorted(d.keys())})')
-      return {'mu': d['mu'].astype(np.float64), 'sigma': d['sigma'].astype(np.float64),
-              'n': int(d['n']) if 'n' in d else None,
-              'description': str(d['description']) if 'description' in d else ''}
+      stats = {'mu': d['mu'].astype(np.float64), 'sigma': d['sigma'].astype(np.float64),
+               'n': int(d['n']) if 'n' in d else None,
+               'description': str(d['description']) if 'description' in d else ''}
   except (OSError, EOFError, zipfile.BadZipFile) as e:
-    raise ValueError(f'{path}: cannot read FID statistics ({e})') from e
+    raise InputError(f'{path}: cannot read FID statistics ({e})') from e
+  check_finite(stats, str(path))
+  return stats
 
 
-def describe(source: str, n: int, resize: str, weights_source: str) -> str:
-  """What statistics were computed from, stored next to them (protocol made explicit, SPEC 7)."""
-  return json.dumps({'source': source, 'n': n, 'resize': resize, 'inception': weights_source,
-                     'features': 'pool3 2048-d, float64 mean/cov (ddof=1)'}, sort_keys=True)
+def check_finite(stats: dict, name: str):
+  """InputError when mu or sigma hold NaN/Inf (an FID of them would be NaN, not a number)."""
+  for k in ('mu', 'sigma'):
+    bad = int(np.size(stats[k]) - np.isfinite(stats[k]).sum())
+    if bad:
+      raise InputError(f'{name}: {bad} NaN/Inf value(s) in {k} of its FID statistics (NaN '
+                       'features: broken images, weights or generator); recompute them.')
+
+
+def describe(source: str, n: int, resize: str, weights_source: str, network: str = '') -> str:
+  """What statistics were computed from, stored next to them (protocol made explicit, SPEC 7).
+
+  network: fid_protocol.network_id of the weights file ('' = unknown), compared by the CLI.
+  """
+  d = {'source': source, 'n': n, 'resize': resize, 'inception': weights_source,
+       'features': 'pool3 2048-d, float64 mean/cov (ddof=1)'}
+  if network:
+    d['network'] = network
+  return json.dumps(d, sort_keys=True)
 
 
 def statistics_of_images(params, images, *, batch_size: int = 200, resize: str = 'legacy',
@@ -198,18 +219,18 @@ def is_statistics_file(spec: str) -> bool:
 def _as_nhwc(x: np.ndarray, cifar_rows: bool, where: str) -> np.ndarray:
   if cifar_rows and x.ndim != 4:  # NHWC inputs pass through: the flag names a layout, not a file
     if x.ndim != 2 or x.shape[1] % 3:
-      raise ValueError(f'{where}: --cifar-rows expects [N, 3*H*W] rows, got {x.shape}')
+      raise InputError(f'{where}: --cifar-rows expects [N, 3*H*W] rows, got {x.shape}')
     side = int(round((x.shape[1] // 3) ** 0.5))
     if 3 * side * side != x.shape[1]:
-      raise ValueError(f'{where}: rows of {x.shape[1]} values are not 3 square planes')
+      raise InputError(f'{where}: rows of {x.shape[1]} values are not 3 square planes')
     # CIFAR `data` layout: R(HW) G(HW) B(HW), each plane row-major.
     return x.reshape(-1, 3, side, side).transpose(0, 2, 3, 1)
   if x.ndim == 2:
-    raise ValueError(f'{where}: [N, {x.shape[1]}] rows look like the CIFAR row layout; pass '
+    raise InputError(f'{where}: [N, {x.shape[1]}] rows look like the CIFAR row layout; pass '
                      '--cifar-rows')
   if x.ndim != 4 or x.shape[-1] != 3:
     hint = ' (NCHW? transpose to NHWC)' if x.ndim == 4 and x.shape[1] == 3 else ''
-    raise ValueError(f'{where}: expected uint8 images [N, H, W, 3], got {x.shape}{hint}')
+    raise InputError(f'{where}: expected uint8 images [N, H, W, 3], got {x.shape}{hint}')
   return x
 
 
@@ -224,7 +245,7 @@ def load_images(spec: str, *, cifar_rows: bool = False, num_images: int | None =
   if path.is_dir():
     files = sorted(p for p in path.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-      raise ValueError(f'{path}: no images ({", ".join(IMAGE_SUFFIXES)}) in this folder')
+      raise InputError(f'{path}: no images ({", ".join(IMAGE_SUFFIXES)}) in this folder')
     if num_images:
       files = files[:num_images]
     return _folder_batches(files, chunk), len(files), f'folder:{path.resolve()}'
@@ -232,16 +253,16 @@ def load_images(spec: str, *, cifar_rows: bool = False, num_images: int | None =
     with np.load(path, allow_pickle=False) as d:
       keys = [key] if key else [k for k in IMAGE_KEYS if k in d]
       if not keys or keys[0] not in d:
-        raise ValueError(f'{spec}: no image array (looked for {key or ", ".join(IMAGE_KEYS)}; '
+        raise InputError(f'{spec}: no image array (looked for {key or ", ".join(IMAGE_KEYS)}; '
                          f'has {sorted(d.keys())}); pick one with {path}:KEY')
       x = d[keys[0]]
     if x.dtype != np.uint8:
-      raise ValueError(f'{spec}: images must be uint8, got {x.dtype}')
+      raise InputError(f'{spec}: images must be uint8, got {x.dtype}')
     x = _as_nhwc(x, cifar_rows, spec)
     if num_images:
       x = x[:num_images]
     return x, x.shape[0], f'npz:{path.resolve()}:{keys[0]}'
-  raise ValueError(f'{spec}: not an image folder, an .npz of images, or an .npz of statistics')
+  raise InputError(f'{spec}: not an image folder, an .npz of images, or an .npz of statistics')
 
 
 def _folder_batches(files, chunk: int = 500) -> Iterator[np.ndarray]:
@@ -250,18 +271,22 @@ def _folder_batches(files, chunk: int = 500) -> Iterator[np.ndarray]:
   for i in range(0, len(files), chunk):
     batch = []
     for f in files[i:i + chunk]:
-      with Image.open(f) as img:
-        a = np.asarray(img.convert('RGB'))
+      try:
+        with Image.open(f) as img:
+          a = np.asarray(img.convert('RGB'))
+      except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        raise InputError(f'{f}: cannot read this image ({e}); delete or replace it.') from e
       if shape is None:
         shape = a.shape
       elif a.shape != shape:
-        raise ValueError(f'{f}: size {a.shape[:2]} differs from {shape[:2]} of the first image; '
+        raise InputError(f'{f}: size {a.shape[:2]} differs from {shape[:2]} of the first image; '
                          'resize the folder to one size first')
       batch.append(a)
     yield np.stack(batch)
 
 
-def _statistics_for(spec, params, weights_source, args) -> dict:
+def _statistics_for(spec, params, weights, args) -> dict:
+  """FID statistics of one CLI input; `weights` = (path string, network id)."""
   if is_statistics_file(spec):
     stats = load_statistics(spec)
     logging.info('%s: statistics (n=%s, %s)', spec, stats['n'], stats['description'])
@@ -271,11 +296,13 @@ def _statistics_for(spec, params, weights_source, args) -> dict:
   mu, sigma, n = statistics_of_images(params, images, batch_size=args.batch_size,
                                       resize=args.resize, progress=n > args.batch_size,
                                       total=-(-n // args.batch_size))
-  return {'mu': mu, 'sigma': sigma, 'n': n,
-          'description': describe(source, n, args.resize, weights_source)}
+  stats = {'mu': mu, 'sigma': sigma, 'n': n,
+           'description': describe(source, n, args.resize, *weights)}
+  check_finite(stats, f'{spec} (Inception features of its images)')
+  return stats
 
 
-def main(argv=None) -> float | None:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog='python -m reacgan_jax.fid',
       description='FID between two image sets (folders, .npz images or .npz statistics), with the '
@@ -302,27 +329,69 @@ def main(argv=None) -> float | None:
                            '4-D arrays are NHWC either way')
   parser.add_argument('--num-images', type=int, default=None,
                       help='use only the first N images of each image input')
+  parser.add_argument('--allow-protocol-mismatch', action='store_true',
+                      help='compare statistics of different resize modes or networks anyway '
+                           '(a warning instead of an error)')
+  return parser
+
+
+def _load_weights(path):
+  """(params, (weights path string, network id)); user errors for a missing or broken file."""
+  try:
+    _, params = inception.load_inception(path)
+  except FileNotFoundError as e:
+    raise errors.MissingFileError(str(e)) from e
+  except ValueError as e:
+    raise InputError(str(e)) from e
+  where = pathlib.Path(path).expanduser() if path else inception.default_weights_path()
+  return params, (str(where), fid_protocol.network_id(where))
+
+
+def main(argv=None) -> float | None:
+  """The CLI; raises UserError subclasses for bad input (`cli` turns them into a message)."""
+  parser = _parser()
   args = parser.parse_args(argv)
   if bool(args.save_stats) == (len(args.paths) == 2) or (args.paths and len(args.paths) != 2):
     parser.error('give either PATH_A PATH_B, or --save-stats PATH_IN OUT.npz')
   logging.set_verbosity(logging.INFO)
 
-  params, weights_source = None, 'n/a'
   inputs = args.save_stats[:1] if args.save_stats else args.paths
+  for spec in inputs:  # before loading weights: a typo must not read as "weights missing"
+    if not _split_key(spec)[0].exists():
+      raise InputError(f'{spec}: no such file or folder (not an image folder, an .npz of '
+                       'images or an .npz of statistics); check the path.')
+  params, weights = None, ('n/a', '')
   if not all(is_statistics_file(p) for p in inputs):
-    _, params = inception.load_inception(args.weights)
-    weights_source = str(pathlib.Path(args.weights).expanduser() if args.weights
-                         else inception.default_weights_path())
+    params, weights = _load_weights(args.weights)
 
   if args.save_stats:
-    stats = _statistics_for(args.save_stats[0], params, weights_source, args)
+    stats = _statistics_for(args.save_stats[0], params, weights, args)
     out = save_statistics(args.save_stats[1], stats['mu'], stats['sigma'], stats['n'],
                           stats['description'])
     print(f'Wrote statistics of {stats["n"]} images to {out}')
     return None
-  a = _statistics_for(args.paths[0], params, weights_source, args)
-  b = _statistics_for(args.paths[1], params, weights_source, args)
+  a = _statistics_for(args.paths[0], params, weights, args)
+  b = _statistics_for(args.paths[1], params, weights, args)
+  fid_protocol.check_same_protocol((args.paths[0], a['description']),
+                                   (args.paths[1], b['description']),
+                                   strict=not args.allow_protocol_mismatch)
   value = frechet_distance(a['mu'], a['sigma'], b['mu'], b['sigma'])
+  if not np.isfinite(value):
+    raise InputError(f'FID is {value} (not a number) for {args.paths[0]} vs {args.paths[1]}.')
   print(f'n_a={a["n"]} n_b={b["n"]} resize={args.resize}')
   print(f'FID: {value:.6f}')
   return value
+
+
+def cli(argv=None):
+  """`python -m reacgan_jax.fid`: main() with user errors as one line on stderr and exit 1.
+
+  --verbose-errors (or REACGAN_JAX_TRACEBACK=1) keeps the traceback.
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  verbose = os.environ.get('REACGAN_JAX_TRACEBACK') == '1'
+  if '--verbose-errors' in argv:
+    argv.remove('--verbose-errors')
+    verbose = True
+  with errors.exit_on_user_error('python -m reacgan_jax.fid', verbose=verbose):
+    main(argv)

@@ -33,6 +33,7 @@ def _fid(ev, gen, rng):
   del rng
   ref = ev.reference_statistics()
   mu, sigma = fid.compute_statistics(gen['pool'])
+  fid.check_finite({'mu': mu, 'sigma': sigma}, 'the generated samples')  # never "FID: nan"
   return {'fid': fid.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])}, ref['n'], []
 
 

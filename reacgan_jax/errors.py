@@ -1,0 +1,69 @@
+"""User errors: one clear message, a non-zero exit status, no traceback (issue 14, class 9).
+
+A `UserError` is a mistake the user can fix (a config value, a path, a workdir held by another
+run, a checkpoint of another state layout); its message names the key or file, the value, and
+what to do. Command lines catch `UserError` at the top (`exit_on_user_error`) and print only the
+message; every other exception is a bug and keeps its traceback.
+
+The concrete classes also derive from the builtin type callers already catch (ValueError,
+FileNotFoundError, RuntimeError), so code written against those keeps working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+
+class UserError(Exception):
+  """Base of every error whose message alone tells the user what to do."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config value that is not allowed: names the key, the value and what is allowed."""
+
+
+class InputError(UserError, ValueError):
+  """An input file or folder that cannot be used (missing, unreadable, inconsistent)."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+  """A file the command needs does not exist (weights, statistics, a workdir's config)."""
+
+
+class WorkdirLockedError(UserError, RuntimeError):
+  """Another run holds the workdir's lock."""
+
+
+class CheckpointLayoutError(UserError, RuntimeError):
+  """A checkpoint written with another TrainState layout (not corrupt: never set aside)."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error(prog: str, *, verbose: bool = False, status: int = 1):
+  """Turns a UserError into `prog: error: <message>` on stderr and `sys.exit(status)`.
+
+  With verbose=True the traceback is kept (for debugging); other exceptions always keep theirs.
+  """
+  try:
+    yield
+  except UserError as e:
+    if verbose:
+      raise
+    sys.stderr.write(f'{prog}: error: {e}\n')
+    sys.stderr.flush()
+    raise SystemExit(status) from None
+
+
+def message_of_flag_error(e: Exception) -> str | None:
+  """The UserError message inside a flag-parsing error, or None when there is none.
+
+  ml_collections' config_flags re-raises an error of a config file's get_config() as
+  `type(e)('Error whilst parsing config file:\n\n' + traceback)`, so the message is the text
+  after the last 'reacgan_jax.errors.<Class>: ' of the wrapped traceback.
+  """
+  text = str(e)
+  i = text.rfind('reacgan_jax.errors.')
+  if i < 0 or ': ' not in text[i:]:
+    return None
+  return text[i:].split(': ', 1)[1].strip() or None
