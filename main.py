@@ -22,6 +22,8 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from reacgan_jax import errors  # noqa: E402 (light: no jax work at import)
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/cifar10_reacgan.py:small; override any key with '
     '--config.<section>.<key>=value.', lock_config=True)
@@ -51,6 +53,10 @@ def parse_flags(argv):
                      'Every key, with its default and a comment, is in configs/default.py.\n')
     sys.exit(1)
   except flags.Error as e:
+    msg = errors.message_of_flag_error(e)  # a UserError raised inside a config file
+    if msg:
+      sys.stderr.write(f'FATAL {msg}\n')
+      sys.exit(1)
     sys.stderr.write(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see '
                      'help on flags.\n')
     sys.exit(1)
@@ -59,13 +65,20 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  from reacgan_jax import parallel  # noqa: PLC0415 (after flag parsing: fast --help)
+  verbose = logging.get_verbosity() >= logging.DEBUG  # --verbosity=1 keeps tracebacks
+  with errors.exit_on_user_error('main.py', verbose=verbose):
+    _run(_CONFIG.value, _WORKDIR.value)
+
+
+def _run(config, workdir):
+  from reacgan_jax import parallel, validate  # noqa: PLC0415 (after flag parsing: fast --help)
+
+  validate.validate_config(config, mode=_MODE.value)
 
   parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                         _PROCESS_ID.value)
   # Sharded random draws must equal unsharded ones (device-count independent runs).
   jax.config.update('jax_threefry_partitionable', True)
-  config, workdir = _CONFIG.value, _WORKDIR.value
   if config.train.compilation_cache:
     from reacgan_jax.evaluation import inception  # noqa: PLC0415
 

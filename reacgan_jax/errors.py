@@ -39,6 +39,10 @@ class CheckpointLayoutError(UserError, RuntimeError):
   """A checkpoint written with another TrainState layout (not corrupt: never set aside)."""
 
 
+class NonFiniteError(UserError, FloatingPointError):
+  """Training went NaN/Inf: the message names the step and the last good checkpoint."""
+
+
 @contextlib.contextmanager
 def exit_on_user_error(prog: str, *, verbose: bool = False, status: int = 1):
   """Turns a UserError into `prog: error: <message>` on stderr and `sys.exit(status)`.

@@ -25,7 +25,7 @@ import threading
 import numpy as np
 from absl import logging
 
-from reacgan_jax import data_sources, datasets
+from reacgan_jax import data_sources, datasets, validate
 
 _PERMUTATION_STREAM, _FLIP_STREAM, _BALANCED_STREAM = 0, 1, 2  # independent numpy seed streams
 
@@ -116,6 +116,8 @@ def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
   else:
     raise ValueError(f'config.data.source={d.source!r}: expected tfds, npz, folder, '
                      'tiny_imagenet or cifar_binary')
+  from_npz = d.source == 'npz' or (d.source == 'tfds' and builder is None)
+  validate.check_arrays(config, arrays, split, from_npz=from_npz)
   images = data_sources.resize_images(arrays.images, d.image_size, d.crop)
   _check(arrays, images, config)
   return data_sources.Arrays(images, arrays.labels, arrays.num_classes, arrays.description)

@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from reacgan_jax import adapter as adapter_lib
-from reacgan_jax import checkpoints, parallel, sampling, writers
+from reacgan_jax import checkpoints, errors, parallel, sampling, workdir_lock, writers
 from reacgan_jax import state as state_lib
 from reacgan_jax.evaluation.evaluator import Evaluator
 
@@ -27,13 +27,12 @@ def fmt_metrics(m):
 def run_evaluation(config, sample_fn, step, workdir, *, strict=False, cache=None):
   """Evaluator on `sample_fn`; writes workdir/eval/step_<n>.json.
 
-  Returns the metrics, or None with a warning when the evaluator or the Inception weights are
-  unavailable. With strict=False (inside training) any evaluation failure is a warning, so a
-  long run never dies in its evaluation; --mode=eval is strict. `cache` (a dict) keeps the
-  Evaluator, its Inception network and reference statistics between calls.
+  Returns the metrics. With strict=False (inside training) any evaluation failure is a warning
+  and None is returned, so a long run never dies in its evaluation; --mode=eval is strict: a
+  failure raises (missing Inception weights as errors.MissingFileError, one clear message).
+  `cache` (a dict) keeps the Evaluator, its Inception network and reference statistics.
   """
   cache = {} if cache is None else cache
-  unavailable = (ImportError, FileNotFoundError, OSError)
   try:
     if 'evaluator' not in cache:
       cache['evaluator'] = Evaluator(config)
@@ -41,7 +40,9 @@ def run_evaluation(config, sample_fn, step, workdir, *, strict=False, cache=None
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     results = evaluator.evaluate(sample_fn, config.eval.num_samples, rng)
   except Exception as e:  # noqa: BLE001 -- filtered just below
-    if strict and not isinstance(e, unavailable):
+    if strict and isinstance(e, FileNotFoundError) and not isinstance(e, errors.UserError):
+      raise errors.MissingFileError(str(e)) from e  # --mode=eval never "succeeds" without weights
+    if strict:
       raise
     logging.warning('Evaluation skipped at step %d: %r. Training continues; see README '
                     '"Evaluation" for the Inception weights.', step, e)
@@ -65,25 +66,30 @@ def load_state(config, workdir, mesh, adapter, step=None):
   ckpt = checkpoints.Checkpointer(workdir, config)
   try:
     if ckpt.latest_step() is None:
-      raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first '
-                              '(--mode=train with the same --workdir).')
-    ckpt.check_config(step if step is not None else ckpt.latest_step())
+      raise errors.MissingFileError(f'No checkpoint in {workdir}/checkpoints: train first '
+                                    '(--mode=train with the same --workdir).')
+    ckpt.check_config(step if step is not None else ckpt.latest_step(), resume=False)
     return ckpt.restore(state_lib.abstract_state(config, adapter, mesh), step=step)
   finally:
     ckpt.close()
 
 
 def evaluate_checkpoints(config, workdir, all_checkpoints=False):
-  """--mode=eval: evaluates the EMA G of the newest (or every) checkpoint.
+  """--mode=eval: evaluates the EMA G of the newest (or every) checkpoint (under the lock).
 
   Returns:
-    dict step -> metrics (None where evaluation was unavailable).
+    dict step -> metrics.
   """
+  with workdir_lock.WorkdirLock(workdir, 'eval'):
+    return _evaluate_checkpoints(config, workdir, all_checkpoints)
+
+
+def _evaluate_checkpoints(config, workdir, all_checkpoints):
   mesh = parallel.create_mesh()
   adapter = adapter_lib.build(config, mesh)
   steps = checkpoints.list_checkpoint_steps(workdir)
   if not steps:
-    raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first.')
+    raise errors.MissingFileError(f'No checkpoint in {workdir}/checkpoints: train first.')
   sampler = sampling.Sampler(config, adapter, mesh)
   out, cache = {}, {}
   writer = writers.create_writer(workdir)  # appends: the training records stay
@@ -106,7 +112,8 @@ def sample_checkpoint(config, workdir, num_samples=None):
   """
   mesh = parallel.create_mesh()
   adapter = adapter_lib.build(config, mesh)
-  state, at = load_state(config, workdir, mesh, adapter)
+  with workdir_lock.WorkdirLock(workdir, 'sample'):
+    state, at = load_state(config, workdir, mesh, adapter)
   sample_fn = sampling.Sampler(config, adapter, mesh).sample_fn(state)
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
   return sampling.write_samples(config, sample_fn, os.path.join(workdir, 'samples', f'final_{at}'),

@@ -21,7 +21,16 @@ import numpy as np
 from absl import logging
 
 from reacgan_jax import adapter as adapter_lib
-from reacgan_jax import checkpoints, input_pipeline, modes, parallel, sampling, writers
+from reacgan_jax import (
+  checkpoints,
+  errors,
+  input_pipeline,
+  modes,
+  parallel,
+  sampling,
+  workdir_lock,
+  writers,
+)
 from reacgan_jax import state as state_lib
 from reacgan_jax import step as step_lib
 
@@ -32,27 +41,35 @@ def _all_finite(tree):
 
 
 class _Preemption:
-  """SIGTERM -> set a flag; the loop saves a checkpoint at the end of the step and returns."""
+  """SIGTERM or Ctrl-C (SIGINT) -> set a flag; the loop saves a checkpoint at the end of the
+  step and returns. A second Ctrl-C stops at once (KeyboardInterrupt: the last checkpoint
+  stands, orbax never leaves a half-written one as the newest)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, training still works
-      self._previous = None
+    for sig in self.SIGNALS:
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: no handler, training still works
+        pass
     return self
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning('Signal %d received: saving a checkpoint and stopping.', signum)
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    logging.warning('%s received: saving a checkpoint and stopping (Ctrl-C again stops at '
+                    'once).', signal.Signals(signum).name)
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 def _next_batch(iterator, n_d, mesh):
@@ -110,7 +127,7 @@ class _Run:
     for k, m in enumerate(host):
       bad = [n for n, v in m.items() if not np.isfinite(v)]
       if bad:
-        raise FloatingPointError(
+        raise errors.NonFiniteError(
             f'Non-finite {", ".join(bad)} at step {step - len(host) + k + 1}. Last good '
             f'checkpoint: {self.last_good or "none (no checkpoint saved yet)"}. Lower the '
             'learning rates or check the data, then resume from it.')
@@ -131,9 +148,12 @@ class _Run:
     self.check_pending(step)
     s = self.state
     if not bool(parallel.to_host(_all_finite((s.g.params, s.d.params)))):
-      raise FloatingPointError(f'Non-finite parameters after step {step}; not saved. Last good '
+      raise errors.NonFiniteError(f'Non-finite parameters after step {step}; not saved. Last good '
                                f'checkpoint: {self.last_good or "none"}.')
-    self.last_good = self.ckpt.save(step, s)
+    try:
+      self.last_good = self.ckpt.save(step, s)
+    except FloatingPointError as e:  # a non-finite leaf anywhere in the state: nothing saved
+      raise errors.NonFiniteError(f'{e} Last good checkpoint: {self.last_good or "none"}.') from e
     logging.info('Saved checkpoint %s', self.last_good)
 
   def write_grid(self, step):
@@ -162,11 +182,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains (resuming from workdir's newest readable checkpoint) and evaluates.
 
   Writes under workdir: checkpoints/, checkpoints_best/, config.json, tensorboard events and a
-  text log (clu), metrics.jsonl, samples/step_<n>.png, eval/step_<n>.json.
+  text log (clu), metrics.jsonl, samples/step_<n>.png, eval/step_<n>.json. Holds the workdir's
+  lock (workdir_lock.py) throughout: a second run on the same workdir is refused.
 
   Returns:
     The final TrainState.
   """
+  with workdir_lock.WorkdirLock(workdir, 'train'):
+    return _train(config, workdir)
+
+
+def _train(config, workdir):
   run = _Run(config, workdir)
   c = config.train
   logging.info('Data: %s', input_pipeline.describe_source(config))
@@ -197,7 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       if _every(c.checkpoint_every, step) or last or preempt.requested:
         run.save(step)
       if preempt.requested:
-        logging.warning('Stopped at step %d after SIGTERM; resume with the same --workdir.', step)
+        logging.warning('Stopped at step %d after SIGTERM/SIGINT; resume with the same '
+                        '--workdir.', step)
         break
       if c.eval_every >= 0 and (_every(c.eval_every, step) or last):
         run.evaluate(step)

@@ -38,16 +38,16 @@ WHY = {
 
 def _choices() -> dict:
   """key -> allowed strings, from the implementing modules where they export them."""
-  from reacgan_jax import models  # noqa: PLC0415
+  from reacgan_jax import datasets, models, objectives  # noqa: PLC0415
   from reacgan_jax.evaluation import inception  # noqa: PLC0415
 
   return {
-      'data.source': ('tfds', 'npz', 'folder'),
+      'data.source': ('tfds', 'npz', 'folder', *datasets.SOURCES),
       'data.npz_layout': ('nhwc', 'cifar_rows', 'auto'),
       'data.crop': ('none', 'center'),
       'data.load': ('memory', 'stream', 'auto'),
       'model.backbone': tuple(models.BACKBONES),
-      'model.cond_method': tuple(models.COND_METHODS),
+      'model.cond_method': tuple(objectives.COND_LOSSES),
       'model.g_init': ('ortho', 'N02', 'glorot'),
       'model.d_init': ('ortho', 'N02', 'glorot'),
       'model.bn_eval': ('running', 'batch', 'standing'),

@@ -271,6 +271,9 @@ def test_npz_resized_to_image_size(tmp_path):
   x, y = _synthetic(6, size=16)
   x[..., 2] = 200  # constant images stay constant under any interpolation
   c = _config(npz_path=_write_npz(tmp_path / 'd.npz', x, y), image_size=8)
+  with pytest.raises(ValueError, match='npz_resize'):  # never resized silently
+    input_pipeline.load_arrays(c, 'train')
+  c.data.npz_resize = True
   images, _ = input_pipeline.load_arrays(c, 'train')
   assert images.shape == (6, 8, 8, 3)
   np.testing.assert_array_equal(images, np.broadcast_to(x[:, :1, :1], (6, 8, 8, 3)))
