@@ -110,6 +110,14 @@ def _neutral(params, names, neutrals, batch, all_axes=False):
   return out
 
 
+def _band_matrix(taps, n):
+  """[B, n, n + K - 1] with row o holding taps [B, K] at columns o .. o + K - 1."""
+  k = taps.shape[1]
+  idx = jnp.arange(n + k - 1)[None, :] - jnp.arange(n)[:, None]  # column - row
+  band = jnp.take(taps, jnp.clip(idx, 0, k - 1), axis=1)  # [B, n, n + K - 1]
+  return jnp.where((idx >= 0) & (idx < k), band, 0.)
+
+
 def _imgfilter(x, params):
   """Per-sample 4-band amplification (reference: gains normalised to the expected power)."""
   bands = params['bands']  # [B, 4]
@@ -120,9 +128,12 @@ def _imgfilter(x, params):
     g = g * t
   hz = g @ FILTER_BANK  # [B, taps]
   pad = FILTER_BANK.shape[1] // 2
+  _, h, w, _ = x.shape
   y = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='reflect')
-  for axis in (2, 1):  # width pass, then height pass (the reference's conv2d correlates)
-    y = ada_geometry.fir_axis(y, hz, axis)
+  # width pass, then height pass (the reference's grouped conv2d correlates), each as a banded
+  # [out, out + taps - 1] matrix per sample: far faster than 43 shifted slices, forward and back
+  y = jnp.einsum('bow,bhwc->bhoc', _band_matrix(hz, w), y)
+  y = jnp.einsum('boh,bhwc->bowc', _band_matrix(hz, h), y)
   return jnp.where(jnp.all(bands == 1, axis=1)[:, None, None, None], x, y)
 
 

@@ -72,44 +72,37 @@ def blit(x, params):
   return jnp.where(valid[..., None], out, jnp.zeros_like(out))
 
 
-def fir_axis(x, taps, axis, stride=1, dilation=1, pad=(0, 0)):
-  """Depthwise cross-correlation of x [B, H, W, C] along axis 1 or 2 with taps [K] or [B, K].
+def fir_axis(x, taps, axis, stride=1):
+  """'Valid' cross-correlation of x along `axis` with fixed taps [K], every stride-th output.
 
-  One lax conv: `dilation` inserts zeros between input pixels (the zero-stuffing of upfirdn2d),
-  `pad` pads the (dilated) input, `stride` keeps every stride-th output. Per-sample taps [B, K]
-  run as one grouped conv over B * C channels, as the reference's imgfilter does.
+  Shifted slices times taps: on XLA CPU ~20x faster here than a depthwise lax conv.
   """
-  b, h, w, c = x.shape
-  taps = jnp.asarray(taps, x.dtype)
-  if taps.ndim == 2:  # per sample: fold B into the channels, channel index = b * C + c
-    x = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, h, w, b * c)
-    taps = jnp.repeat(taps, c, axis=0).T  # [K, B * C]
-  else:
-    taps = jnp.broadcast_to(taps[:, None], (taps.size, c))
-  groups = x.shape[3]
-  kernel = taps[None, :, None, :] if axis == 2 else taps[:, None, None, :]  # HWIO
-  window = [1, 1]
-  window[axis - 1] = stride
-  dil = [1, 1]
-  dil[axis - 1] = dilation
-  pads = [(0, 0), (0, 0)]
-  pads[axis - 1] = pad
-  y = jax.lax.conv_general_dilated(x, kernel, window, pads, lhs_dilation=dil,
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                   feature_group_count=groups)
-  if y.shape[0] != b:
-    y = jnp.moveaxis(y.reshape(y.shape[1], y.shape[2], b, c), 2, 0)
-  return y
+  n_out = (x.shape[axis] - taps.size) // stride + 1
+  out = 0.
+  for k, tap in enumerate(np.asarray(taps, np.float32)):
+    part = jax.lax.slice_in_dim(x, k, k + stride * (n_out - 1) + 1, stride=stride, axis=axis)
+    out = out + part * tap
+  return out
 
 
 def _upsample2d(x):
   """upfirdn2d.upsample2d(x, setup_filter(sym6), up=2): zero-stuff, pad (6, 5), filter x 2.
 
-  Zero-stuffing to 2n then padding (6, 5) equals lhs dilation 2 (2n - 1 samples) padded (6, 6).
+  Polyphase: with the zeros skipped, even outputs are sum_j f[2j] x[r + j - 3] and odd outputs
+  sum_j f[2j + 1] x[r + j - 2] (f = the reference's flipped, gain-2 taps), interleaved.
   """
   f = (SYM6 / SYM6.sum() * 2)[::-1]  # gain up**2 split over the two passes; ref flips f
+  half = f.size // 2
   for axis in (2, 1):  # width pass, then height pass, as the reference
-    x = fir_axis(x, f, axis, dilation=2, pad=((f.size + 1) // 2, (f.size - 2) // 2 + 1))
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = (half // 2, half // 2)
+    xp = jnp.pad(x, pads)
+    n = x.shape[axis]
+    even = fir_axis(jax.lax.slice_in_dim(xp, 0, n + half - 1, axis=axis), f[0::2], axis)
+    odd = fir_axis(jax.lax.slice_in_dim(xp, 1, n + half, axis=axis), f[1::2], axis)
+    shape = list(x.shape)
+    shape[axis] = 2 * n
+    x = jnp.stack([even, odd], axis=axis + 1).reshape(shape)
   return x
 
 
