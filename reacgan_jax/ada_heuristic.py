@@ -101,3 +101,35 @@ def default_config() -> ml_collections.ConfigDict:
   c.interval = 4  # AUG.ada_interval: adjust p every this many generator steps
   c.exact_blits = True  # ours: exact flips/rot90/int shifts for samples without other geometry
   return c
+
+
+def make_fns(c: ml_collections.ConfigDict):
+  """(augment, apa, update) for the trainer's augmentation seam, from `default_config()` keys.
+
+  augment(x, key, state) -> x: AugmentPipe at strength state.p (identity without apply_ada).
+  apa(key, reals, fakes, state) -> reals: APA swap at state.p (reals unchanged without apply_apa).
+  update(state, d_real_logits, step) -> state: accumulate, then adjust when step % interval == 0
+  (target None: p fixed). Call update once per D update with D's adversarial logits on the
+  reals it saw (after APA and augmentation) and the generator step counter (0 first).
+  """
+  from reacgan_jax import ada  # noqa: PLC0415  (ada imports nothing from here)
+
+  spec = ada.preset(c.preset, exact_blits=c.exact_blits)
+  if c.target is not None and not 0 <= c.target <= 1:
+    raise ValueError(f'config ada target={c.target}: expected a number in [0, 1] or None')
+  if c.interval < 1 or c.kimg <= 0:
+    raise ValueError(f'config ada interval={c.interval}, kimg={c.kimg}: expected >= 1 and > 0')
+
+  def augment(x, key, state):
+    return ada.ada_augment(x, key, state.p, spec) if c.apply_ada else x
+
+  def apa(key, reals, fakes, state):
+    return apa_mix(key, reals, fakes, state.p) if c.apply_apa else reals
+
+  def update(state, d_real_logits, step):
+    if not (c.apply_ada or c.apply_apa):
+      return state
+    state = accumulate(state, d_real_logits)
+    return maybe_adjust(state, step, c.interval, c.target, c.kimg)
+
+  return augment, apa, update

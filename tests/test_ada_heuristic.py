@@ -119,3 +119,27 @@ def test_apa_mix():
 def test_default_config_keys():
   c = ah.default_config()
   assert c.preset == 'bgc' and c.interval == 4 and c.kimg == 500 and c.target == 0.7
+
+
+def test_make_fns_on_a_sharded_batch():
+  from reacgan_jax import ada  # noqa: PLC0415
+  c = ah.default_config()
+  c.apply_ada, c.apply_apa, c.preset = True, True, 'bgc'
+  augment, apa, update = ah.make_fns(c)
+  mesh = parallel.create_mesh()
+  x = jax.random.uniform(jax.random.key(0), (16, 8, 8, 3), minval=-1, maxval=1)
+  xs = jax.device_put(x, parallel.batch_sharding(mesh, sample_axis=0))
+  state = ah.init_state(0.5)
+  key = jax.random.key(4)
+  got = jax.jit(augment)(xs, key, state)
+  # same draws sharded or not; jit vs eager differ only by float32 fusion rounding
+  want = ada.ada_augment(x, key, 0.5, ada.preset('bgc'))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+  assert float(jnp.abs(got - x).max()) > 0.1
+  mixed = apa(key, x, -x, state)
+  assert 0 < int(jnp.sum(jnp.all(mixed == -x, axis=(1, 2, 3)))) < 16
+  new = jax.jit(update)(state, jnp.ones(16), 0)
+  np.testing.assert_allclose(float(new.p), 0.5 + 16 / 500e3, rtol=1e-6)
+  c.target = 1.5
+  with pytest.raises(ValueError, match='target=1.5'):
+    ah.make_fns(c)
