@@ -174,7 +174,7 @@ def jax_gan_calls(config_name, batch, seed=0):
   zero = jnp.zeros((), jnp.int32)
 
   def d_fn(carry, g, real, labels, key):
-    return b.d_update(g, carry, (real, labels, key), zero)
+    return b.d_update(g, carry, (real, labels, key), zero, zero)
 
   def g_fn(g, d, key):
     g, d_sn, _, metrics = b.g_update(g, d, g.sn, key, batch, None, {}, zero)

@@ -9,6 +9,8 @@ keeps each field's type: an override of the wrong type fails loudly.
 
 import ml_collections
 
+from reacgan_jax import ada_heuristic
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -37,6 +39,7 @@ def get_config():
   config.data.crop = 'none'  # none | center (center crop + resize, ImageNet)
   config.data.random_flip = True  # random horizontal flip of real images
   config.data.class_balanced = False  # class-balanced sampling (evaluation)
+  config.data.train_per_class = -1  # limited data: train on the first N images per class; -1 = all
   # tfds: memory | stream | auto (stream splits over 4 GiB, e.g. ImageNet)
   config.data.load = 'auto'
   config.data.shuffle_buffer = 10_000  # examples in the shuffle buffer of the streaming path
@@ -106,7 +109,7 @@ def get_config():
   config.train.ema_decay = 0.9999
   config.train.ema_start = 1000  # plain copy before this step
   config.train.diffaug_policy = ''  # e.g. 'color,translation,cutout'; '' = off
-  # augment.AUGMENTATIONS name: none | diffaug; '' = diffaug when diffaug_policy is set, else none
+  # augment.AUGMENTATIONS name: none | diffaug | ada; '' = diffaug when diffaug_policy is set
   config.train.augment = ''
   config.train.bn_sync = True  # BN statistics over the global batch (device-count independent)
   config.train.log_every = 100  # steps between scalar logs (and host syncs)
@@ -119,6 +122,9 @@ def get_config():
   config.train.eval_every = 0  # steps between evaluations; 0 = at the end only; -1 = never
   config.train.grid_classes = 10  # rows of the sample grid (classes shown)
   config.train.grid_per_class = 10  # columns of the sample grid
+
+  # ---- adaptive augmentation (train.augment='ada'; keys and comments: ada_heuristic.py) ----
+  config.ada = ada_heuristic.default_config()
 
   # ---- evaluation (SPEC 5) ------------------------------------------------
   config.eval = ml_collections.ConfigDict()

@@ -96,7 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.apply_apa = False  # AUG.apply_apa: swap reals for detached fakes with probability p
   c.preset = 'bgc'  # AUG.ada_aug_type: blit geom color filter noise cutout bg bgc bgcf bgcfn bgcfnc
   c.initial_p = 0.0  # AUG.ada_initial_augment_p (ReACGAN-ADA.yaml: 0)
-  c.target = 0.7  # AUG.ada_target (ReACGAN-ADA.yaml 0.7; StyleGAN2-ADA.yaml 0.6); None = fixed p
+  c.target = 0.7  # AUG.ada_target (ReACGAN-ADA.yaml 0.7; StyleGAN2-ADA.yaml 0.6); < 0 = fixed p
   c.kimg = 500  # AUG.ada_kimg: images for p to move by 1
   c.interval = 4  # AUG.ada_interval: adjust p every this many generator steps
   c.exact_blits = True  # ours: exact flips/rot90/int shifts for samples without other geometry
@@ -115,8 +115,10 @@ def make_fns(c: ml_collections.ConfigDict):
   from reacgan_jax import ada  # noqa: PLC0415  (ada imports nothing from here)
 
   spec = ada.preset(c.preset, exact_blits=c.exact_blits)
-  if c.target is not None and not 0 <= c.target <= 1:
-    raise ValueError(f'config ada target={c.target}: expected a number in [0, 1] or None')
+  target = None if c.target is None or c.target < 0 else c.target  # < 0 (None): fixed p
+  if target is not None and not 0 <= target <= 1:
+    raise ValueError(f'config.ada.target={c.target}: expected a number in [0, 1], or < 0 for a '
+                     'fixed p')
   if c.interval < 1 or c.kimg <= 0:
     raise ValueError(f'config ada interval={c.interval}, kimg={c.kimg}: expected >= 1 and > 0')
 
@@ -130,6 +132,6 @@ def make_fns(c: ml_collections.ConfigDict):
     if not (c.apply_ada or c.apply_apa):
       return state
     state = accumulate(state, d_real_logits)
-    return maybe_adjust(state, step, c.interval, c.target, c.kimg)
+    return maybe_adjust(state, step, c.interval, target, c.kimg)
 
   return augment, apa, update

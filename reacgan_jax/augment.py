@@ -20,6 +20,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax import ada_heuristic
+
 TRANSLATION_RATIO = 1 / 8  # DiffAugment-pytorch rand_translation default
 CUTOUT_RATIO = 1 / 2  # DiffAugment-pytorch rand_cutout default
 
@@ -148,14 +150,15 @@ def diff_augment(x, rng, policy: str):
 
 
 class Augmentation:
-  """The augmentation seam: `augment(x, key, state) -> x` and `observe(state, out_real) -> state`.
+  """The augmentation seam: `augment(x, key, state) -> x`, `observe(state, out_real, step)`.
 
   The trainer applies `augment` to reals and fakes in every D update and to the fakes of the G
   update (where StudioGAN's worker applies DiffAugment and ADA), with the state the step
-  started from; after each D update it calls `observe` with D's outputs on the (augmented)
-  reals (heads.DOutput: `.adv` is the logit ADA's r_t reads), and once per train step
-  `step_end(state, step)` (ADA adjusts p every few steps). `init_state()` is the state a new
-  run starts from (None: stateless, nothing is stored). Subclasses override what they use.
+  started from; before that, `mix_reals(real, fake, key, state)` may replace reals (APA). After
+  each D update it calls `observe` with D's outputs on the reals it saw (heads.DOutput: `.adv`
+  is the logit ADA's r_t reads) and the step index, and once per train step
+  `step_end(state, step)`. `init_state()` is the state a new run starts from (None: stateless,
+  nothing is stored). Subclasses override what they use.
   """
 
   def init_state(self):
@@ -165,8 +168,12 @@ class Augmentation:
     del key, state
     return x
 
-  def observe(self, state, out_real):
-    del out_real
+  def mix_reals(self, real, fake, key, state):
+    del fake, key, state
+    return real
+
+  def observe(self, state, out_real, step):
+    del out_real, step
     return state
 
   def step_end(self, state, step):
@@ -186,12 +193,36 @@ class DiffAugment(Augmentation):
     return diff_augment(x, key, self.policy)
 
 
+class Ada(Augmentation):
+  """StyleGAN2-ADA's AugmentPipe and/or APA at an adaptive p (config.ada; ada_heuristic.py).
+
+  p and its accumulators are the state; r_t reads D's logits on the reals of every D update,
+  and p moves every config.ada.interval steps (StudioGAN worker.py's rule, global batch).
+  """
+
+  def __init__(self, c):
+    self.c = c
+    self._augment, self._apa, self._update = ada_heuristic.make_fns(c)
+
+  def init_state(self):
+    return ada_heuristic.init_state(self.c.initial_p)
+
+  def augment(self, x, key, state):
+    return self._augment(x, key, state)
+
+  def mix_reals(self, real, fake, key, state):
+    return self._apa(key, real, fake, state)
+
+  def observe(self, state, out_real, step):
+    return self._update(state, out_real.adv, step)
+
+
 # name -> builder(config) -> Augmentation, chosen by config.train.augment ('' = DiffAugment when
-# config.train.diffaug_policy is set, else none). ADA registers here; tests register test-only
-# augmentations.
+# config.train.diffaug_policy is set, else none). Tests register test-only augmentations.
 AUGMENTATIONS: dict[str, Callable] = {
     'none': lambda config: Augmentation(),
     'diffaug': lambda config: DiffAugment(config.train.diffaug_policy),
+    'ada': lambda config: Ada(config.ada),
 }
 
 

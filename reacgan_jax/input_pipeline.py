@@ -140,6 +140,20 @@ def _check(arrays, images, config):
                      'config.data.num_classes')
 
 
+def limit_per_class(arrays, n: int):
+  """The first `n` examples of each class, in file order (limited-data runs); n <= 0: all."""
+  if n <= 0:
+    return arrays
+  labels = np.asarray(arrays.labels)
+  keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c in np.unique(labels)]))
+  short = [int(c) for c in np.unique(labels) if np.sum(labels == c) < n]
+  if short:
+    logging.warning('config.data.train_per_class=%d: classes %s have fewer images; all kept.', n,
+                    short)
+  return data_sources.Arrays(arrays.images[keep], labels[keep], arrays.num_classes,
+                             f'{arrays.description}, first {n} per class')
+
+
 def load_arrays(config, split: str) -> tuple[np.ndarray, np.ndarray]:
   """A whole split for evaluation: (images uint8 [N, S, S, 3], labels int32 [N]).
 
@@ -341,14 +355,14 @@ def create_train_iterator(config, *, start_step: int = 0, process_index: int | N
     resolved = resolve_tfds(config, split)
     builder = resolved[0]
   if builder is not None and _streams(config, builder, split):
-    if config.data.class_balanced:
-      raise ValueError('config.data.class_balanced=True needs the split in memory: set '
-                       '--config.data.load=memory')
+    if config.data.class_balanced or config.data.train_per_class > 0:
+      raise ValueError('config.data.class_balanced / train_per_class need the split in memory: '
+                       'set --config.data.load=memory')
     logging.info('Streaming TFDS %s[%s]: process %d of %d, %d images per batch.',
                  config.data.name, split, pi, pc, local_b)
     batches = _stream_batches(builder, config, start_step, pi, pc, local_b)
   else:
-    arrays = _load(config, split, resolved)
+    arrays = limit_per_class(_load(config, split, resolved), config.data.train_per_class)
     logging.info('Training data: %d images of %s in memory; process %d of %d takes %d per batch '
                  'of %d.', len(arrays.labels), arrays.description, pi, pc, local_b,
                  config.train.batch_size)

@@ -118,12 +118,13 @@ class StepBuilder:
     fake, _ = a.apply_g(g_w, g.collections, z, y_fake, train=True, key=k_g)  # stats dropped
     return jax.lax.stop_gradient(fake), y_fake, g_sn
 
-  def d_update(self, g, carry: DCarry, xs, d_index):
+  def d_update(self, g, carry: DCarry, xs, d_index, step):
     """One D update on (real, labels, key); d_index = n_d * step + i (lazy intervals)."""
     a, aug = self.adapter, self.aug
     real, labels, key = xs
     k_prior, k_ar, k_af, k_dr, k_df = jax.random.split(key, 5)
     fake, y_fake, g_sn = self._fakes(g, carry.g_sn, k_prior, real.shape[0])
+    real = aug.mix_reals(real, fake, jax.random.fold_in(key, 5), carry.aug)  # APA (else as is)
     real_aug, fake_aug = aug.augment(real, k_ar, carry.aug), aug.augment(fake, k_af, carry.aug)
     pert = self._pert(real.shape[0])
     d = carry.d
@@ -174,7 +175,7 @@ class StepBuilder:
           t, d_index, d, params, opt_state, jax.tree.map(jnp.zeros_like, params), extra,
           real_aug, labels, fake_aug, y_fake)
     d = d.replace(params=params, opt_state=opt_state)
-    aug_state = aug.observe(carry.aug, aux['out_r'])
+    aug_state = aug.observe(carry.aug, aux['out_r'], step)
     return DCarry(d=d, g_sn=g_sn, aug=aug_state, extra=extra), metrics
 
   def _d_lazy(self, t, d_index, d, params, opt_state, grads, extra, real, labels, fake, y_fake):
@@ -286,7 +287,7 @@ def make_train_step(config, adapter):
     d_metrics = []
     for i in range(n_d):
       carry, m = b.d_update(state.g, carry, (batch['image'][i], batch['label'][i], keys[i]),
-                            n_d * state.step + i)
+                            n_d * state.step + i, state.step)
       d_metrics.append(m)
     d_metrics = {k: jnp.mean(jnp.stack([m[k] for m in d_metrics])) for k in d_metrics[0]}
     g, d_sn, extra, g_metrics = b.g_update(state.g, carry.d, carry.g_sn, keys[-1],

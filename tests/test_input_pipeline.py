@@ -530,3 +530,14 @@ def test_tfds_auto_streams_large_splits(mock_tfds, monkeypatch):
   c.data.load = 'bogus'
   with pytest.raises(ValueError, match='config.data.load'):
     input_pipeline.describe_source(c)
+
+
+def test_train_per_class_keeps_the_first_n_of_each_class_in_file_order():
+  from reacgan_jax import data_sources  # noqa: PLC0415
+
+  labels = np.array([2, 0, 0, 1, 2, 0, 1, 2, 2], np.int32)
+  images = np.arange(9, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+  got = input_pipeline.limit_per_class(data_sources.Arrays(images, labels, 3, 'toy'), 2)
+  np.testing.assert_array_equal(got.labels, [2, 0, 0, 1, 2, 1])
+  np.testing.assert_array_equal(got.images[:, 0, 0, 0], [0, 1, 2, 3, 4, 6])
+  assert input_pipeline.limit_per_class(got, -1) is got

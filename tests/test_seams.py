@@ -77,7 +77,8 @@ def test_lazy_term_contributes_on_multiples_of_its_interval_only(npz, probe_term
   real, labels = _batch(with_term)
   carry = step.DCarry(d=s0.d, g_sn=s0.g.sn, aug=None, extra={})
   key = jax.random.PRNGKey(1)
-  run = jax.jit(lambda b, i: b.d_update(s0.g, carry, (real, labels, key), i), static_argnums=0)
+  run = jax.jit(lambda b, i: b.d_update(s0.g, carry, (real, labels, key), i, i),
+                static_argnums=0)
   base, _ = run(b_without, jnp.int32(0))
   # The term's value and gradient, computed directly: D's weights with the u the update's two
   # main forwards left, the same reals, train mode.
@@ -160,7 +161,8 @@ class SignCounter(augment.Augmentation):
     del key, state
     return x[:, :, ::-1]
 
-  def observe(self, state, out_real):
+  def observe(self, state, out_real, step):
+    del step
     return dict(state, sign_sum=state['sign_sum'] + jnp.sum(jnp.sign(out_real.adv)),
                 seen=state['seen'] + out_real.adv.shape[0])
 
@@ -248,3 +250,18 @@ def test_a_layout_1_checkpoint_is_named_and_kept(npz, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
   assert checkpoints.list_checkpoint_steps(str(tmp_path)) == [2]  # not set aside as corrupt
   assert not any(n.startswith('corrupt') for n in os.listdir(tmp_path / 'checkpoints'))
+
+
+def test_ada_runs_inside_the_step_and_moves_p_by_the_rule(npz):
+  # interval 1, kimg tiny: every step p jumps by >= 1 and is clipped, so after each step it is
+  # exactly 0 or 1, in the direction of sign(r_t - target) (r_t = mean sign(D(real)) of the
+  # step's reals, all D updates); a target < 0 means a fixed p.
+  config = _aug_config(npz, **{'train.augment': 'ada'})
+  config.ada.apply_ada, config.ada.interval, config.ada.kimg = True, 1, 1e-6
+  config.ada.initial_p = 0.5
+  config.ada.target = 1.0  # r_t <= 1: sign(r_t - 1) <= 0, p goes to 0 unless every real scores > 0
+  s = _steps(config, jax.devices()[:1], 2)
+  assert float(s.p) == 0.0 and int(s.count) == 0  # adjusted, counters reset
+  config.ada.target = -1.0  # fixed p: never adjusted, the counters keep counting
+  s = _steps(config, jax.devices()[:1], 2)
+  assert float(s.p) == 0.5 and int(s.count) == 2 * config.train.batch_size
