@@ -219,8 +219,8 @@ def ours_race(args, log, stop, make_trainer=None):
     n_d = config.train.d_updates_per_step
     log.write(kind='race', impl='ours', config=args.race_config, precision=prec,
               batch=args.race_batch, d_updates_per_step=n_d, dtype=dtype,
-              matmul_precision=str(jax.config.jax_default_matmul_precision or 'default (TF32 '
-                                   'allowed on GPU)'),
+              matmul_precision=str(getattr(jax.config, 'jax_default_matmul_precision', None)
+                                   or 'default (TF32 allowed on GPU)'),
               device=jax.devices()[0].device_kind, jax=jax.__version__, compile_s=compile_s,
               first_step_s=times[0], warmup_steps=args.race_warmup, step_s=timed,
               median_step_s=median, img_per_s=args.race_batch * n_d / median,
@@ -301,9 +301,14 @@ def run_curve(args, log, stop, name, spec, reserve_s=0.0, make_trainer=None):
   def evaluate():
     nonlocal eval_s
     te = time.time()
-    res = t.evaluate(state, step, workdir, cache)
-    eval_s = time.time() - te
-    log.add_grid(f'{name}_step{step}.png', t.grid(state))
+    try:
+      res = t.evaluate(state, step, workdir, cache)
+      log.add_grid(f'{name}_step{step}.png', t.grid(state))
+    except Exception as e:  # noqa: BLE001 -- a failed evaluation must not end the training
+      log.write(kind='eval_error', config=spec, step=step, reason=repr(e)[:500])
+      return
+    finally:
+      eval_s = time.time() - te
     fields = {k: v for k, v in (res or {}).items() if isinstance(v, (int, float, str))}
     log.write(kind='eval', config=spec, step=step, eval_s=eval_s,
               **(fields if res else {'fid': None, 'reason': 'evaluation unavailable'}))

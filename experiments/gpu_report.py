@@ -105,7 +105,7 @@ def render_markdown(records) -> str:
               for c, r in last.items()]
     lines.append('')
   other = [r for r in records if r['kind'] in ('phase_end', 'race_skipped', 'race_error',
-                                               'error', 'extend', 'end')]
+                                               'error', 'eval_error', 'extend', 'end')]
   if other:
     lines += ['## Phase ends, skips, errors', '']
     for r in other:

@@ -161,7 +161,7 @@ def test_studiogan_race_skipped_without_studiogan(tmp_path):
 # ---- the learning-curve loop on a stand-in trainer ----------------------------------------------
 
 
-def _fake_trainer(step_sleep=0.0, signal_at=None, nan_at=None):
+def _fake_trainer(step_sleep=0.0, signal_at=None, nan_at=None, eval_fails_at=None):
   """The fields of gpu_check.trainer(config): the 'model' is a step counter."""
 
   def step_fn(state, batch):
@@ -178,6 +178,8 @@ def _fake_trainer(step_sleep=0.0, signal_at=None, nan_at=None):
 
   def evaluate(state, step, workdir, cache):
     assert state == step
+    if step == eval_fails_at:
+      raise FileNotFoundError('no Inception weights')
     return {'fid': 100.0 / step, 'protocol': 'fake'}
 
   return lambda config: types.SimpleNamespace(
@@ -251,6 +253,14 @@ def test_curve_stops_on_non_finite_loss(tmp_path):
   assert (end['reason'], end['step']) == ('non-finite loss', 10)
   bad = [r for r in records if r['kind'] == 'train' and r['d_loss'] is None]
   assert bad and bad[0]['step'] == 10
+
+
+def test_curve_survives_a_failed_evaluation(tmp_path):
+  records, _ = _run(tmp_path, 100, _fake_trainer(eval_fails_at=10), 1e6)
+  errs = [r for r in records if r['kind'] == 'eval_error']
+  assert len(errs) == 1 and errs[0]['step'] == 10 and 'Inception' in errs[0]['reason']
+  assert [r['step'] for r in records if r['kind'] == 'eval'] == [20]
+  assert records[-1]['reason'] == 'done'
 
 
 def test_bad_phase_and_missing_data_are_clear_errors(tmp_path, capsys):
@@ -335,3 +345,27 @@ def test_parser_defaults_are_the_published_setup():
       'cifar10_reacgan', 128, 'CIFAR10/ReACGAN.yaml')
   assert (args.curve_steps, args.extend_to, args.eval_every, args.eval_samples) == (
       2000, 4000, 1000, 10_000)
+
+
+def test_studiogan_stubs_serve_unused_imports(monkeypatch):
+  import studiogan_step  # noqa: PLC0415
+
+  finder = studiogan_step._StubFinder(['no_such_pkg_19'])  # noqa: SLF001
+  monkeypatch.setattr(sys, 'meta_path', [finder] + sys.meta_path)
+  from no_such_pkg_19.datasets import CIFAR10  # noqa: PLC0415
+  from no_such_pkg_19.transforms import InterpolationMode  # noqa: PLC0415
+
+  class Sub(CIFAR10):  # StudioGAN subclasses some stubbed names at import
+    pass
+
+  assert InterpolationMode.NEAREST is not None and Sub() is not None
+  assert CIFAR10(root='x').anything(1) is not None
+  for name in [m for m in sys.modules if m.startswith('no_such_pkg_19')]:
+    monkeypatch.delitem(sys.modules, name)
+
+
+def test_studiogan_step_needs_a_studiogan_src(tmp_path):
+  import studiogan_step  # noqa: PLC0415
+
+  with pytest.raises(SystemExit, match='no worker.py'):
+    studiogan_step.main(['--src', str(tmp_path), '--out', str(tmp_path / 'x.json')])
