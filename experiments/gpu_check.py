@@ -165,7 +165,8 @@ def studiogan_race(args, log, stop):
     out = os.path.join(log.workdir, f'studiogan_{prec}.json')
     cmd = [sys.executable, os.path.join(ROOT, 'experiments', 'studiogan_step.py'), '--src', src,
            '--yaml', args.studiogan_yaml, '--batch', str(args.race_batch), '--steps',
-           str(args.race_steps), '--max_seconds', str(args.race_max_s), '--out', out]
+           str(args.race_steps), '--warmup', str(args.race_warmup), '--max_seconds',
+           str(args.race_max_s), '--out', out]
     if amp:
       cmd.append('--amp')
     t = time.time()
@@ -413,7 +414,10 @@ def main(argv=None):
     studiogan_race(args, log, stop)  # first: before this process initialises the GPU
   import jax  # noqa: PLC0415
 
-  jax.config.update('jax_threefry_partitionable', True)
+  try:  # default (and maybe gone) in newer jax; sharded draws must equal unsharded ones
+    jax.config.update('jax_threefry_partitionable', True)
+  except (AttributeError, KeyError, ValueError):
+    pass
   if os.environ.get('REACGAN_JAX_CACHE'):
     jax.config.update('jax_compilation_cache_dir', os.path.join(os.environ['REACGAN_JAX_CACHE'],
                                                                 'xla'))
