@@ -67,7 +67,8 @@ def render_markdown(records) -> str:
       flops = r.get('flops_per_step')
       frac = r.get('frac_peak')
       lines.append(
-          f"| {r['impl']} | {r['config']} | {r['precision']} | {r.get('batch')} | "
+          f"| {r['impl']}{' (partial)' if r.get('partial') else ''} | {r['config']} | "
+          f"{r['precision']} | {r.get('batch')} | "
           f"{_fmt(r['median_step_s'])} | {_fmt(r['img_per_s'], '.1f')} | "
           f"{_fmt(r.get('compile_s', r.get('first_step_s')), '.1f')} | "
           f"{_fmt(flops / 1e9 if flops else None, '.1f')} | {_fmt(r.get('tflops'), '.1f')} | "

@@ -235,8 +235,16 @@ def run(args) -> dict:
       worker.train_discriminator(current_step=step)
     sync()
     times.append(time.perf_counter() - t)
+    # After every step: a run killed by its caller's timeout still leaves its figures.
+    _write(args.out, _result(args, o, times, build_s, patches, partial=True))
     if time.perf_counter() > deadline and len(times) > args.warmup:
       break
+  return _result(args, o, times, build_s, patches, partial=False)
+
+
+def _result(args, o, times, build_s, patches, partial):
+  import torch  # noqa: PLC0415
+
   timed = times[args.warmup:] or times[-1:]
   median = statistics.median(timed)
   dev_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'
@@ -248,9 +256,17 @@ def run(args) -> dict:
       'torch': torch.__version__, 'build_s': build_s, 'first_step_s': times[0],
       'warmup_steps': args.warmup, 'step_s': timed, 'median_step_s': median,
       'img_per_s': o.batch_size * o.d_updates_per_step / median, 'patches': patches,
+      'partial': partial,
       'note': 'random basket already on the device; one step = train_discriminator + '
               'train_generator (EMA included), synchronised',
   }
+
+
+def _write(path, result):
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(result, f, indent=1)
+  os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -269,8 +285,7 @@ def main(argv=None):
   if not os.path.isfile(os.path.join(args.src, 'worker.py')):
     sys.exit(f'--src={args.src}: no worker.py there; pass the src/ folder of a StudioGAN checkout')
   result = run(args)
-  with open(args.out, 'w') as f:
-    json.dump(result, f, indent=1)
+  _write(args.out, result)
   print(json.dumps({k: v for k, v in result.items() if k != 'step_s'}))
 
 
