@@ -229,11 +229,12 @@ def test_curve_no_extension_when_the_reservation_says_no(tmp_path):
 
 
 def test_curve_budget_cut_evaluates_where_it_stopped(tmp_path):
-  # ~0.02 s per step, a 1 s budget and a target out of reach: stops where the budget ends (not
+  # ~0.02 s per step, a 3 s budget and a target out of reach: stops where the budget ends (not
   # necessarily between evaluations), then evaluates there. The config is imported first so the
   # budget is spent on steps even on a loaded machine.
   gpu_check.load_config('tiny')
-  records, on_disk = _run(tmp_path, 1.0, _fake_trainer(step_sleep=0.02), 0.0,
+  # 3 s: each record is fsynced three times, slow on a shared disk.
+  records, on_disk = _run(tmp_path, 3.0, _fake_trainer(step_sleep=0.02), 0.0,
                           '--curve_steps', '100000')
   end = records[-1]
   assert end['kind'] == 'phase_end' and end['reason'] == 'budget'
