@@ -38,6 +38,17 @@ _PEAK = flags.DEFINE_float(
     'BF16 989, FP32 67); > 0 adds the fraction of peak the step reaches.')
 
 
+def hlo_flops(lowered):
+  """FLOPs of a lowered step's HLO before backend passes (all devices together).
+
+  The compiled module's count would miss convolutions that a GPU backend turns into cuDNN
+  custom calls. Used by experiments/gpu_check.py too.
+  """
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get('flops', 0.0))
+
+
 def bench(name, batch_size, steps):
   from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
 
@@ -62,11 +73,7 @@ def bench(name, batch_size, steps):
   lowered = train_step.lower(train_state, batch)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  # FLOPs of the step's HLO before backend passes (all devices together). The compiled module's
-  # count would miss convolutions that a GPU backend turns into cuDNN custom calls.
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float((cost or {}).get('flops', 0.0))
+  flops = hlo_flops(lowered)
   train_state, metrics = compiled(train_state, batch)  # warm-up
   jax.block_until_ready(metrics)
   t0 = time.perf_counter()
