@@ -8,10 +8,11 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+import configs
+
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 # from_workdir.py needs a workdir argument (tests/test_faults.py covers it).
-NOT_CONFIGS = ('__init__', 'from_workdir', 'variants')  # variants.py is the variant parser
-ALL = sorted(p.stem for p in CONFIG_DIR.glob('*.py') if p.stem not in NOT_CONFIGS)
+ALL = configs.experiment_configs()
 
 
 def _load(name, *args):

@@ -27,6 +27,7 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
+import configs
 from configs import default, from_workdir, tiny
 from reacgan_jax import checkpoint_meta, checkpoints, data_sources, errors, validate, workdir_lock
 from reacgan_jax.evaluation import fid, inception
@@ -335,10 +336,9 @@ def test_bad_values_get_one_error_naming_key_and_value(key, value):
 
 
 def test_shipped_configs_are_valid_and_steps_only_matter_for_training():
-  for p in sorted((REPO / 'configs').glob('*.py')):
-    if p.stem not in ('__init__', 'from_workdir', 'variants'):
-      mod = __import__(f'configs.{p.stem}', fromlist=['get_config'])
-      validate.validate_config(mod.get_config(), mode='train')
+  for name in configs.experiment_configs():
+    mod = __import__(f'configs.{name}', fromlist=['get_config'])
+    validate.validate_config(mod.get_config(), mode='train')
   cfg = tiny.get_config()
   cfg.train.steps = 0
   validate.validate_config(cfg, mode='eval')

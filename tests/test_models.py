@@ -14,13 +14,13 @@ import numpy as np
 import optax
 import pytest
 
+import configs
 from configs import default
 from reacgan_jax import losses, models, spectral_norm
 from reacgan_jax.models import layers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_MODULES = sorted(p.stem for p in (REPO / 'configs').glob('*.py')
-                        if p.stem not in ('__init__', 'default'))
+CONFIG_MODULES = [n for n in configs.experiment_configs() if n != 'default']
 KEY = jax.random.PRNGKey(0)
 
 
