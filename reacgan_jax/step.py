@@ -70,6 +70,12 @@ def _call(term, ctx, extra):
   return value, dict(extra, **{key: new})
 
 
+def _scaled(term, ctx, extra):
+  """A lazy term's contribution: weight * interval * value (StyleGAN2's lazy scaling)."""
+  value, extra = _call(term, ctx, extra)
+  return term.weight * term.interval * value, extra
+
+
 def _lazy_update(term, active, loss_fn, params, tx, opt_state, grads, extra):
   """A lazy term inside lax.cond: added to `grads` ('inside') or its own Adam step ('separate').
 
@@ -162,35 +168,44 @@ class StepBuilder:
                for g in jax.tree.leaves(dh)]
       metrics['cond_grad_norm'] = jnp.mean(sum(norms))
     d = d.replace(sn=aux['sn'], collections=aux['cols'])
-    tx = self.txs['d']
-    params, opt_state = d.params, d.opt_state
-    extra = aux['extra']
-    for t in (t for t in self.d_terms if t.lazy and t.place == 'inside'):
-      params, opt_state, grads, metrics[f'd_{t.name}'], extra = self._d_lazy(
-          t, d_index, d, params, opt_state, grads, extra, real_aug, labels, fake_aug, y_fake)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    for t in (t for t in self.d_terms if t.lazy and t.place == 'separate'):
-      params, opt_state, _, metrics[f'd_{t.name}'], extra = self._d_lazy(
-          t, d_index, d, params, opt_state, jax.tree.map(jnp.zeros_like, params), extra,
-          real_aug, labels, fake_aug, y_fake)
+    params, opt_state, extra = self._update('d', d_index, d.params, d.opt_state, grads,
+                                            aux['extra'], metrics,
+                                            lambda t: self._d_lazy_loss(t, d, real_aug, labels,
+                                                                        fake_aug, y_fake))
     d = d.replace(params=params, opt_state=opt_state)
     aug_state = aug.observe(carry.aug, aux['out_r'], step)
     return DCarry(d=d, g_sn=g_sn, aug=aug_state, extra=extra), metrics
 
-  def _d_lazy(self, t, d_index, d, params, opt_state, grads, extra, real, labels, fake, y_fake):
-    """A lazy D term: its own train-mode forwards (D's u stays as the main forwards left it)."""
+  def _update(self, which, index, params, opt_state, grads, extra, metrics, lazy_loss):
+    """Adam step of network `which` with its lazy terms (`index` = its update count).
+
+    'inside' terms add their gradient before the step, 'separate' ones take an Adam step of
+    their own after it; `lazy_loss(term)` is the term's `loss_fn(params, extra)`.
+    Returns (params, opt_state, extra); the terms' values go into `metrics`.
+    """
+    tx = self.txs[which]
+    terms = self.d_terms if which == 'd' else self.g_terms
+    for t in (t for t in terms if t.lazy and t.place == 'inside'):
+      params, opt_state, grads, metrics[f'{which}_{t.name}'], extra = _lazy_update(
+          t, index % t.interval == 0, lazy_loss(t), params, tx, opt_state, grads, extra)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    for t in (t for t in terms if t.lazy and t.place == 'separate'):
+      params, opt_state, _, metrics[f'{which}_{t.name}'], extra = _lazy_update(
+          t, index % t.interval == 0, lazy_loss(t), params, tx, opt_state,
+          jax.tree.map(jnp.zeros_like, params), extra)
+    return params, opt_state, extra
+
+  def _d_lazy_loss(self, t, d, real, labels, fake, y_fake):
+    """A lazy D term's loss: its own train-mode forwards (D's u as the main forwards left it)."""
     a = self.adapter
 
     def loss_fn(p, extra):
       w, _ = a.normalize('d', p, d.sn, update=False)
       apply = lambda x, y: a.apply_d(w, d.collections, x, y, train=True)[0]
-      ctx = objectives.Context(None, None, apply, real, labels, fake, y_fake)
-      v, extra = _call(t, ctx, extra)
-      return t.weight * t.interval * v, extra
+      return _scaled(t, objectives.Context(None, None, apply, real, labels, fake, y_fake), extra)
 
-    return _lazy_update(t, d_index % t.interval == 0, loss_fn, params, self.txs['d'], opt_state,
-                        grads, extra)
+    return loss_fn
 
   def g_update(self, g, d, g_sn, key, batch_size, aug_state, extra, step):
     """One G update: fakes, D (train mode, frozen), loss, backward, Adam.
@@ -219,21 +234,14 @@ class StepBuilder:
     (g_loss, (raw, new_g_sn, g_cols, new_d_sn, extra)), grads = jax.value_and_grad(
         g_loss_fn, has_aux=True)(g.params, extra)
     metrics = dict(g_loss=g_loss, **{f'g_{t.name}': v for t, v in zip(every, raw, strict=True)})
-    params, opt_state = g.params, g.opt_state
-    for t in (t for t in self.g_terms if t.lazy and t.place == 'inside'):
-      params, opt_state, grads, metrics[f'g_{t.name}'], extra = self._g_lazy(
-          t, step, g, new_g_sn, d, params, opt_state, grads, extra, key, batch_size)
-    updates, opt_state = self.txs['g'].update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    for t in (t for t in self.g_terms if t.lazy and t.place == 'separate'):
-      params, opt_state, _, metrics[f'g_{t.name}'], extra = self._g_lazy(
-          t, step, g, new_g_sn, d, params, opt_state, jax.tree.map(jnp.zeros_like, params),
-          extra, key, batch_size)
+    params, opt_state, extra = self._update(
+        'g', step, g.params, g.opt_state, grads, extra, metrics,
+        lambda t: self._g_lazy_loss(t, g, new_g_sn, d, key, batch_size))
     g = g.replace(params=params, collections=g_cols, sn=new_g_sn, opt_state=opt_state)
     return g, new_d_sn, extra, metrics
 
-  def _g_lazy(self, t, step, g, g_sn, d, params, opt_state, grads, extra, key, batch_size):
-    """A lazy G term: fresh fakes from the prior (its own keys), D frozen in train mode."""
+  def _g_lazy_loss(self, t, g, g_sn, d, key, batch_size):
+    """A lazy G term's loss: fresh fakes from the prior (its own keys), D frozen, train mode."""
     a = self.adapter
     k_prior, k_g = jax.random.split(jax.random.fold_in(key, 7))
 
@@ -243,12 +251,9 @@ class StepBuilder:
       fake, _ = a.apply_g(g_w, g.collections, z, y, train=True, key=k_g)
       d_w, _ = a.normalize('d', d.params, d.sn, update=False)
       apply = lambda x, yy: a.apply_d(d_w, d.collections, x, yy, train=True)[0]
-      ctx = objectives.Context(None, None, apply, None, None, fake, y)
-      v, extra = _call(t, ctx, extra)
-      return t.weight * t.interval * v, extra
+      return _scaled(t, objectives.Context(None, None, apply, None, None, fake, y), extra)
 
-    return _lazy_update(t, step % t.interval == 0, loss_fn, params, self.txs['g'], opt_state,
-                        grads, extra)
+    return loss_fn
 
   def ema_update(self, ema, g, step):
     """Reference Ema.update: decay 0 (a plain copy) before ema_start; collections too."""

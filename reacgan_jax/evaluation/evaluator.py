@@ -239,18 +239,9 @@ class Evaluator:
       return stats
     self._inception()
     source, resize, tag = self._protocol_key()
-    if path.exists():
-      stats = fid.load_statistics(path)
-      try:
-        cached = json.loads(stats['description'])
-      except json.JSONDecodeError:
-        cached = {}
-      if (cached.get('source'), cached.get('resize'), cached.get('inception')) == (
-          source, resize, tag):
-        logging.info('FID reference statistics from cache %s (n=%s)', path, stats['n'])
-        return stats
-      logging.warning('FID reference cache %s does not match %s; recomputing', path,
-                      (source, resize, tag))
+    stats = fid.cached_statistics(path, source, resize, tag)
+    if stats is not None:
+      return stats
     ref = self.reference_features()
     mu, sigma = fid.compute_statistics(ref['pool'])
     description = fid.describe(source, ref['n'], resize, tag)

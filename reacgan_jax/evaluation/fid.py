@@ -157,6 +157,26 @@ def statistics_of_images(params, images, *, batch_size: int = 200, resize: str =
   return mu, sigma, feats.shape[0]
 
 
+def cached_statistics(path, source: str, resize: str, network: str) -> dict | None:
+  """The statistics cached at `path` when they were computed under (source, resize, network);
+  None (with a warning when a cache of another protocol is there) when they must be computed."""
+  path = pathlib.Path(path).expanduser()
+  if not path.exists():
+    return None
+  stats = load_statistics(path)
+  try:
+    cached = json.loads(stats['description'])
+  except json.JSONDecodeError:
+    cached = {}
+  if (cached.get('source'), cached.get('resize'), cached.get('inception')) == (
+      source, resize, network):
+    logging.info('FID reference statistics from cache %s (n=%s)', path, stats['n'])
+    return stats
+  logging.warning('FID reference cache %s was computed from %s; recomputing for %s', path,
+                  stats['description'], (source, resize, network))
+  return None
+
+
 def reference_statistics(path, images_fn, params, *, source: str, batch_size: int = 200,
                          resize: str = 'legacy', weights_source: str = '',
                          progress: bool = False) -> dict:
@@ -174,18 +194,9 @@ def reference_statistics(path, images_fn, params, *, source: str, batch_size: in
     load_statistics-style dict.
   """
   path = pathlib.Path(path).expanduser()
-  if path.exists():
-    stats = load_statistics(path)
-    try:
-      cached = json.loads(stats['description'])
-    except json.JSONDecodeError:
-      cached = {}
-    if (cached.get('source'), cached.get('resize'), cached.get('inception')) == (
-        source, resize, weights_source):
-      logging.info('FID reference statistics from cache %s (n=%s)', path, stats['n'])
-      return stats
-    logging.warning('FID reference cache %s was computed from %s; recomputing for %s', path,
-                    stats['description'], (source, resize, weights_source))
+  stats = cached_statistics(path, source, resize, weights_source)
+  if stats is not None:
+    return stats
   images = images_fn()
   mu, sigma, n = statistics_of_images(params, images, batch_size=batch_size, resize=resize,
                                       progress=progress)

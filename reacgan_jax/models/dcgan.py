@@ -75,17 +75,21 @@ class DeepConvGenerator(nn.Module):
     return jnp.tanh(h.astype(jnp.float32))
 
 
-class DeepConvDiscriminator(nn.Module):
-  """x [B, 32, 32, 3], y [B] int32 -> heads.DOutput; see module docstring."""
+class _DFields(nn.Module):
+  """The fields both 32x32 conv discriminators take (built with keywords by models.BACKBONES)."""
   num_classes: int
   cond_method: str
   conv_dim: int
   embed_dim: int = 512
-  attn_block: int = 0
   use_bn: bool = False
   kernel_init: Callable = nn.initializers.orthogonal()
   dtype: Any = jnp.float32
   bn_groups: int = 1
+
+
+class DeepConvDiscriminator(_DFields):
+  """x [B, 32, 32, 3], y [B] int32 -> heads.DOutput; see module docstring."""
+  attn_block: int = 0
 
   @nn.compact
   def __call__(self, x, y, train: bool = False):
@@ -134,21 +138,13 @@ class DCGANGenerator(nn.Module):
     return jnp.tanh(h.astype(jnp.float32))
 
 
-class DCGANDiscriminator(nn.Module):
+class DCGANDiscriminator(_DFields):
   """ACGAN paper's CIFAR-10 D: x [B, 32, 32, 3], y [B] -> heads.DOutput (h = flattened features).
 
   Dropout is active when `train=True` and needs the 'dropout' rng.
   """
-  num_classes: int
-  cond_method: str
-  conv_dim: int
-  embed_dim: int = 512
   RNG_STREAMS = ('dropout',)  # read by adapter.ModelAdapter: a key per train-mode call
   dropout: float = 0.5
-  use_bn: bool = False
-  kernel_init: Callable = nn.initializers.orthogonal()
-  dtype: Any = jnp.float32
-  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x, y, train: bool = False):

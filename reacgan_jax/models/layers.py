@@ -220,23 +220,32 @@ class GenBlock(nn.Module):
     return h + x0
 
 
-class DiscOptBlock(nn.Module):
-  """First ("optimized") D block (big_resnet.DiscOptBlock), downsamples 2x.
+def _disc_layers(block, train):
+  """(conv(k, name), bn(h, name)) of a D block: its width and init; BN only with `use_bn`."""
+  c = lambda k, name: conv(block.features, k, block.kernel_init, block.dtype, name)
+  bn = lambda h, name: (BatchNorm(groups=block.groups, dtype=block.dtype, name=name)(h, not train)
+                        if block.use_bn else h)
+  return c, bn
 
-  main: conv3x3 -> [BN] -> ReLU -> conv3x3 -> avgpool; shortcut: avgpool -> [BN] -> conv1x1.
-  BN only when D has no spectral norm (`use_bn`), as in the reference.
-  """
+
+class _DiscBlockFields(nn.Module):
+  """The fields both D blocks take (width, BN on/off and its groups, init, dtype)."""
   features: int
   use_bn: bool = False
   groups: int = 1
   kernel_init: Callable = nn.initializers.orthogonal()
   dtype: Dtype = jnp.float32
 
+
+class DiscOptBlock(_DiscBlockFields):
+  """First ("optimized") D block (big_resnet.DiscOptBlock), downsamples 2x.
+
+  main: conv3x3 -> [BN] -> ReLU -> conv3x3 -> avgpool; shortcut: avgpool -> [BN] -> conv1x1.
+  BN only when D has no spectral norm (`use_bn`), as in the reference.
+  """
   @nn.compact
   def __call__(self, x, train: bool):
-    c = lambda k, name: conv(self.features, k, self.kernel_init, self.dtype, name)
-    bn = lambda h, name: (BatchNorm(groups=self.groups, dtype=self.dtype, name=name)(h, not train)
-                          if self.use_bn else h)
+    c, bn = _disc_layers(self, train)
     h = c(3, 'conv1')(x)
     h = nn.relu(bn(h, 'bn1'))
     h = avg_pool2x(c(3, 'conv2')(h))
@@ -244,7 +253,7 @@ class DiscOptBlock(nn.Module):
     return h + x0
 
 
-class DiscBlock(nn.Module):
+class DiscBlock(_DiscBlockFields):
   """Residual D block (big_resnet.DiscBlock): pre-activation, optional 2x downsampling.
 
   main: [BN] -> ReLU -> conv3x3 -> [BN] -> ReLU -> conv3x3 -> [avgpool];
@@ -255,18 +264,11 @@ class DiscBlock(nn.Module):
   rectifies the shortcut input too, so the shortcut sees relu(x), not x. With BN the main path
   works on a new tensor and the shortcut sees x.
   """
-  features: int
   downsample: bool = True
-  use_bn: bool = False
-  groups: int = 1
-  kernel_init: Callable = nn.initializers.orthogonal()
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    c = lambda k, name: conv(self.features, k, self.kernel_init, self.dtype, name)
-    bn = lambda h, name: (BatchNorm(groups=self.groups, dtype=self.dtype, name=name)(h, not train)
-                          if self.use_bn else h)
+    c, bn = _disc_layers(self, train)
     pool = avg_pool2x if self.downsample else (lambda h: h)
     h = nn.relu(bn(x, 'bn1'))
     x0 = x if self.use_bn else h  # the in-place ReLU aliasing, see the class docstring
