@@ -45,11 +45,15 @@ def plot_curves(summaries, out, prefix=''):
   for ax, group, title in ((axes[0], METHODS, 'methods'),
                            (axes[1], [v for v in summaries if v.startswith('reacgan')],
                             'D2D-CE ablations')):
-    for v in group:
-      if v in summaries and summaries[v]['fid_curve']:
-        steps, fids = zip(*summaries[v]['fid_curve'], strict=True)
-        ax.plot(steps, fids, marker='o', label=LABELS.get(v, v))
-    ax.set(xlabel='generator step', ylabel='FID-10k (test split)', title=f'FID over steps: {title}')
+    present = [v for v in group if v in summaries and summaries[v]['fid_curve']]
+    for v in present:
+      steps, fids = zip(*summaries[v]['fid_curve'], strict=True)
+      ax.plot(steps, fids, marker='o', label=LABELS.get(v, v))
+    if len(present) < 2 and group is not METHODS:  # one run is no ablation: say so
+      title += f' ({len(present)} run{"" if len(present) == 1 else "s"} in this report)'
+    # The protocol (samples, reference images) is the table's: a smoke FID is not FID-10k.
+    ax.set(xlabel='generator step', ylabel='FID (protocol in the table)',
+           title=f'FID over steps: {title}')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
