@@ -195,7 +195,8 @@ def test_stateful_augmentation_counts_signs_as_specified(npz, sign_counter, tmp_
   assert float(aug['sign_sum']) == sum(b * (2 * a - 1) for a in acc)
 
 
-def _steps(config, devices, n):
+def _steps(config, devices, n, metrics=None):
+  """n steps on fixed random batches -> the augmentation state (metrics appended to a list)."""
   mesh = parallel.create_mesh(devices)
   model = adapter.build(config, mesh)
   s = state.init_state(config, model, mesh)
@@ -205,7 +206,9 @@ def _steps(config, devices, n):
   for _ in range(n):
     batch = {'image': rng.uniform(-1, 1, (1, b, size, size, 3)).astype(np.float32),
              'label': rng.integers(0, 10, (1, b)).astype(np.int32)}
-    s, _ = fn(s, parallel.shard_batch(batch, mesh, sample_axis=1))
+    s, m = fn(s, parallel.shard_batch(batch, mesh, sample_axis=1))
+    if metrics is not None:
+      metrics.append(parallel.to_host(m))
   return parallel.to_host(s.extra['augment'])
 
 
@@ -253,15 +256,19 @@ def test_a_layout_1_checkpoint_is_named_and_kept(npz, tmp_path):
 
 
 def test_ada_runs_inside_the_step_and_moves_p_by_the_rule(npz):
-  # interval 1, kimg tiny: every step p jumps by >= 1 and is clipped, so after each step it is
-  # exactly 0 or 1, in the direction of sign(r_t - target) (r_t = mean sign(D(real)) of the
-  # step's reals, all D updates); a target < 0 means a fixed p.
+  # interval 1, kimg 1: after every step p moves by sign(r_t - target) * B / 1000, r_t = mean
+  # sign(D(real)) of the step's reals = 2 acc_real - 1 (one D update a step, no zero logits).
+  # A target < 0 means a fixed p: never adjusted, the counters keep counting.
   config = _aug_config(npz, **{'train.augment': 'ada'})
-  config.ada.apply_ada, config.ada.interval, config.ada.kimg = True, 1, 1e-6
-  config.ada.initial_p = 0.5
-  config.ada.target = 1.0  # r_t <= 1: sign(r_t - 1) <= 0, p goes to 0 unless every real scores > 0
+  config.ada.apply_ada, config.ada.interval, config.ada.kimg = True, 1, 1
+  config.ada.initial_p, config.ada.target = 0.5, 0.5
+  b, metrics = config.train.batch_size, []
+  s = _steps(config, jax.devices()[:1], 3, metrics)
+  want = 0.5
+  for m in metrics:
+    want = min(1.0, max(0.0, want + np.sign(2 * m['d_acc_real'] - 1 - 0.5) * b / 1000))
+  assert want != 0.5 and float(s.p) == pytest.approx(want, abs=1e-6)  # it moved, by the rule
+  assert int(s.count) == 0  # adjusted, counters reset
+  config.ada.target = -1.0
   s = _steps(config, jax.devices()[:1], 2)
-  assert float(s.p) == 0.0 and int(s.count) == 0  # adjusted, counters reset
-  config.ada.target = -1.0  # fixed p: never adjusted, the counters keep counting
-  s = _steps(config, jax.devices()[:1], 2)
-  assert float(s.p) == 0.5 and int(s.count) == 2 * config.train.batch_size
+  assert float(s.p) == 0.5 and int(s.count) == 2 * b
