@@ -45,6 +45,8 @@ def cases():
   """name -> overrides, every backbone x cond_method and the extra variants."""
   out = {f'{b}-{c}': {'model.backbone': b, 'model.cond_method': c}
          for b in BACKBONES for c in CONDS}
+  for c in CONDS:  # deep_conv's attention needs >= 8 channels (c // 8) at its block
+    out[f'deep_conv-{c}'].update({'model.g_conv_dim': 8, 'model.d_conv_dim': 8})
   out.update(EXTRA)
   return out
 
