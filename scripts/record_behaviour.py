@@ -146,13 +146,19 @@ def main():
   names = [n for n in cases() if not args.only or n in args.only.split(',')]
   record = {'cpu': cpu_name(), 'devices': args.devices, 'steps': STEPS, 'jax': jax.__version__,
             'cases': {}}
+  if os.path.exists(args.out):  # add to (or redo cases of) an earlier record of this machine
+    with open(args.out) as f:
+      earlier = json.load(f)
+    if all(earlier[k] == record[k] for k in ('cpu', 'devices', 'steps', 'jax')):
+      record['cases'] = earlier['cases']
   for name in names:
     metrics, digests = run_case(cases()[name], args.devices)
     record['cases'][name] = {'metrics': metrics, 'digests': digests}
     print(f'{name}: d_loss[-1]={metrics["d_loss"][-1]:.6g} g={digests["g_params"][:12]}',
           flush=True)
-  with open(args.out, 'w') as f:
-    json.dump(record, f, indent=1, sort_keys=True)
+    with open(args.out + '.tmp', 'w') as f:  # after every case: a stopped run keeps its cases
+      json.dump(record, f, indent=1, sort_keys=True)
+    os.replace(args.out + '.tmp', args.out)
 
 
 if __name__ == '__main__':
