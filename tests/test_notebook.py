@@ -154,7 +154,7 @@ def test_notebook_is_clean_and_uses_existing_library_functions():
           and node.value.id in modules):
         used.add((node.value.id, node.attr))
         assert hasattr(modules[node.value.id], node.attr), f'{node.value.id}.{node.attr}'
-  assert ('train', 'train_and_evaluate') in used and ('train', 'sample_checkpoint') in used
+  assert ('train', 'train_and_evaluate') in used and ('modes', 'sample_checkpoint') in used
   # The environment variables the slow test sets are the ones the notebook reads.
   source = '\n'.join(c.source for c in code)
   read = set(re.findall(r"os\.environ\.get\(\s*'(QUICKSTART_\w+)'", source))
