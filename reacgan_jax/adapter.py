@@ -4,7 +4,7 @@ One object per run wraps the two flax modules and the config knobs around them, 
 spells out flax variables, rng streams or spectral normalisation:
 
   adapter = adapter_lib.build(config, mesh)
-  g_vars, d_vars = adapter.init(key)
+  g_vars, d_vars = adapter.init(key_g, key_d)
   z, y = adapter.sample_prior(key, n)
   w, sn = adapter.normalize('g', params, sn, update=True)
   images, collections = adapter.apply_g(w, collections, z, y, train=True, key=...)
@@ -52,6 +52,8 @@ class ModelAdapter:
     m = config.model
     self._sn_kwargs = dict(n_power_iterations=m.sn_power_iterations, eps=m.sn_eps)
     self._sn_on = {'g': m.apply_g_sn, 'd': m.apply_d_sn}
+    # Whether G draws randomness of its own (noise, style mixing): its forwards need a key.
+    self.g_needs_key = bool(getattr(generator, 'RNG_STREAMS', ()))
 
   # ---- construction -------------------------------------------------------------------------
 

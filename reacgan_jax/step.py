@@ -118,7 +118,7 @@ class StepBuilder:
   def _fakes(self, g, g_sn, key, batch):
     """(fakes, their labels, G's advanced SN state) for a D update (stop-gradient fakes)."""
     a = self.adapter
-    k_prior, k_g = jax.random.split(key) if getattr(a.generator, 'RNG_STREAMS', ()) else (key, None)
+    k_prior, k_g = jax.random.split(key) if a.g_needs_key else (key, None)
     z, y_fake = a.sample_prior(k_prior, batch)
     g_w, g_sn = a.normalize('g', g.params, g_sn, update=True)
     fake, _ = a.apply_g(g_w, g.collections, z, y_fake, train=True, key=k_g)  # stats dropped
@@ -214,7 +214,7 @@ class StepBuilder:
     """
     a, every = self.adapter, [t for t in self.g_terms if not t.lazy]
     k_prior, k_aug, k_d = jax.random.split(key, 3)
-    k_g = jax.random.fold_in(key, 3) if getattr(a.generator, 'RNG_STREAMS', ()) else None
+    k_g = jax.random.fold_in(key, 3) if a.g_needs_key else None
     z, y_fake = a.sample_prior(k_prior, batch_size)
 
     def g_loss_fn(g_params, extra):
