@@ -187,7 +187,8 @@ def jax_gan_calls(config_name, batch, seed=0):
     return images, cols, g_sn
 
   copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731 (donation consumes the buffers)
-  st = {'d': copy(step.DCarry(d=st0.d, g_sn=st0.g.sn, aug=None, extra={})), 'g': copy(st0.g)}
+  st = {'d': copy(step.DCarry(d=st0.d, g_sn=st0.g.sn, g_cols=st0.g.collections, aug=None,
+                          extra={})), 'g': copy(st0.g)}
   key0 = next(keys)
   compile_s = {}
   t = time.perf_counter()

@@ -10,6 +10,7 @@ keeps each field's type: an override of the wrong type fails loudly.
 import ml_collections
 
 from reacgan_jax import ada_heuristic
+from reacgan_jax.models import stylegan2
 
 
 def get_config():
@@ -51,8 +52,8 @@ def get_config():
 
   # ---- model --------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
-  config.model.backbone = 'biggan'  # dcgan | deep_conv | resnet | biggan
-  config.model.cond_method = 'reacgan'  # none | acgan | pd | reacgan
+  config.model.backbone = 'biggan'  # dcgan | deep_conv | resnet | biggan | stylegan2
+  config.model.cond_method = 'reacgan'  # none | acgan | pd | reacgan; stylegan2: spd, not pd
   config.model.z_dim = 80
   config.model.shared_dim = 128  # BigGAN shared class embedding width
   config.model.g_conv_dim = 96  # channel multiplier of G
@@ -73,6 +74,9 @@ def get_config():
   config.model.dtype = 'float32'  # compute dtype: float32 | bfloat16
   # dropout rate of the dcgan D (ACGAN paper); read by dcgan only (models.BACKBONES keys)
   config.model.d_dropout = 0.5
+  # backbone=stylegan2: its own knobs (StudioGAN MODEL/STYLEGAN keys; models/stylegan2.py). It
+  # reads z_dim and embed_dim above, no SN (apply_*_sn must be False), no *_conv_dim.
+  config.model.stylegan2 = stylegan2.default_config()
 
   # ---- losses (SPEC 1) ----------------------------------------------------
   config.loss = ml_collections.ConfigDict()
@@ -88,6 +92,18 @@ def get_config():
   # Extra loss terms by name (objectives.TERMS), comma lists, after adv and cond: e.g. 'r1'
   config.loss.d_terms = ''
   config.loss.g_terms = ''
+  # 'r1' (reacgan_jax/regularizers.py): StyleGAN2's R1 on reals, StudioGAN LOSS.r1_lambda,
+  # STYLEGAN.d_reg_interval (counted over D updates) and LOSS.r1_place: inside = inside_loop
+  # (added to that D update's gradient), separate = outside_loop (an Adam step of its own)
+  config.loss.r1_lambda = 0.01
+  config.loss.r1_interval = 16
+  config.loss.r1_place = 'separate'
+  # 'pl' (G): path-length regularisation, STYLEGAN.pl_weight / g_reg_interval; decay 0.01 and
+  # batch shrink 2 as StudioGAN's PathLengthRegularizer (it is off in every CIFAR-10 config)
+  config.loss.pl_weight = 2.0
+  config.loss.pl_interval = 4
+  config.loss.pl_decay = 0.01
+  config.loss.pl_batch_shrink = 2
 
   # ---- optimisation -------------------------------------------------------
   config.optim = ml_collections.ConfigDict()
@@ -99,15 +115,26 @@ def get_config():
   config.optim.schedule = 'constant'  # constant | linear_decay (to 0 at train.steps)
   # A network with a lazy term (interval k > 1) gets lr * c, betas ** c, c = k / (k + 1)
   config.optim.lazy_scaling = True
+  # The k of that scaling per network; -1 = its lazy term's interval (1.0 without one).
+  # StudioGAN scales every StyleGAN2 optimiser by its reg interval even with the regulariser
+  # off (config.py: g_reg_interval 4 for G in every CIFAR-10 StyleGAN2 config).
+  config.optim.g_lazy_interval = -1
+  config.optim.d_lazy_interval = -1
 
   # ---- training -----------------------------------------------------------
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 128  # global batch (all devices, all hosts)
   config.train.steps = 100_000  # generator updates
   config.train.d_updates_per_step = 5  # D updates per G update, each on a fresh real batch
+  config.train.d_first = True  # StudioGAN OPTIMIZATION.d_first: D updates, then G (False: G first)
   config.train.ema = True  # keep an EMA copy of G
   config.train.ema_decay = 0.9999
   config.train.ema_start = 1000  # plain copy before this step
+  # > 0: StyleGAN2's EMA instead (StudioGAN EmaStylegan2): decay 0.5 ** (B / n), n = min(
+  # ema_kimg * 1000, B * step * ema_rampup) images (no rampup when ema_rampup < 0); G's
+  # collections (w_avg) copied, not averaged. ema_decay / ema_start are then unused.
+  config.train.ema_kimg = -1.0
+  config.train.ema_rampup = -1.0
   config.train.diffaug_policy = ''  # e.g. 'color,translation,cutout'; '' = off
   # augment.AUGMENTATIONS name: none | diffaug | ada; '' = diffaug when diffaug_policy is set
   config.train.augment = ''

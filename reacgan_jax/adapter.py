@@ -14,7 +14,12 @@ Collections: every variable collection the model's `init` returns besides 'param
 'perturbations' marker) is mutable state of that network — BN 'batch_stats' today, a tracked
 `w_avg` tomorrow — carried in `NetState.collections` and updated when `apply_*(update=True)`.
 Rng streams: a module lists the streams it draws from in a class attribute `RNG_STREAMS`
-(DCGAN's D: ('dropout',)); the adapter gives each one a key derived from the call's key.
+(DCGAN's D: ('dropout',), StyleGAN2's G: ('noise', 'mixing')); the adapter gives each one a
+key derived from the call's key.
+Which update moves G's state: G's class attribute `STATE_UPDATED_IN`, 'g' (default: BN
+statistics move in the G update; the reference untracks them in D updates) or 'd' (StyleGAN2's
+w_avg: StudioGAN generates the D updates' fakes with stylegan_update_emas=True, the G update's
+with False); `UPDATE_KWARGS` are the keywords an updating forward passes (update_w_avg=True).
 """
 
 import jax
@@ -54,6 +59,8 @@ class ModelAdapter:
     self._sn_on = {'g': m.apply_g_sn, 'd': m.apply_d_sn}
     # Whether G draws randomness of its own (noise, style mixing): its forwards need a key.
     self.g_needs_key = bool(getattr(generator, 'RNG_STREAMS', ()))
+    self.g_state_updated_in = getattr(generator, 'STATE_UPDATED_IN', 'g')
+    self._g_update_kwargs = dict(getattr(generator, 'UPDATE_KWARGS', ()))
 
   # ---- construction -------------------------------------------------------------------------
 
@@ -108,9 +115,16 @@ class ModelAdapter:
     rngs = _rngs(self.generator, key) if key is not None else {}
     if train and update and collections:
       images, upd = self.generator.apply(variables, z, y, train=True, rngs=rngs,
-                                         mutable=list(collections))
+                                         mutable=list(collections), **self._g_update_kwargs)
       return images, dict(upd)
     return self.generator.apply(variables, z, y, train=train, rngs=rngs), collections
+
+  def apply_g_method(self, params, collections, method, *args, key=None):
+    """`G.<method>(*args)` without state updates (StyleGAN2's 'mapping' / 'synthesize' for the
+    path-length term), with G's rng streams drawn from `key`."""
+    rngs = _rngs(self.generator, key) if key is not None else {}
+    return self.generator.apply({'params': params, **collections}, *args, method=method,
+                                rngs=rngs)
 
   def apply_d(self, params, collections, x, y, *, train, key=None, perturbations=None):
     """D -> (heads.DOutput, collections), updated ones in train mode."""

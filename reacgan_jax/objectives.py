@@ -54,10 +54,13 @@ class Context(NamedTuple):
   """What a term sees. D terms: reals and fakes of one D update; G terms: the fakes.
 
   out_real / out_fake: D's outputs (heads.DOutput) of the shared forward, None for lazy terms.
-  apply: `apply(x, y) -> DOutput`, D on the weights being differentiated (lazy terms; for G
-    terms `apply` is D frozen).
-  real, labels: the (augmented) real batch and its labels (None in G terms);
-  fake, fake_labels: the (augmented) fakes and their labels; state: the term's state or None.
+  apply: `apply(x, y) -> DOutput`, D on the weights being differentiated, applied to the
+    augmented x (D terms; for lazy G terms `apply` is D frozen, on x as given).
+  real, labels: the real batch (before augmentation: `out_real` is D on its augmented copy,
+    `apply` augments) and its labels (None in G terms);
+  fake, fake_labels: the fakes (likewise) and their labels; state: the term's state or None.
+  ws, synthesize, key (lazy G terms of a StyleGAN2 G): the fresh batch's ws, `synthesize(ws)
+    -> images` on the params being differentiated, and a key of the term's own.
   """
   out_real: Any
   out_fake: Any
@@ -67,6 +70,9 @@ class Context(NamedTuple):
   fake: Any
   fake_labels: Any
   state: Any = None
+  ws: Any = None
+  synthesize: Callable | None = None
+  key: Any = None
 
 
 # ---- conditional losses ---------------------------------------------------------------------
@@ -103,11 +109,13 @@ def _d2d_ce(config):
   return d2d
 
 
-# none / pd (projection lives inside D's adversarial logit) / spd have no separate term.
+# none / pd / spd (the projection lives inside D's adversarial logit: BigGAN's pd, StyleGAN2-
+# ADA's cmap projection spd) have no separate term.
 COND_LOSSES = {
     'none': CondLoss(_zero),
     'acgan': CondLoss(_acgan, needs=('class_logits',)),
     'pd': CondLoss(_zero),
+    'spd': CondLoss(_zero),
     'reacgan': CondLoss(_d2d_ce, needs=('embed', 'proxy')),
 }
 
@@ -173,13 +181,30 @@ def build_terms(config, which: str) -> tuple[Term, ...]:
   return tuple(terms)
 
 
-def lazy_ratio(config, terms) -> float:
-  """c = k / (k + 1) of the network's lazy term (1.0 without one, or with scaling off)."""
+def lazy_ratio(config, terms, which: str | None = None) -> float:
+  """c = k / (k + 1) of the network's lazy term (1.0 without one, or with scaling off).
+
+  With `which`, config.optim.<which>_lazy_interval > 0 sets k itself (StudioGAN scales every
+  StyleGAN2 optimiser by STYLEGAN.g/d_reg_interval, regulariser on or off); it must agree with
+  the network's lazy term when there is one; k = 1 gives c = 1.
+  """
   intervals = {t.interval for t in terms if t.lazy}
-  if not intervals or not config.optim.lazy_scaling:
+  if not config.optim.lazy_scaling:
     return 1.0
   if len(intervals) > 1:
     raise ValueError(f'lazy terms with different intervals {sorted(intervals)} on one network: '
                      'the optimiser scaling c = k / (k + 1) needs one k')
+  fixed = config.optim[f'{which}_lazy_interval'] if which else -1
+  if fixed > 0:
+    if intervals and intervals != {fixed}:
+      raise ValueError(f'config.optim.{which}_lazy_interval={fixed} but the {which} lazy term '
+                       f'runs every {intervals.pop()} updates: set them equal (or -1)')
+    return 1.0 if fixed == 1 else fixed / (fixed + 1)
+  if not intervals:
+    return 1.0
   k = intervals.pop()
   return k / (k + 1)
+
+
+# The StyleGAN2 regularisers register themselves in TERMS ('r1', 'pl').
+from reacgan_jax import regularizers  # noqa: E402,F401

@@ -76,9 +76,8 @@ def make_optimizer(config, which, lazy_c=1.0):
 
 def make_optimizers(config):
   """{'g': tx, 'd': tx}: each network's optimiser, scaled for its lazy terms."""
-  return {w: make_optimizer(config, w, objectives.lazy_ratio(config,
-                                                              objectives.build_terms(config, w)))
-          for w in ('g', 'd')}
+  return {w: make_optimizer(config, w, objectives.lazy_ratio(
+      config, objectives.build_terms(config, w), w)) for w in ('g', 'd')}
 
 
 def _term_states(config):

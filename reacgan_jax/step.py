@@ -1,7 +1,8 @@
 """One pure train step: `train_step(state, batch, rng) -> (state, metrics)`, jitted once.
 
 One train step = `config.train.d_updates_per_step` discriminator updates (each on a fresh
-real batch and fresh fakes, an unrolled loop) followed by one generator update, with the loss
+real batch and fresh fakes, an unrolled loop) followed by one generator update (or preceded by
+it: `config.train.d_first=False`, StudioGAN's StyleGAN2 configs), with the loss
 terms of objectives.build_terms (SPEC 1 "Where each term applies", StudioGAN `worker.py`):
   D: adv_D(real, fake) + cond_lambda * cond_loss(real)      (conditional loss on reals only)
   G: adv_G(fake)       + cond_lambda * cond_loss(fake, y_f) (y_f uniform random labels)
@@ -12,7 +13,9 @@ forward of a module: in a D update G's `u` advances once (the fake forward) and 
 (the real and the fake forwards, in that order, each with the weights normalised by the `u`
 current at that forward); in the G update G's and D's `u` each advance once. G's collections
 (BN statistics) in a D update are used in train mode and their updates dropped (the reference
-calls `untrack_bn_statistics` on G there); the G update keeps them.
+calls `untrack_bn_statistics` on G there); the G update keeps them. A G whose state moves in
+the D updates instead (StyleGAN2's w_avg, adapter `g_state_updated_in == 'd'`) keeps the D
+updates' and leaves it untouched in the G update. The EMA follows the G update.
 
 The augmentation (augment.Augmentation) is applied to reals and fakes in each D update and to
 the fakes in the G update, with the state the step started from; it observes D's outputs on
@@ -46,6 +49,7 @@ class DCarry:
   """What one D update changes and the next one reads."""
   d: state_lib.NetState
   g_sn: Any
+  g_cols: Any  # G's collections (moved by the D updates' fakes when g_state_updated_in == 'd')
   aug: Any  # the augmentation's state (None when stateless)
   extra: dict  # term states
 
@@ -115,21 +119,24 @@ class StepBuilder:
       return None
     return jax.tree.map(lambda s: jnp.zeros((batch,) + s.shape[1:], s.dtype), self.pert_template)
 
-  def _fakes(self, g, g_sn, key, batch):
-    """(fakes, their labels, G's advanced SN state) for a D update (stop-gradient fakes)."""
+  def _fakes(self, g, g_sn, g_cols, key, batch):
+    """(fakes, their labels, G's advanced SN state, G's collections) for a D update
+    (stop-gradient fakes; BN statistics dropped, StyleGAN2's w_avg kept)."""
     a = self.adapter
     k_prior, k_g = jax.random.split(key) if a.g_needs_key else (key, None)
     z, y_fake = a.sample_prior(k_prior, batch)
     g_w, g_sn = a.normalize('g', g.params, g_sn, update=True)
-    fake, _ = a.apply_g(g_w, g.collections, z, y_fake, train=True, key=k_g)  # stats dropped
-    return jax.lax.stop_gradient(fake), y_fake, g_sn
+    fake, cols = a.apply_g(g_w, g_cols, z, y_fake, train=True, key=k_g)
+    if a.g_state_updated_in != 'd':
+      cols = g_cols
+    return jax.lax.stop_gradient(fake), y_fake, g_sn, cols
 
   def d_update(self, g, carry: DCarry, xs, d_index, step):
     """One D update on (real, labels, key); d_index = n_d * step + i (lazy intervals)."""
     a, aug = self.adapter, self.aug
     real, labels, key = xs
     k_prior, k_ar, k_af, k_dr, k_df = jax.random.split(key, 5)
-    fake, y_fake, g_sn = self._fakes(g, carry.g_sn, k_prior, real.shape[0])
+    fake, y_fake, g_sn, g_cols = self._fakes(g, carry.g_sn, carry.g_cols, k_prior, real.shape[0])
     real = aug.mix_reals(real, fake, jax.random.fold_in(key, 5), carry.aug)  # APA (else as is)
     real_aug, fake_aug = aug.augment(real, k_ar, carry.aug), aug.augment(fake, k_af, carry.aug)
     pert = self._pert(real.shape[0])
@@ -143,7 +150,9 @@ class StepBuilder:
                               perturbations=pert)
       w, sn2 = a.normalize('d', d_params, sn1, update=True)
       out_f, cols = a.apply_d(w, cols, fake_aug, y_fake, train=True, key=k_df)
-      ctx = objectives.Context(out_r, out_f, None, real_aug, labels, fake_aug, y_fake)
+      # A term that needs its own forward (R1 every update) sees D after these forwards.
+      apply = self._d_apply(w, cols, jax.random.fold_in(key, 6), carry.aug)
+      ctx = objectives.Context(out_r, out_f, apply, real, labels, fake, y_fake)
       values = []
       for t in every:
         v, extra = _call(t, ctx, extra)
@@ -168,13 +177,20 @@ class StepBuilder:
                for g in jax.tree.leaves(dh)]
       metrics['cond_grad_norm'] = jnp.mean(sum(norms))
     d = d.replace(sn=aux['sn'], collections=aux['cols'])
-    params, opt_state, extra = self._update('d', d_index, d.params, d.opt_state, grads,
-                                            aux['extra'], metrics,
-                                            lambda t: self._d_lazy_loss(t, d, real_aug, labels,
-                                                                        fake_aug, y_fake))
+    k_lazy = jax.random.fold_in(key, 7)
+    params, opt_state, extra = self._update(
+        'd', d_index, d.params, d.opt_state, grads, aux['extra'], metrics,
+        lambda t: self._d_lazy_loss(t, d, real, labels, fake, y_fake, k_lazy, carry.aug))
     d = d.replace(params=params, opt_state=opt_state)
     aug_state = aug.observe(carry.aug, aux['out_r'], step)
-    return DCarry(d=d, g_sn=g_sn, aug=aug_state, extra=extra), metrics
+    return DCarry(d=d, g_sn=g_sn, g_cols=g_cols, aug=aug_state, extra=extra), metrics
+
+  def _d_apply(self, w, cols, key, aug_state):
+    """`apply(x, y) -> DOutput`: D (weights `w`, train mode) on the augmented x, for terms that
+    differentiate through their own forward w.r.t. the images (R1, as StudioGAN: the gradient
+    w.r.t. the reals before augmentation, `Dis(AUG.series_augment(real_images))`)."""
+    a, aug = self.adapter, self.aug
+    return lambda x, y: a.apply_d(w, cols, aug.augment(x, key, aug_state), y, train=True)[0]
 
   def _update(self, which, index, params, opt_state, grads, extra, metrics, lazy_loss):
     """Adam step of network `which` with its lazy terms (`index` = its update count).
@@ -196,13 +212,14 @@ class StepBuilder:
           jax.tree.map(jnp.zeros_like, params), extra)
     return params, opt_state, extra
 
-  def _d_lazy_loss(self, t, d, real, labels, fake, y_fake):
-    """A lazy D term's loss: its own train-mode forwards (D's u as the main forwards left it)."""
+  def _d_lazy_loss(self, t, d, real, labels, fake, y_fake, key, aug_state):
+    """A lazy D term's loss: its own train-mode forwards (D's u as the main forwards left it)
+    on the reals and fakes before augmentation; `ctx.apply` augments (its own draw)."""
     a = self.adapter
 
     def loss_fn(p, extra):
       w, _ = a.normalize('d', p, d.sn, update=False)
-      apply = lambda x, y: a.apply_d(w, d.collections, x, y, train=True)[0]
+      apply = self._d_apply(w, d.collections, key, aug_state)
       return _scaled(t, objectives.Context(None, None, apply, real, labels, fake, y_fake), extra)
 
     return loss_fn
@@ -219,10 +236,11 @@ class StepBuilder:
 
     def g_loss_fn(g_params, extra):
       g_w, new_g_sn = a.normalize('g', g_params, g_sn, update=True)
-      fake, g_cols = a.apply_g(g_w, g.collections, z, y_fake, train=True, key=k_g)
+      fake, g_cols = a.apply_g(g_w, g.collections, z, y_fake, train=True, key=k_g,
+                               update=a.g_state_updated_in == 'g')
       d_w, new_d_sn = a.normalize('d', d.params, d.sn, update=True)  # D in train mode: u too
-      fake = self.aug.augment(fake, k_aug, aug_state)
-      out_f, _ = a.apply_d(d_w, d.collections, fake, y_fake, train=True, key=k_d)
+      out_f, _ = a.apply_d(d_w, d.collections, self.aug.augment(fake, k_aug, aug_state), y_fake,
+                           train=True, key=k_d)
       ctx = objectives.Context(None, out_f, None, None, None, fake, y_fake)
       raw = []
       for t in every:
@@ -241,28 +259,58 @@ class StepBuilder:
     return g, new_d_sn, extra, metrics
 
   def _g_lazy_loss(self, t, g, g_sn, d, key, batch_size):
-    """A lazy G term's loss: fresh fakes from the prior (its own keys), D frozen, train mode."""
+    """A lazy G term's loss: fresh fakes from the prior (its own keys), D frozen, train mode.
+
+    For a G with a mapping / synthesis split (StyleGAN2) the context also carries the fresh
+    batch's `ws` (a function of the params being differentiated), `synthesize(ws) -> images`
+    and a key (the path-length term's noise)."""
     a = self.adapter
     k_prior, k_g = jax.random.split(jax.random.fold_in(key, 7))
+    k_term = jax.random.fold_in(key, 8)
+    split = hasattr(a.generator, 'synthesize')
 
     def loss_fn(p, extra):
       z, y = a.sample_prior(k_prior, batch_size)
       g_w, _ = a.normalize('g', p, g_sn, update=False)
-      fake, _ = a.apply_g(g_w, g.collections, z, y, train=True, key=k_g)
+      fake, _ = a.apply_g(g_w, g.collections, z, y, train=True, key=k_g, update=False)
       d_w, _ = a.normalize('d', d.params, d.sn, update=False)
       apply = lambda x, yy: a.apply_d(d_w, d.collections, x, yy, train=True)[0]
-      return _scaled(t, objectives.Context(None, None, apply, None, None, fake, y), extra)
+      ws = synth = None
+      if split:
+        ws = a.apply_g_method(g_w, g.collections, 'mapping', z, y)
+        synth = lambda w: a.apply_g_method(g_w, g.collections, 'synthesize', w, key=k_g)
+      ctx = objectives.Context(None, None, apply, None, None, fake, y, ws=ws, synthesize=synth,
+                               key=k_term)
+      return _scaled(t, ctx, extra)
 
     return loss_fn
 
   def ema_update(self, ema, g, step):
-    """Reference Ema.update: decay 0 (a plain copy) before ema_start; collections too."""
+    """Reference Ema.update: decay 0 (a plain copy) before ema_start; collections too.
+    With train.ema_kimg > 0, EmaStylegan2.update: decay from the images seen, collections
+    copied (ema_decay_stylegan2)."""
     if ema is None:
       return None
-    decay = jnp.where(step < self.config.train.ema_start, 0.0, self.config.train.ema_decay)
+    t = self.config.train
+    if t.ema_kimg > 0:
+      decay = ema_decay_stylegan2(step, t.batch_size, t.ema_kimg, t.ema_rampup)
+      lerp = lambda e, p: decay * e + (1.0 - decay) * p
+      return state_lib.EmaState(params=jax.tree.map(lerp, ema.params, g.params),
+                                collections=jax.tree.map(jnp.copy, g.collections))
+    decay = jnp.where(step < t.ema_start, 0.0, t.ema_decay)
     lerp = lambda e, p: decay * e + (1.0 - decay) * p
     return state_lib.EmaState(params=jax.tree.map(lerp, ema.params, g.params),
                               collections=jax.tree.map(lerp, ema.collections, g.collections))
+
+
+def ema_decay_stylegan2(step, batch_size, ema_kimg, ema_rampup):
+  """StudioGAN utils/ema.py EmaStylegan2.update(step): 0.5 ** (B / max(n, 1e-8)) with
+  n = ema_kimg * 1000, or min(that, B * step * ema_rampup) when ema_rampup > 0 (0 at step 0: a
+  plain copy)."""
+  nimg = jnp.float32(ema_kimg * 1000)
+  if ema_rampup > 0:
+    nimg = jnp.minimum(nimg, jnp.float32(batch_size) * step.astype(jnp.float32) * ema_rampup)
+  return jnp.float32(0.5) ** (jnp.float32(batch_size) / jnp.maximum(nimg, 1e-8))
 
 
 def make_train_step(config, adapter):
@@ -280,29 +328,43 @@ def make_train_step(config, adapter):
     g_update exactly as the step runs them).
   """
   b = StepBuilder(config, adapter)
+  d_first = config.train.d_first
 
   def train_step(state, batch, rng):
-    n_d = batch['image'].shape[0]
+    n_d, batch_size = batch['image'].shape[:2]
     keys = jax.random.split(rng, n_d + 1)
-    carry = DCarry(d=state.d, g_sn=state.g.sn, aug=state.extra.get(AUG),
+    carry = DCarry(d=state.d, g_sn=state.g.sn, g_cols=state.g.collections,
+                   aug=state.extra.get(AUG),
                    extra={k: v for k, v in state.extra.items() if k != AUG})
+
+    def g_step(g, carry):
+      g, d_sn, extra, metrics = b.g_update(g.replace(collections=carry.g_cols), carry.d,
+                                           carry.g_sn, keys[-1], batch_size, carry.aug,
+                                           carry.extra, state.step)
+      carry = carry.replace(d=carry.d.replace(sn=d_sn), g_sn=g.sn, g_cols=g.collections,
+                            extra=extra)
+      return g, carry, metrics, b.ema_update(state.ema, g, state.step)
+
+    g = state.g
+    if not d_first:
+      g, carry, g_metrics, ema = g_step(g, carry)
     # An unrolled Python loop, not lax.scan: on XLA:CPU the scanned (while-loop) D update ran
     # 10x slower than the unrolled one (0.52 s vs 5.2 s per step, cifar10_reacgan:small, batch
     # 32, 2 cores) and compiled 2x slower. Compile time grows with d_updates_per_step instead.
     d_metrics = []
     for i in range(n_d):
-      carry, m = b.d_update(state.g, carry, (batch['image'][i], batch['label'][i], keys[i]),
+      carry, m = b.d_update(g, carry, (batch['image'][i], batch['label'][i], keys[i]),
                             n_d * state.step + i, state.step)
       d_metrics.append(m)
     d_metrics = {k: jnp.mean(jnp.stack([m[k] for m in d_metrics])) for k in d_metrics[0]}
-    g, d_sn, extra, g_metrics = b.g_update(state.g, carry.d, carry.g_sn, keys[-1],
-                                           batch['image'].shape[1], carry.aug, carry.extra,
-                                           state.step)
-    extra = dict(extra)
+    if d_first:
+      g, carry, g_metrics, ema = g_step(g, carry)
+    extra = dict(carry.extra)
     if carry.aug is not None:
       extra[AUG] = b.aug.step_end(carry.aug, state.step)
-    new_state = state.replace(step=state.step + 1, g=g, d=carry.d.replace(sn=d_sn),
-                              ema=b.ema_update(state.ema, g, state.step), extra=extra)
+    new_state = state.replace(step=state.step + 1,
+                              g=g.replace(sn=carry.g_sn, collections=carry.g_cols), d=carry.d,
+                              ema=ema, extra=extra)
     return new_state, dict(d_metrics, **g_metrics)
 
   train_step.builder = b

@@ -75,7 +75,7 @@ def test_lazy_term_contributes_on_multiples_of_its_interval_only(npz, probe_term
   b_without = step.make_train_step(without, model).builder
   assert [t.name for t in b_with.d_terms] == ['adv', 'cond', 'probe']
   real, labels = _batch(with_term)
-  carry = step.DCarry(d=s0.d, g_sn=s0.g.sn, aug=None, extra={})
+  carry = step.DCarry(d=s0.d, g_sn=s0.g.sn, g_cols=s0.g.collections, aug=None, extra={})
   key = jax.random.PRNGKey(1)
   run = jax.jit(lambda b, i: b.d_update(s0.g, carry, (real, labels, key), i, i),
                 static_argnums=0)

@@ -20,7 +20,9 @@ STUDIOGAN_COUNTS = {'g_mapping': 793088, 'g_synthesis': 19422227, 'g_buffers': 3
 
 def config(cond='spd', size=32, classes=10, **over):
   c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict({'cond_method': cond})
+  c.model = ml_collections.ConfigDict({'cond_method': cond,
+                                       'z_dim': over.pop('z_dim', 512),
+                                       'embed_dim': over.pop('embed_dim', 512)})
   c.model.stylegan2 = stylegan2.default_config()
   c.model.stylegan2.update(over)
   c.data = ml_collections.ConfigDict({'image_size': size, 'num_classes': classes})

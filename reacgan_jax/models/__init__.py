@@ -1,7 +1,9 @@
 """The model zoo: `build_models(config) -> (generator, discriminator)` and `sn_predicate`.
 
-Backbones (config.model.backbone): biggan (big_resnet), resnet, deep_conv, dcgan (ACGAN paper).
-Heads (config.model.cond_method): none, acgan, pd, reacgan (see heads.py).
+Backbones (config.model.backbone): biggan (big_resnet), resnet, deep_conv, dcgan (ACGAN paper),
+stylegan2 (its knobs in the config.model.stylegan2 block, models/stylegan2.py).
+Heads (config.model.cond_method): none, acgan, pd, reacgan (see heads.py); stylegan2 takes
+spd (StyleGAN2-ADA's projection) instead of pd.
 
     G.apply({'params': p, 'batch_stats': s}, z [B, z_dim], y [B], train=bool,
             mutable=['batch_stats'] if updating) -> images [B, S, S, 3] float32 in [-1, 1]
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from absl import logging
 
 from reacgan_jax import objectives, spectral_norm
-from reacgan_jax.models import biggan, dcgan, layers, resnet
+from reacgan_jax.models import biggan, dcgan, layers, resnet, stylegan2
 from reacgan_jax.models.heads import DOutput
 
 __all__ = ['BACKBONES', 'DOutput', 'build_models', 'sn_predicate']
@@ -41,6 +43,7 @@ class Backbone:
   """
   build: Callable
   keys: tuple[str, ...] = ()
+  cond_methods: tuple[str, ...] = ('none', 'acgan', 'pd', 'reacgan')
 
 
 def _biggan(config, common):
@@ -75,11 +78,22 @@ def _dcgan(config, common):
   return g, dcgan.DCGANDiscriminator(dropout=m.d_dropout, **common)
 
 
+def _stylegan2(config, common):
+  del common  # StyleGAN2 has its own init (equalised lr), no BN, no SN, no attention
+  m = config.model
+  if m.apply_g_sn or m.apply_d_sn:
+    raise ValueError('config.model.backbone=stylegan2 takes no spectral norm (StudioGAN refuses '
+                     'it too): set config.model.apply_g_sn=False and config.model.apply_d_sn=False')
+  return stylegan2.build(config)
+
+
 BACKBONES = {
     'dcgan': Backbone(_dcgan, keys=('d_dropout',)),
     'deep_conv': Backbone(_deep_conv, keys=('g_attn_block', 'd_attn_block')),
     'resnet': Backbone(_resnet, keys=('g_attn_block', 'd_attn_block')),
     'biggan': Backbone(_biggan, keys=('shared_dim', 'g_attn_block', 'd_attn_block')),
+    'stylegan2': Backbone(_stylegan2, keys=('stylegan2',),
+                          cond_methods=('none', 'acgan', 'spd', 'reacgan')),
 }
 
 
@@ -109,6 +123,9 @@ def build_models(config):
   if m.backbone not in BACKBONES:
     raise ValueError(f'config.model.backbone={m.backbone!r}: expected one of '
                      f'{", ".join(BACKBONES)}')
+  if m.cond_method not in BACKBONES[m.backbone].cond_methods:
+    raise ValueError(f'config.model.cond_method={m.cond_method!r}: backbone {m.backbone} takes '
+                     f'{", ".join(BACKBONES[m.backbone].cond_methods)}')
   _warn_unread(config, m.backbone)
   common = dict(num_classes=config.data.num_classes, cond_method=m.cond_method,
                 conv_dim=m.d_conv_dim, embed_dim=m.embed_dim,

@@ -21,7 +21,6 @@ from reacgan_jax.models import stylegan2_d, stylegan2_g
 def default_config() -> ml_collections.ConfigDict:
   """config.model.stylegan2 with StudioGAN's CIFAR10 values (StyleGAN2.yaml + model.py)."""
   c = ml_collections.ConfigDict()
-  c.z_dim = 512  # MODEL.z_dim
   c.w_dim = 512  # MODEL.w_dim, intermediate latent W
   c.mapping_layers = 2  # STYLEGAN.mapping_network (8 in StyleGAN2, 2 for CIFAR)
   c.mapping_lr_multiplier = 0.01  # MappingNetwork lr_multiplier (equalised-lr gain)
@@ -37,25 +36,25 @@ def default_config() -> ml_collections.ConfigDict:
   c.truncation_psi = 1.0  # sampling-time psi (RUN.truncation_factor; 1 = off)
   c.truncation_cutoff = None  # RUN.truncation_cutoff: truncate only the first N ws (None = all)
   c.noise_mode = 'random'  # synthesis noise: 'random' | 'const' | 'none' (reference: random)
-  c.embed_dim = 512  # MODEL.d_embed_dim for the reacgan (D2DCE) head
   c.spd_mapping_layers = 8  # SPD label mapping depth (mapping_kwargs={} -> 8 in StudioGAN)
   c.embed_mapping_layers = 1  # D2DCE proxy mapping depth (num_layers=1 in StudioGAN)
   return c
 
 
 def build(config):
-  """(Generator, Discriminator) from config.model.stylegan2, config.data, config.model.cond_method.
+  """(Generator, Discriminator) from config.model.stylegan2, config.data and config.model's
+  cond_method, z_dim (MODEL.z_dim) and embed_dim (MODEL.d_embed_dim, the D2DCE head's width).
 
   The generator is conditional (StudioGAN cAdaIN) iff cond_method != 'none'.
   """
-  s = config.model.stylegan2
+  s, z_dim, embed_dim = config.model.stylegan2, config.model.z_dim, config.model.embed_dim
   size, classes = config.data.image_size, config.data.num_classes
   cond = config.model.cond_method
   if s.g_architecture not in stylegan2_d.ARCHITECTURES:
     raise ValueError(f'model.stylegan2.g_architecture={s.g_architecture!r}: expected one of '
                      f'{stylegan2_d.ARCHITECTURES}')
   g = stylegan2_g.Generator(
-      z_dim=s.z_dim, w_dim=s.w_dim, num_classes=classes if cond != 'none' else 0,
+      z_dim=z_dim, w_dim=s.w_dim, num_classes=classes if cond != 'none' else 0,
       img_resolution=size, mapping_layers=s.mapping_layers,
       mapping_lr_multiplier=s.mapping_lr_multiplier, w_avg_beta=s.w_avg_beta,
       channel_base=s.channel_base, channel_max=s.channel_max, architecture=s.g_architecture,
@@ -64,7 +63,7 @@ def build(config):
       img_resolution=size, num_classes=classes, cond_method=cond,
       architecture=s.d_architecture, channel_base=s.channel_base, channel_max=s.channel_max,
       conv_clamp=s.conv_clamp, mbstd_group_size=s.mbstd_group_size,
-      mbstd_num_channels=s.mbstd_num_channels, embed_dim=s.embed_dim,
+      mbstd_num_channels=s.mbstd_num_channels, embed_dim=embed_dim,
       spd_mapping_layers=s.spd_mapping_layers, embed_mapping_layers=s.embed_mapping_layers)
   d.check()
   if s.noise_mode not in stylegan2_g.NOISE_MODES:

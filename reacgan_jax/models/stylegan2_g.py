@@ -232,6 +232,14 @@ class Generator(nn.Module):
   style_mixing_prob: float = 0.0
   noise_mode: str = 'random'  # default for __call__/synthesize (config noise_mode)
 
+  # What the trainer's adapter reads (adapter.ModelAdapter): the rng streams G draws from; in
+  # which update G's state moves (StudioGAN generates the D step's fakes with
+  # stylegan_update_emas=True and the G step's with False: w_avg tracks the D-step fakes);
+  # the keyword that makes a forward update it.
+  RNG_STREAMS = ('noise', 'mixing')
+  STATE_UPDATED_IN = 'd'
+  UPDATE_KWARGS = (('update_w_avg', True),)
+
   def setup(self):
     self.synthesis_net = SynthesisNetwork(self.w_dim, self.img_resolution, self.img_channels,
                                           self.channel_base, self.channel_max,

@@ -1,0 +1,29 @@
+"""CIFAR-10 StyleGAN2 + D2D-CE + ADA (the seeds' FID 2.33 row): StudioGAN
+src/configs/CIFAR10/StyleGAN2-D2DCE-ADA.yaml.
+
+As configs/cifar10_stylegan2_d2dce.py with AugmentPipe 'bgc' on reals and fakes at an adaptive
+p (initial 0, target r_t 0.8, 500 kimg to move p by 1, adjusted every 4 steps) and 1M steps.
+Variant ``small``; ``small_limited``: the same on the first 500 training images per class.
+"""
+
+from configs import cifar10_stylegan2, cifar10_stylegan2_d2dce, variants
+
+
+def _limited(config):
+  cifar10_stylegan2.apply_small(config)
+  config.data.train_per_class = 500
+
+
+def get_config(variant=''):
+  config = cifar10_stylegan2_d2dce.d2dce()
+  config.train.steps = 1_000_000
+  config.train.augment = 'ada'
+  config.ada.apply_ada = True
+  config.ada.preset = 'bgc'
+  config.ada.initial_p = 0.0
+  config.ada.target = 0.8
+  config.ada.kimg = 500
+  config.ada.interval = 4
+  return variants.apply(config, variant, {'small': cifar10_stylegan2.apply_small,
+                                          'small_limited': _limited},
+                        'cifar10_stylegan2_d2dce_ada')
