@@ -50,7 +50,9 @@ def base(cond_method: str, d_updates: int):
 def apply_small(config):
   """CPU size: 32 channels at every resolution, z = w = embed = 64, batch 32, 200 steps."""
   cifar10_reacgan.apply_small(config)  # batch 32, logging, smoke-FID sizes, offline npz
-  m = config.model
+  m, defaults = config.model, default.get_config().model
+  for key in ('g_conv_dim', 'd_conv_dim', 'shared_dim'):  # BigGAN's widths, unread here
+    m[key] = defaults[key]
   m.z_dim = m.embed_dim = 64
   m.stylegan2.w_dim = 64
   m.stylegan2.channel_max = 32

@@ -32,9 +32,10 @@ def generator_variables(state, use_ema=True):
   return state.g.params, state.g.collections
 
 
-def _apply_g(adapter, params, collections, z, y, *, train):
-  # train (bn_eval='batch'): batch statistics, running averages untouched.
-  return adapter.apply_g(params, collections, z, y, train=train, update=False)[0]
+def _apply_g(adapter, params, collections, z, y, key, *, train):
+  # train (bn_eval='batch'): batch statistics, running averages untouched. key: G's own
+  # randomness (StyleGAN2's noise inputs; None for the other generators).
+  return adapter.apply_g(params, collections, z, y, train=train, update=False, key=key)[0]
 
 
 def _batch_statistics(adapter, params, collections, z, y):
@@ -106,12 +107,20 @@ class Sampler:
       collections = standing_statistics(config, self.adapter, params, collections, rng,
                                         config.eval.batch_size)
     mesh = self.mesh
+    # A G with randomness of its own (StyleGAN2's per-pixel noise, random at evaluation as in
+    # StudioGAN) gets a fresh key per call: fold_in(seed key, call number), deterministic for a
+    # given sequence of calls.
+    base = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
+    calls = [0]
 
     def sample_fn(z, y):
       if mesh is not None and z.shape[0] % mesh.devices.size == 0 and jax.process_count() == 1:
         sh = parallel.batch_sharding(mesh, 0)
         z, y = jax.device_put(z, sh), jax.device_put(y, sh)
-      return self._apply(params, collections, z, y)
+      key = None
+      if self.adapter.g_needs_key:
+        key, calls[0] = jax.random.fold_in(base, calls[0]), calls[0] + 1
+      return self._apply(params, collections, z, y, key)
 
     return sample_fn
 

@@ -58,7 +58,8 @@ def build(config):
       img_resolution=size, mapping_layers=s.mapping_layers,
       mapping_lr_multiplier=s.mapping_lr_multiplier, w_avg_beta=s.w_avg_beta,
       channel_base=s.channel_base, channel_max=s.channel_max, architecture=s.g_architecture,
-      conv_clamp=s.conv_clamp, style_mixing_prob=s.style_mixing_prob, noise_mode=s.noise_mode)
+      conv_clamp=s.conv_clamp, style_mixing_prob=s.style_mixing_prob, noise_mode=s.noise_mode,
+      eval_truncation_psi=s.truncation_psi, eval_truncation_cutoff=s.truncation_cutoff)
   d = stylegan2_d.Discriminator(
       img_resolution=size, num_classes=classes, cond_method=cond,
       architecture=s.d_architecture, channel_base=s.channel_base, channel_max=s.channel_max,

@@ -231,6 +231,10 @@ class Generator(nn.Module):
   conv_clamp: float | None = None
   style_mixing_prob: float = 0.0
   noise_mode: str = 'random'  # default for __call__/synthesize (config noise_mode)
+  # Truncation of eval-mode forwards (train=False) that pass none: the sampler's
+  # (config truncation_psi / truncation_cutoff; training always runs at psi = 1).
+  eval_truncation_psi: float = 1.0
+  eval_truncation_cutoff: int | None = None
 
   # What the trainer's adapter reads (adapter.ModelAdapter): the rng streams G draws from; in
   # which update G's state moves (StudioGAN generates the D step's fakes with
@@ -269,12 +273,16 @@ class Generator(nn.Module):
     take2 = jnp.arange(ws.shape[1])[None, :, None] >= cutoff
     return jnp.where(take2, ws2, ws)
 
-  def __call__(self, z, y, train=False, truncation_psi=1.0, truncation_cutoff=None,
+  def __call__(self, z, y, train=False, truncation_psi=None, truncation_cutoff=None,
                noise_mode=None, update_w_avg=False, style_mixing_prob=None, return_ws=False):
     """Images [N, S, S, C]; (images, ws) with return_ws. Style mixing only when train.
     noise_mode / style_mixing_prob None = the module's (config) values. Truncation is a
     sampling-time argument (StudioGAN trains with psi = 1; config truncation_psi/cutoff are
-    for the sampler to pass here)."""
+    for the sampler to pass here); psi None = 1 in train mode, the module's eval_truncation_*
+    in eval mode."""
+    if truncation_psi is None:
+      truncation_psi, truncation_cutoff = ((1.0, None) if train else
+                                           (self.eval_truncation_psi, self.eval_truncation_cutoff))
     ws = self.mapping(z, y, truncation_psi, truncation_cutoff, update_w_avg)
     prob = self.style_mixing_prob if style_mixing_prob is None else style_mixing_prob
     if train and prob > 0:
