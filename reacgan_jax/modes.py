@@ -105,7 +105,8 @@ def _evaluate_checkpoints(config, workdir, all_checkpoints):
 
 
 def sample_checkpoint(config, workdir, num_samples=None):
-  """--mode=sample: grid, latent interpolation and an npz of samples from the newest checkpoint.
+  """--mode=sample: grid, latent interpolation (and StyleGAN2's in w space) and an npz of samples
+  from the newest checkpoint.
 
   Returns:
     dict name -> path (under workdir/samples/final_<step>/).
@@ -114,7 +115,8 @@ def sample_checkpoint(config, workdir, num_samples=None):
   adapter = adapter_lib.build(config, mesh)
   with workdir_lock.WorkdirLock(workdir, 'sample'):
     state, at = load_state(config, workdir, mesh, adapter)
-  sample_fn = sampling.Sampler(config, adapter, mesh).sample_fn(state)
+  sampler = sampling.Sampler(config, adapter, mesh)
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
-  return sampling.write_samples(config, sample_fn, os.path.join(workdir, 'samples', f'final_{at}'),
-                                rng, num_samples)
+  return sampling.write_samples(config, sampler.sample_fn(state),
+                                os.path.join(workdir, 'samples', f'final_{at}'), rng, num_samples,
+                                w_interpolation=sampler.w_interpolation_fn(state))

@@ -124,6 +124,28 @@ class Sampler:
 
     return sample_fn
 
+  def w_interpolation_fn(self, state, *, use_ema=True):
+    """For a G with a mapping / synthesis split (StyleGAN2), `fn(z0, z1, y, num_steps) ->
+    images [R * num_steps, H, W, 3]`: per row r, the (truncated) ws of z0[r] and z1[r] for
+    class y[r], linearly interpolated in w space and synthesised; None for other generators."""
+    a = self.adapter
+    if not hasattr(a.generator, 'synthesize'):
+      return None
+    params, cols = generator_variables(state, use_ema)
+    s = self.config.model.stylegan2
+    key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 4)
+
+    @functools.partial(jax.jit, static_argnums=3)
+    def fn(z0, z1, y, num_steps):
+      mapping = lambda z: a.apply_g_method(params, cols, 'mapping', z, y, s.truncation_psi,  # noqa: E731
+                                           s.truncation_cutoff)
+      w0, w1 = mapping(z0)[:, None], mapping(z1)[:, None]
+      t = jnp.linspace(0.0, 1.0, num_steps)[None, :, None, None]
+      ws = ((1 - t) * w0 + t * w1).reshape((-1,) + w0.shape[2:])
+      return a.apply_g_method(params, cols, 'synthesize', ws, key=key)
+
+    return fn
+
 
 def make_sample_fn(config, adapter, state, *, use_ema=True, mesh=None, rng=None):
   """One-off `Sampler(config, adapter, mesh).sample_fn(state, ...)`."""
@@ -202,8 +224,9 @@ def generate(sample_fn, config, rng, num_samples, batch_size):
   return np.concatenate(images), np.concatenate(labels)
 
 
-def write_samples(config, sample_fn, outdir, rng, num_samples=None):
-  """--mode=sample: a class grid, a latent-interpolation strip and an npz of samples.
+def write_samples(config, sample_fn, outdir, rng, num_samples=None, w_interpolation=None):
+  """--mode=sample: a class grid, a latent-interpolation strip and an npz of samples; with
+  `w_interpolation` (Sampler.w_interpolation_fn, StyleGAN2) also a strip interpolated in w space.
 
   Returns:
     dict name -> path of what was written.
@@ -219,6 +242,11 @@ def write_samples(config, sample_fn, outdir, rng, num_samples=None):
   z, y = interpolation_latents(config, k_interp, steps)
   strip = make_grid(parallel.to_host(sample_fn(z, y)), len(grid_classes(config)), steps)
   out['interpolation'] = save_png(strip, os.path.join(outdir, 'interpolation.png'))
+  if w_interpolation is not None:
+    z0, z1 = z.reshape(-1, steps, z.shape[-1])[:, 0], z.reshape(-1, steps, z.shape[-1])[:, -1]
+    strip = make_grid(parallel.to_host(w_interpolation(z0, z1, y[::steps], steps)),
+                      len(grid_classes(config)), steps)
+    out['interpolation_w'] = save_png(strip, os.path.join(outdir, 'interpolation_w.png'))
   images, labels = generate(sample_fn, config, k_dump, num_samples, config.eval.batch_size)
   out['npz'] = os.path.join(outdir, 'samples.npz')
   np.savez_compressed(out['npz'], images=images, labels=labels)

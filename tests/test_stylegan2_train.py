@@ -21,6 +21,7 @@ from configs import (
   cifar10_stylegan2_d2dce,
   cifar10_stylegan2_d2dce_ada,
   cifar10_stylegan2_d2dce_diffaug,
+  tiny,
   tiny_stylegan2,
 )
 from reacgan_jax import (
@@ -280,3 +281,37 @@ def test_killed_and_resumed_stylegan2_run_is_bit_identical(npz, tmp_path):
   assert step_a == step_b == 12
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+def test_w_interpolation_runs_between_the_endpoints_ws(tiny_run):
+  config, model, states, _ = tiny_run
+  s = jax.tree.map(jnp.asarray, states[3])
+  trunc = config.copy_and_resolve_references()
+  trunc.model.stylegan2.noise_mode = 'const'  # the same noise for every image
+  sampler = sampling.Sampler(trunc, adapter.build(trunc))
+  fn = sampler.w_interpolation_fn(s)
+  z0, z1 = jax.random.normal(jax.random.PRNGKey(1), (2, 2, 8))
+  y = jnp.array([0, 3])
+  strip = np.asarray(fn(z0, z1, y, 4)).reshape(2, 4, 32, 32, 3)
+  # The ends are the endpoints' images (eval mode, psi 1, constant noise).
+  sample = sampler.sample_fn(s)
+  np.testing.assert_allclose(strip[:, 0], sample(z0, y), atol=1e-5)
+  np.testing.assert_allclose(strip[:, -1], sample(z1, y), atol=1e-5)
+  assert np.any(np.abs(strip[:, 1] - strip[:, 0]) > 1e-4)  # and the middle moves
+  biggan = tiny.get_config()
+  assert sampling.Sampler(biggan, adapter.build(biggan)).w_interpolation_fn(s) is None
+
+
+@pytest.mark.parametrize('module', [cifar10_stylegan2, cifar10_stylegan2_d2dce,
+                                    cifar10_stylegan2_d2dce_diffaug, cifar10_stylegan2_d2dce_ada])
+def test_small_variants_keep_the_recipe_at_cpu_size(module):
+  full, small = module.get_config(), module.get_config('small')
+  for key in ('model.backbone', 'model.cond_method', 'loss.adv', 'loss.d_terms',
+              'loss.r1_interval', 'loss.r1_place', 'train.d_first', 'train.augment',
+              'optim.g_lr', 'optim.beta2', 'optim.g_lazy_interval', 'optim.d_lazy_interval'):
+    section, name = key.split('.')
+    assert small[section][name] == full[section][name], key
+  assert small.model.stylegan2.channel_max < full.model.stylegan2.channel_max
+  assert small.train.batch_size < full.train.batch_size and small.train.steps == 200
+  with pytest.raises(ValueError, match='unknown variant'):
+    module.get_config('huge')
