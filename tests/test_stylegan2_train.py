@@ -250,7 +250,11 @@ def _cli(workdir, npz, steps, wait=True):
          f'--config.data.npz_path={npz}', '--config.data.npz_layout=nhwc',
          f'--config.train.steps={steps}', '--config.train.eval_every=-1',
          '--config.train.checkpoint_every=4', '--config.train.sample_every=0',
-         '--config.train.log_every=4']
+         '--config.train.log_every=4',
+         # StyleGAN2 + D2D-CE + ADA (the FID 2.33 recipe) with R1 through ADA's pipeline; p
+         # starts at 0.2 and moves every 2 steps (kimg 1: by 8 * 2 / 1000 per adjustment).
+         '--config.train.augment=ada', '--config.ada.apply_ada=True', '--config.ada.initial_p=0.2',
+         '--config.ada.kimg=1', '--config.ada.interval=2']
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
   if wait:
@@ -260,14 +264,15 @@ def _cli(workdir, npz, steps, wait=True):
 
 
 def _final(workdir, npz):
-  config = _tiny(npz, **{'train.steps': 12})
+  config = _tiny(npz, **{'train.steps': 12, 'train.augment': 'ada', 'ada.apply_ada': True,
+                         'ada.initial_p': 0.2, 'ada.kimg': 1, 'ada.interval': 2})
   mesh = parallel.create_mesh(jax.devices()[:2])
   s, at = modes.load_state(config, workdir, mesh, adapter.build(config, mesh))
   return parallel.to_host(s), at
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_stylegan2_run_is_bit_identical(npz, tmp_path):
+def test_killed_and_resumed_stylegan2_ada_run_is_bit_identical(npz, tmp_path):
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   _cli(straight, npz, 12)
   proc = _cli(resumed, npz, 12, wait=False)
@@ -279,6 +284,7 @@ def test_killed_and_resumed_stylegan2_run_is_bit_identical(npz, tmp_path):
   _cli(resumed, npz, 12)
   (a, step_a), (b, step_b) = _final(straight, npz), _final(resumed, npz)
   assert step_a == step_b == 12
+  assert 0.0 <= float(a.extra['augment'].p) <= 1.0  # ADA's state is in the checkpoint
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(x, y)
 
