@@ -158,7 +158,9 @@ class Augmentation:
   each D update it calls `observe` with D's outputs on the reals it saw (heads.DOutput: `.adv`
   is the logit ADA's r_t reads) and the step index, and once per train step
   `step_end(state, step)`. `init_state()` is the state a new run starts from (None: stateless,
-  nothing is stored). Subclasses override what they use.
+  nothing is stored). Logged scalars: `real_metrics(out_real)` after each D update (averaged over
+  the step's D updates, like d_acc_real) and `state_metrics(state)` on the state the step ends
+  with. Subclasses override what they use.
   """
 
   def init_state(self):
@@ -179,6 +181,14 @@ class Augmentation:
   def step_end(self, state, step):
     del step
     return state
+
+  def real_metrics(self, out_real):
+    del out_real
+    return {}
+
+  def state_metrics(self, state):
+    del state
+    return {}
 
 
 class DiffAugment(Augmentation):
@@ -215,6 +225,17 @@ class Ada(Augmentation):
 
   def observe(self, state, out_real, step):
     return self._update(state, out_real.adv, step)
+
+  def _on(self):
+    return self.c.apply_ada or self.c.apply_apa
+
+  def real_metrics(self, out_real):
+    # ada_rt: mean sign(D(real)) of this D update's global batch, the quantity r_t averages
+    # (StudioGAN logs it as dis_sign_real); the log's mean over a window is r_t over that window.
+    return {'ada_rt': jnp.mean(jnp.sign(out_real.adv))} if self._on() else {}
+
+  def state_metrics(self, state):
+    return {'ada_p': state.p} if self._on() else {}  # p at the end of the step (checkpointed)
 
 
 # name -> builder(config) -> Augmentation, chosen by config.train.augment ('' = DiffAugment when

@@ -167,7 +167,7 @@ class StepBuilder:
     metrics = {f'd_{t.name}': v / t.weight if t.weight else v
                for t, v in zip(every, values, strict=True)}
     metrics = dict(d_loss=_sum(values), **metrics, d_acc_real=aux['acc_real'],
-                   d_acc_fake=aux['acc_fake'])
+                   d_acc_fake=aux['acc_fake'], **aug.real_metrics(aux['out_r']))
     if pert is not None:
       # A second pullback of the cond term only; XLA prunes the unused parameter cotangents,
       # leaving the head's backward to h.
@@ -362,6 +362,7 @@ def make_train_step(config, adapter):
     extra = dict(carry.extra)
     if carry.aug is not None:
       extra[AUG] = b.aug.step_end(carry.aug, state.step)
+      g_metrics = dict(g_metrics, **b.aug.state_metrics(extra[AUG]))
     new_state = state.replace(step=state.step + 1,
                               g=g.replace(sn=carry.g_sn, collections=carry.g_cols), d=carry.d,
                               ema=ema, extra=extra)

@@ -5,6 +5,7 @@ configs/tiny_stylegan2.py is the toy model (channels 2-8, batch 8); each compile
 ~1 min on the loaded 2-core test machine, so the default-suite tests share one.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -285,6 +286,10 @@ def test_killed_and_resumed_stylegan2_ada_run_is_bit_identical(npz, tmp_path):
   (a, step_a), (b, step_b) = _final(straight, npz), _final(resumed, npz)
   assert step_a == step_b == 12
   assert 0.0 <= float(a.extra['augment'].p) <= 1.0  # ADA's state is in the checkpoint
+  with open(os.path.join(straight, 'metrics.jsonl')) as f:
+    logged = [json.loads(line) for line in f if line.strip()]
+  trained = [r for r in logged if 'd_loss' in r]
+  assert trained and all(0 <= r['ada_p'] <= 1 and abs(r['ada_rt']) <= 1 for r in trained)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(x, y)
 
