@@ -1,6 +1,7 @@
 """Issue 18 item 1-2: which XLA:CPU path runs the CIFAR convolutions fastest, per op shape.
 
-  .venv/bin/python benchmarks/xla_cpu_paths.py                       # every variant (~8 min idle)
+  .venv/bin/python benchmarks/xla_cpu_paths.py                # 6 variants, 2 ops (~10 min idle)
+  .venv/bin/python benchmarks/xla_cpu_paths.py --variants all --ops all
   .venv/bin/python benchmarks/xla_cpu_paths.py --variants default,eigen_conv --ops g384_32
   .venv/bin/python benchmarks/xla_cpu_paths.py --list                # variants and ops
 
@@ -173,7 +174,6 @@ def child(args):
   if len(cpus) > args.threads:
     os.sched_setaffinity(0, cpus[:args.threads])
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  res = {}
   for op in args.ops:
     _, b, s, c, o, k = OPS[op]
     calls = {**_jax_calls(b, s, c, o, k), **_torch_calls(b, s, c, o, k, args.threads)}
@@ -184,9 +184,8 @@ def child(args):
       for key, fn in calls.items():
         times[key].append(_median_s(fn, 1))
     flop = 2 * b * s * s * k * k * c * o
-    res[op] = {f'{impl}|{ps}': flop / statistics.median(t) / 1e9
-               for (impl, ps), t in times.items()}
-  print('RESULT ' + json.dumps(res), flush=True)
+    res = {f'{impl}|{ps}': flop / statistics.median(t) / 1e9 for (impl, ps), t in times.items()}
+    print('RESULT ' + json.dumps({op: res}), flush=True)  # per op: a killed child keeps some
 
 
 def _print(variant, flags, res, load):
@@ -205,16 +204,17 @@ def _print(variant, flags, res, load):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--variants', default=','.join(VARIANTS))
-  p.add_argument('--ops', default=','.join(OPS))
+  p.add_argument('--variants', default='default,eigen_conv,no_xnnpack,onednn,onednn_dot,onednn_cc')
+  p.add_argument('--ops', default='g384_32,d192_32')
   p.add_argument('--repeats', type=int, default=2)
   p.add_argument('--threads', type=int, default=2)
   p.add_argument('--json', default='', help='also write every figure to this JSON file')
   p.add_argument('--list', action='store_true')
   p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  args.ops = [s for s in args.ops.split(',') if s]
-  variants = [s for s in args.variants.split(',') if s]
+  args.ops = list(OPS) if args.ops == 'all' else [s for s in args.ops.split(',') if s]
+  variants = list(VARIANTS) if args.variants == 'all' else [
+      s for s in args.variants.split(',') if s]
   bad = [s for s in args.ops if s not in OPS] + [s for s in variants if s not in VARIANTS]
   if bad:
     p.error(f'unknown --ops/--variants {bad}; see --list')
@@ -246,8 +246,11 @@ def main(argv=None):
       err = (r.stderr.strip().splitlines() or ['no output'])[-1]
       print(f'\n[{v}] XLA_FLAGS={VARIANTS[v]!r}: failed (rc {r.returncode}): {err[:300]}')
       everything['variants'][v] = dict(flags=VARIANTS[v], error=err)
-      continue
-    res = json.loads(lines[-1][len('RESULT '):])
+      if not lines:
+        continue
+    res = {}
+    for ln in lines:
+      res.update(json.loads(ln[len('RESULT '):]))
     _print(v, VARIANTS[v], res, (load0, load1))
     everything['variants'][v] = dict(flags=VARIANTS[v], load=(load0, load1), gflops=res)
     sys.stdout.flush()
