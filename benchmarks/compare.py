@@ -195,6 +195,7 @@ def jax_gan_calls(config_name, batch, seed=0, dtype='float32'):
   from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
 
   config = _load_config(config_name, batch, dtype)
+  batch = config.train.batch_size  # batch None: the config's own
   mesh = parallel.create_mesh()
   model = adapter.build(config, mesh)
   st0 = state.init_state(config, model, mesh)
