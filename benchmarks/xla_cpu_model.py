@@ -8,9 +8,10 @@ benchmarks/xla_cpu_paths.py times single convolutions; this times what the train
 update, one G update and one G forward of --config (default cifar10_reacgan:small, its own
 batch 32; benchmarks/compare.py's jitted calls) for each --dtypes (config.model.dtype) under
 each XLA_FLAGS variant (names of xla_cpu_paths.VARIANTS; one subprocess each, since XLA reads
-its flags when the backend starts). Processes cannot interleave, so the variants run in turn,
---rounds times (A B A B ...), each child timing its dtypes interleaved; a figure is the median
-over all its timed calls, printed with the load average (1 min) around each child.
+its flags when the backend starts), --rounds times, the variants' children running at once
+(they share the CPUs and the load alike; --sequential: one at a time), each child timing its
+dtypes interleaved; a figure is the median over all its timed calls, printed with the load
+average (1 min) around each child.
 
 Same results: the first call of every build starts from the same state, batch and key, so its
 D loss, G loss and G-forward images are compared with the default variant's float32 build
@@ -48,8 +49,8 @@ def child(args):
   calls = {}
   for dt in args.dtypes:
     calls[dt], info = compare.jax_gan_calls(args.config, args.batch, dtype=dt)
-    first = {k: np.asarray(fn()) for k, fn in calls[dt].items()}  # same state and key per build
-    np.savez(os.path.join(args.out, f'{dt}.npz'), images=first['g_forward'])
+    first = {k: fn() for k, fn in calls[dt].items()}  # same state and key in every build
+    np.savez(os.path.join(args.out, f'{dt}.npz'), images=np.asarray(first['g_forward'], np.float32))
     out[dt] = dict(compile_s=info['compile_s'], times={k: [] for k in FIGURES},
                    d_loss=float(first['d_update']['d_loss']),
                    g_loss=float(first['g_update']['g_loss']))
@@ -62,19 +63,22 @@ def child(args):
   print('RESULT ' + json.dumps(out), flush=True)
 
 
-def _run_child(variant, args, out_dir):
+def _start_child(variant, args, out_dir):
   cmd = [sys.executable, os.path.abspath(__file__), '--child', '--config', args.config,
          '--dtypes', ','.join(args.dtypes), '--repeats', str(args.repeats),
          '--threads', str(args.threads), '--out', out_dir]
   if args.batch:
     cmd += ['--batch', str(args.batch)]
-  load0 = os.getloadavg()[0]
-  r = subprocess.run(cmd, env={**os.environ, 'XLA_FLAGS': VARIANTS[variant]},
-                     capture_output=True, text=True, check=False)
-  lines = [ln for ln in r.stdout.splitlines() if ln.startswith('RESULT ')]
-  if r.returncode or not lines:
-    err = (r.stderr.strip().splitlines() or ['no output'])[-1]
-    return None, f'rc {r.returncode}: {err[:300]}', (load0, os.getloadavg()[0])
+  return subprocess.Popen(cmd, env={**os.environ, 'XLA_FLAGS': VARIANTS[variant]},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish_child(proc, load0):
+  stdout, stderr = proc.communicate()
+  lines = [ln for ln in stdout.splitlines() if ln.startswith('RESULT ')]
+  if proc.returncode or not lines:
+    err = (stderr.strip().splitlines() or ['no output'])[-1]
+    return None, f'rc {proc.returncode}: {err[:300]}', (load0, os.getloadavg()[0])
   return json.loads(lines[-1][7:]), '', (load0, os.getloadavg()[0])
 
 
@@ -88,6 +92,8 @@ def main(argv=None):
   p.add_argument('--repeats', type=int, default=3, help='timed calls per child and figure')
   p.add_argument('--threads', type=int, default=2)
   p.add_argument('--json', default='')
+  p.add_argument('--sequential', action='store_true',
+                 help='one child at a time (default: all variants at once, sharing the load)')
   p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   p.add_argument('--out', default='', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -107,10 +113,17 @@ def main(argv=None):
   loads, errors = {v: [] for v in variants}, {}
   with tempfile.TemporaryDirectory() as tmp:
     for rnd in range(args.rounds):
-      for v in variants:
+      procs, load0 = {}, os.getloadavg()[0]
+      for v in variants:  # all at once: the same load on every variant (--sequential: in turn)
         out_dir = os.path.join(tmp, v)
         os.makedirs(out_dir, exist_ok=True)
-        r, err, load = _run_child(v, args, out_dir)
+        procs[v] = _start_child(v, args, out_dir)
+        if args.sequential:
+          procs[v] = _finish_child(procs[v], load0)
+          load0 = os.getloadavg()[0]
+      for v in variants:
+        out_dir = os.path.join(tmp, v)
+        r, err, load = procs[v] if args.sequential else _finish_child(procs[v], load0)
         loads[v].append(load)
         if r is None:
           errors[v] = err
