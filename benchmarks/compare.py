@@ -1,9 +1,10 @@
-"""Issue 9 side by side: our JAX figures, the torch comparison figures and their ratio, one run.
+"""Issues 9 and 18 side by side: our JAX figures, torch float32 and bf16, and their ratios, one run.
 
   .venv/bin/python benchmarks/compare.py                          # everything (~15 min, 2 cores)
   .venv/bin/python benchmarks/compare.py --parts reacgan,sngan --repeats 3
   .venv/bin/python benchmarks/compare.py --parts inception --inception-batches 50
   .venv/bin/python benchmarks/compare.py --parts compile --compile-steps 3 --json out.json
+  .venv/bin/python benchmarks/compare.py --parts reacgan --no-bf16     # float32 sides only
 
 Parts (``--parts``, comma separated; default all):
   reacgan, sngan  CIFAR-10 ReACGAN (configs/cifar10_reacgan.py) and SNGAN
@@ -33,7 +34,15 @@ What one figure covers on each side (the same work):
   G forward  ours: one jitted call of z/y sampling + G's spectral norm + train-mode G forward
              (running BN stats updated); torch: torch_reference g_forward (no autograd).
              img/s = batch / time.
-Both sides run on fixed random data (the input pipeline is not timed), after one warm-up
+bf16 sides (issue 18; --no-bf16 drops them): ours with config.model.dtype = 'bfloat16' (bf16
+compute, float32 params / optimiser / losses, as the trainer runs it) and torch under
+torch.autocast('cpu', dtype=torch.bfloat16) with G, D and the real batch channels-last; for
+Inception, the same TorchScript network under autocast on a channels-last input (skipped with
+its error if autocast does not run it). Ratios: ours float32 / torch float32, and our best
+path (float32 or bf16) / torch bf16. The machine line names the CPU and its AMX / AVX512-BF16
+flags: torch bf16 is fast where oneDNN finds AMX or AVX512-BF16 instructions.
+
+All sides run on fixed random data (the input pipeline is not timed), after one warm-up
 call each (not timed; ours is compiled ahead of time, compile time printed apart).
 
 Timing on a shared machine: JAX and torch calls alternate (jax, torch, jax, torch, ... per
@@ -62,6 +71,8 @@ sys.path.insert(0, _ROOT)
 ALL_PARTS = ('reacgan', 'sngan', 'inception', 'compile')
 CONFIGS = {'reacgan': 'cifar10_reacgan', 'sngan': 'cifar10_sngan_pd'}
 TARGET_SPEEDUP = 1.5  # issue 9: D update, G update, G forward each >= 1.5x torch
+# issue 18: float32 >= 1x torch float32, our best path >= 1x torch bf16, Inception >= 2x TorchScript
+TARGET_F32, TARGET_BEST, TARGET_INCEPTION = 1.0, 1.0, 2.0
 COMPILE_TARGET_S = 60.0
 
 
@@ -79,6 +90,8 @@ def _parse_args(argv=None):
   p.add_argument('--compile-steps', type=int, default=3,
                  help='train-step calls after the first one, counting recompilations')
   p.add_argument('--json', default='', help='also write every figure to this JSON file')
+  p.add_argument('--no-bf16', action='store_true',
+                 help='time only the float32 sides (ours and torch), as before issue 18')
   args = p.parse_args(argv)
   parts = [s.strip() for s in args.parts.split(',') if s.strip()]
   bad = [s for s in parts if s not in ALL_PARTS]
@@ -94,6 +107,17 @@ def _pin(threads):
   if len(cpus) > threads:
     os.sched_setaffinity(0, cpus[:threads])
   return sorted(os.sched_getaffinity(0))
+
+
+def _cpu_flags():
+  """-> the /proc/cpuinfo flags that decide the bf16 paths (AVX-512, AVX512-BF16, AMX)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      flags = next((ln.split(':', 1)[1].split() for ln in f if ln.startswith('flags')), [])
+  except OSError:
+    flags = []
+  wanted = ('avx512f', 'avx512_bf16', 'avx512_vnni', 'amx_tile', 'amx_bf16')
+  return [f for f in wanted if f in flags]
 
 
 def _cpu_model():
@@ -122,17 +146,20 @@ def _timed(fn):
 
 
 def _interleave(pairs, repeats):
-  """Alternates jax and torch calls. pairs: {name: (jax_fn, torch_fn)} -> {name: {side: times}}.
+  """Alternates the sides' calls. pairs: {name: {side: fn}} (or {name: (jax_fn, torch_fn)},
+  sides 'jax' and 'torch') -> {name: {side: times}}.
 
-  One warm-up call of each first (not timed); then per repeat, per figure: jax, torch.
+  One warm-up call of each first (not timed); then per repeat, per figure: each side in turn.
   """
-  for jax_fn, torch_fn in pairs.values():
-    jax_fn()
-    torch_fn()
-  out = {name: {'jax': ([], []), 'torch': ([], [])} for name in pairs}
+  pairs = {name: sides if isinstance(sides, dict)
+           else dict(zip(('jax', 'torch'), sides, strict=True)) for name, sides in pairs.items()}
+  for sides in pairs.values():
+    for fn in sides.values():
+      fn()
+  out = {name: {side: ([], []) for side in sides} for name, sides in pairs.items()}
   for _ in range(repeats):
-    for name, (jax_fn, torch_fn) in pairs.items():
-      for side, fn in (('jax', jax_fn), ('torch', torch_fn)):
+    for name, sides in pairs.items():
+      for side, fn in sides.items():
         wall, cpu = _timed(fn)
         out[name][side][0].append(wall)
         out[name][side][1].append(cpu)
@@ -145,23 +172,30 @@ def _interleave(pairs, repeats):
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_config(name, batch):
+def _load_config(name, batch, dtype='float32'):
   import importlib  # noqa: PLC0415
 
-  config = importlib.import_module(f'configs.{name}').get_config()
-  config.train.batch_size = batch
+  name, _, variant = name.partition(':')  # 'cifar10_reacgan:small' as on the CLI
+  module = importlib.import_module(f'configs.{name}')
+  config = module.get_config(variant) if variant else module.get_config()
+  config.train.batch_size = batch or config.train.batch_size
+  config.model.dtype = dtype
   return config
 
 
-def jax_gan_calls(config_name, batch, seed=0):
-  """-> ({'d_update', 'g_update', 'g_forward'}: zero-arg blocking callables, compile seconds)."""
+def jax_gan_calls(config_name, batch, seed=0, dtype='float32'):
+  """-> ({'d_update', 'g_update', 'g_forward'}: zero-arg blocking callables, compile seconds).
+
+  dtype: config.model.dtype (the compute dtype; params and optimiser stay float32).
+  """
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
   from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
 
-  config = _load_config(config_name, batch)
+  config = _load_config(config_name, batch, dtype)
+  batch = config.train.batch_size  # batch None: the config's own
   mesh = parallel.create_mesh()
   model = adapter.build(config, mesh)
   st0 = state.init_state(config, model, mesh)
@@ -201,16 +235,18 @@ def jax_gan_calls(config_name, batch, seed=0):
   f_jit = jax.jit(f_fn).lower(st0.g, key0).compile()
   compile_s['g_forward'] = time.perf_counter() - t
 
+  # Each call returns its metrics (images for g_forward): the first call of every build sees
+  # the same state and key, so builds can be compared (benchmarks/xla_cpu_model.py).
   def d_update():
     st['d'], metrics = d_jit(st['d'], st0.g, real, labels, next(keys))
-    jax.block_until_ready((st['d'], metrics))
+    return jax.block_until_ready((st['d'], metrics))[1]
 
   def g_update():
     st['g'], _, metrics = g_jit(st['g'], st0.d, next(keys))
-    jax.block_until_ready((st['g'], metrics))
+    return jax.block_until_ready((st['g'], metrics))[1]
 
   def g_forward():
-    jax.block_until_ready(f_jit(st0.g, next(keys)))
+    return jax.block_until_ready(f_jit(st0.g, next(keys)))[0]
 
   n_params = lambda t: sum(x.size for x in jax.tree.leaves(t))  # noqa: E731
   info = dict(compile_s=compile_s, g_params=int(n_params(st0.g.params)),
@@ -218,21 +254,44 @@ def jax_gan_calls(config_name, batch, seed=0):
   return dict(d_update=d_update, g_update=g_update, g_forward=g_forward), info
 
 
-def torch_gan_calls(model, batch, seed=0):
+def _autocast_bf16(fn):
+  import torch  # noqa: PLC0415
+
+  def run():
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+      return fn()
+  return run
+
+
+def torch_gan_calls(model, batch, seed=0, bf16=False):
+  """-> the torch_reference calls; bf16: channels-last G, D and batch, under bf16 autocast."""
   import torch  # noqa: PLC0415
   import torch_reference as tr  # noqa: PLC0415
 
   torch.manual_seed(seed)
   G, D, cfg = tr.build(model)
-  d_update, g_update, g_forward = tr.make_steps(G, D, cfg, batch, seed)
+  fmt = torch.contiguous_format
+  if bf16:
+    fmt = torch.channels_last
+    G, D = G.to(memory_format=fmt), D.to(memory_format=fmt)
+  calls = dict(zip(('d_update', 'g_update', 'g_forward'),
+                   tr.make_steps(G, D, cfg, batch, seed, memory_format=fmt), strict=True))
+  if bf16:
+    calls = {k: _autocast_bf16(fn) for k, fn in calls.items()}
   info = dict(g_params=tr.count(G)[0], d_params=tr.count(D)[0])
-  return dict(d_update=d_update, g_update=g_update, g_forward=g_forward), info
+  return calls, info
 
 
 def bench_gan(model, args):
   jax_calls, jax_info = jax_gan_calls(CONFIGS[model], args.batch)
   torch_calls, torch_info = torch_gan_calls(model, args.batch)
-  pairs = {k: (jax_calls[k], torch_calls[k]) for k in ('d_update', 'g_update', 'g_forward')}
+  sides = {'jax': jax_calls, 'torch': torch_calls}
+  if not args.no_bf16:
+    sides['jax_bf16'], bf16_info = jax_gan_calls(CONFIGS[model], args.batch, dtype='bfloat16')
+    jax_info['compile_s_bf16'] = bf16_info['compile_s']
+    sides['torch_bf16'] = torch_gan_calls(model, args.batch, bf16=True)[0]
+  pairs = {k: {side: calls[k] for side, calls in sides.items()}
+           for k in ('d_update', 'g_update', 'g_forward')}
   times = _interleave(pairs, args.repeats)
   return dict(times=times, jax_info=jax_info, torch_info=torch_info)
 
@@ -259,6 +318,10 @@ def bench_inception(args):
   import torch  # noqa: PLC0415
 
   model = torch.jit.load(str(ts_path), map_location='cpu').eval()
+  model_cl = None
+  if not args.no_bf16:  # a second copy, channels-last, run under bf16 autocast
+    model_cl = torch.jit.load(str(ts_path), map_location='cpu').eval()
+    model_cl = model_cl.to(memory_format=torch.channels_last)
   rng = np.random.default_rng(0)
   result = dict(weights=what, torchscript=str(ts_path), batches={})
   for b in args.inception_batches:
@@ -268,17 +331,32 @@ def bench_inception(args):
     t = time.perf_counter()
     compiled = inception.extract.lower(params, x).compile()
     compile_s = time.perf_counter() - t
+    xt_cl = xt.contiguous(memory_format=torch.channels_last)
+
+    def jax_fn(compiled=compiled, x=x):
+      jax.block_until_ready(compiled(params, x))
+
+    def torch_fn(xt=xt):
+      model(xt)
+
+    def torch_bf16_fn(xt=xt_cl, m=model_cl):
+      with torch.autocast('cpu', dtype=torch.bfloat16):
+        m(xt)
+
+    sides = {'jax': jax_fn, 'torch': torch_fn}
     with torch.no_grad():
       for _ in range(2):  # TorchScript's profiling executor specialises on the first calls
         model(xt[:2])
-
-      def jax_fn(compiled=compiled, x=x):
-        jax.block_until_ready(compiled(params, x))
-
-      def torch_fn(xt=xt):
-        model(xt)
-
-      times = _interleave({'extract': (jax_fn, torch_fn)}, args.inception_repeats)['extract']
+      if model_cl is not None:
+        try:
+          for _ in range(2):
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+              model_cl(xt_cl[:2])
+          sides['torch_bf16'] = torch_bf16_fn
+        except RuntimeError as e:  # noqa: PERF203 (reported, not raised: the f32 sides still run)
+          result['bf16_skipped'] = f'TorchScript under bf16 autocast failed: {e}'[:300]
+          model_cl = None
+      times = _interleave({'extract': sides}, args.inception_repeats)['extract']
     result['batches'][b] = dict(times=times, compile_s=compile_s)
   return result
 
@@ -362,47 +440,79 @@ def _versions():
   return out
 
 
+_SIDES = (('jax', 'ours f32'), ('jax_bf16', 'ours bf16'), ('torch', 'torch f32'),
+          ('torch_bf16', 'torch bf16'))
+
+
+def _ratios(t, key, rate, n):
+  """-> ({side: wall figure}, {side: CPU/thread figure}, speedups); rate: img/s (higher wins)."""
+  present = [side for side, _ in _SIDES if side in t[key]]
+  if rate:
+    wall = {s: rate / t[key][s]['wall'] for s in present}
+    cpu = {s: rate * n / t[key][s]['cpu'] for s in present}
+    speed = lambda d, a, b: d[a] / d[b]  # noqa: E731
+  else:
+    wall = {s: t[key][s]['wall'] for s in present}
+    cpu = {s: t[key][s]['cpu'] / n for s in present}
+    speed = lambda d, a, b: d[b] / d[a]  # noqa: E731
+  out = {'f32': (speed(wall, 'jax', 'torch'), speed(cpu, 'jax', 'torch'))}
+  if 'torch_bf16' in present:
+    ours = [s for s in ('jax', 'jax_bf16') if s in present]
+    out['best'] = tuple(max(speed(d, s, 'torch_bf16') for s in ours) for d in (wall, cpu))
+  return wall, cpu, out
+
+
+def _print_table(rows, t, n, batch_of):
+  """rows: (key, label, rate?) -> one line per figure: each side's wall figure, then speedups
+  from wall and (in brackets) from CPU s per thread: ours f32 / torch f32, best / torch bf16."""
+  sides = [(s, name) for s, name in _SIDES if s in t[rows[0][0]]]
+  print('  ' + f'{"figure":18s}' + ''.join(f'{name:>11s}' for _, name in sides)
+        + f'  {"f32/t f32 (CPU)":>16s}' + (f'  {"best/t bf16 (CPU)":>18s}' if len(sides) > 2
+                                           else ''))
+  for key, label, rate in rows:
+    wall, _, sp = _ratios(t, key, batch_of(key) if rate else 0, n)
+    line = f'  {label:18s}' + ''.join(f'{wall[s]:11.2f}' for s, _ in sides)
+    line += f'  {sp["f32"][0]:6.2f}x ({sp["f32"][1]:.2f}x)'
+    flags = ['f32 ' + ('ok' if sp['f32'][0] >= TARGET_F32 else 'MISS')]
+    if 'best' in sp:
+      line += f'    {sp["best"][0]:6.2f}x ({sp["best"][1]:.2f}x)'
+      flags.append('best ' + ('ok' if sp['best'][0] >= TARGET_BEST else 'MISS'))
+    print(line + '  ' + ', '.join(flags))
+
+
 def _print_gan(model, res, args):
   import torch_reference as tr  # noqa: PLC0415
 
-  t, n = res['times'], args.threads
   ji, ti = res['jax_info'], res['torch_info']
+  compile_s = ', '.join(f'{k} {v:.1f}' for k, v in ji['compile_s'].items())
+  if 'compile_s_bf16' in ji:
+    compile_s += '; bf16: ' + ', '.join(f'{k} {v:.1f}' for k, v in ji['compile_s_bf16'].items())
   print(f'\n{model} (configs/{CONFIGS[model]}.py vs torch_reference {model!r}), batch '
         f'{args.batch}, median of {args.repeats}; G {ji["g_params"]:,} / D {ji["d_params"]:,} '
-        f'params (torch {ti["g_params"]:,} / {ti["d_params"]:,}); our compile s: '
-        + ', '.join(f'{k} {v:.1f}' for k, v in ji['compile_s'].items()))
-  print(f'  {"figure":18s} {"ours wall":>10s} {"torch wall":>11s} {"speedup":>8s}   '
-        f'{"ours CPU/thr":>12s} {"torch CPU/thr":>13s} {"speedup":>8s}   {"issue 9":>8s}')
+        f'params (torch {ti["g_params"]:,} / {ti["d_params"]:,}); our compile s: {compile_s}')
   ref = tr.ISSUE_FIGURES[model]
-  for key, label in (('d_update', 'D update s'), ('g_update', 'G update s'),
-                     ('g_forward', 'G forward img/s')):
-    j, tt = t[key]['jax'], t[key]['torch']
-    if key == 'g_forward':  # img/s: higher is better
-      jw, tw = args.batch / j['wall'], args.batch / tt['wall']
-      jc, tc = args.batch * n / j['cpu'], args.batch * n / tt['cpu']
-      sw, sc, issue = jw / tw, jc / tc, ref['g_forward_img_per_s']
-    else:
-      jw, tw, jc, tc = j['wall'], tt['wall'], j['cpu'] / n, tt['cpu'] / n
-      sw, sc, issue = tw / jw, tc / jc, ref[f'{key}_s']
-    flag = 'ok' if sw >= TARGET_SPEEDUP else 'MISS'
-    print(f'  {label:18s} {jw:10.2f} {tw:11.2f} {sw:7.2f}x   {jc:12.2f} {tc:13.2f} {sc:7.2f}x   '
-          f'{issue:8.2f}  {flag} (target {TARGET_SPEEDUP}x wall)')
+  print(f'  StudioGAN on issue 9\'s machine: D {ref["d_update_s"]} s, G {ref["g_update_s"]} s, '
+        f'G forward {ref["g_forward_img_per_s"]} img/s; targets (issue 18, wall): ours f32 >= '
+        f'{TARGET_F32}x torch f32, best >= {TARGET_BEST}x torch bf16 (issue 9: '
+        f'{TARGET_SPEEDUP}x torch f32)')
+  rows = (('d_update', 'D update s', False), ('g_update', 'G update s', False),
+          ('g_forward', 'G forward img/s', True))
+  _print_table(rows, res['times'], args.threads, lambda _: args.batch)
 
 
 def _print_inception(res, args):
   if 'skipped' in res:
     print(f'\ninception: skipped ({res["skipped"]})')
     return
-  print(f'\ninception features 299x299 ({res["weights"]}) vs TorchScript default_1.pt, median '
-        f'of {args.inception_repeats}')
-  print(f'  {"batch":>5s} {"ours img/s":>10s} {"torch img/s":>11s} {"ratio":>6s}   '
-        f'{"ours CPU s/img":>14s} {"torch CPU s/img":>15s} {"ratio":>6s}   {"our compile s":>13s}')
-  for b, r in res['batches'].items():
-    j, t = r['times']['jax'], r['times']['torch']
-    jw, tw, jc, tc = b / j['wall'], b / t['wall'], j['cpu'] / b, t['cpu'] / b
-    flag = 'ok' if jw >= tw else 'MISS'
-    print(f'  {b:5d} {jw:10.2f} {tw:11.2f} {jw / tw:5.2f}x   {jc:14.3f} {tc:15.3f} '
-          f'{tc / jc:5.2f}x   {r["compile_s"]:13.1f}  {flag} (target 1x wall)')
+  print(f'\ninception features 299x299 ({res["weights"]}) vs TorchScript default_1.pt (float32;'
+        f' bf16 = autocast, channels-last), median of {args.inception_repeats}, img/s; target '
+        f'(issue 18) ours >= {TARGET_INCEPTION}x TorchScript f32'
+        + (f'; {res["bf16_skipped"]}' if 'bf16_skipped' in res else ''))
+  times = {f'b{b}': r['times'] for b, r in res['batches'].items()}
+  rows = tuple((f'b{b}', f'batch {b}', True) for b in res['batches'])
+  _print_table(rows, times, args.threads, lambda key: int(key[1:]))
+  print('  our compile s: ' + ', '.join(f'batch {b} {r["compile_s"]:.1f}'
+                                        for b, r in res['batches'].items()))
 
 
 def _print_compile(res):
@@ -432,13 +542,14 @@ def main(argv=None):
              "pip install -e '.[torch]'")
   load0 = _load()
   versions = _versions()
-  print(f'machine: {_cpu_model()}, {os.cpu_count()} CPUs, process on CPUs {cpus}; '
-        f'load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} at the start')
+  print(f'machine: {_cpu_model()} (flags: {" ".join(_cpu_flags()) or "no AVX-512/AMX"}), '
+        f'{os.cpu_count()} CPUs, process on CPUs {cpus}; load average {load0[0]:.2f} '
+        f'{load0[1]:.2f} {load0[2]:.2f} at the start')
   print('versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items())
         + f'; torch threads {torch.get_num_threads()}; jax devices {jax.devices()}; '
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
-  results = dict(cpu=_cpu_model(), cpus=cpus, versions=versions, load_start=load0,
-                 args=vars(args))
+  results = dict(cpu=_cpu_model(), cpu_flags=_cpu_flags(), cpus=cpus, versions=versions,
+                 load_start=load0, args=vars(args))
   for part in args.parts:
     if part in CONFIGS:
       results[part] = bench_gan(part, args)

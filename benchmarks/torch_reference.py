@@ -286,10 +286,14 @@ def _set_grad(module, flag):
     p.requires_grad_(flag)
 
 
-def make_steps(G, D, cfg, batch_size, seed=0):
-  """-> (d_update(), g_update(), g_forward()) closures on fixed random data."""
+def make_steps(G, D, cfg, batch_size, seed=0, memory_format=torch.contiguous_format):
+  """-> (d_update(), g_update(), g_forward()) closures on fixed random data.
+
+  memory_format: the real batch's layout (torch.channels_last for a channels-last model).
+  """
   gen = torch.Generator().manual_seed(seed)
-  real = torch.rand(batch_size, 3, 32, 32, generator=gen) * 2 - 1
+  real = (torch.rand(batch_size, 3, 32, 32, generator=gen) * 2 - 1).contiguous(
+      memory_format=memory_format)
   real_y = torch.randint(0, NUM_CLASSES, (batch_size,), generator=gen)
   z_dim = cfg['z_dim']
   opt_g = torch.optim.Adam(G.parameters(), lr=cfg['lr'], betas=cfg['betas'], eps=ADAM_EPS)
