@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from reacgan_jax import augment, objectives, parallel
+from reacgan_jax import augment, objectives, parallel, spectral_norm
 from reacgan_jax import state as state_lib
 
 AUG = 'augment'
@@ -256,13 +256,14 @@ class StepBuilder:
     return loss_fn
 
   def ema_update(self, ema, g, step):
-    """Reference Ema.update: decay 0 (a plain copy) before ema_start; collections too."""
+    """Reference Ema.update: decay 0 (a plain copy) before ema_start; collections and SN too."""
     if ema is None:
       return None
     decay = jnp.where(step < self.config.train.ema_start, 0.0, self.config.train.ema_decay)
     lerp = lambda e, p: decay * e + (1.0 - decay) * p
     return state_lib.EmaState(params=jax.tree.map(lerp, ema.params, g.params),
-                              collections=jax.tree.map(lerp, ema.collections, g.collections))
+                              collections=jax.tree.map(lerp, ema.collections, g.collections),
+                              sn=spectral_norm.ema_lerp(ema.sn, g.sn, decay))
 
 
 def make_train_step(config, adapter):

@@ -51,12 +51,14 @@ def _check_layout(config, which, module, params, stats, sn, *inputs):
   convert_studiogan.check_like(params, ref['params'], 'params')
   convert_studiogan.check_like(stats, ref.get('batch_stats', {}), 'batch_stats')
   ref_sn = jax.eval_shape(lambda: spectral_norm.init_sn_state(
-      ref['params'], jax.random.PRNGKey(2), models.sn_predicate(config, which)))
+      ref['params'], jax.random.PRNGKey(2), models.sn_predicate(config, which),
+      rows_u=spectral_norm.options(config)['rows_u']))
   convert_studiogan.check_like(sn, ref_sn, 'sn_state')
 
 
 def _apply(config, module, params, stats, sn, *inputs):
-  w, _ = spectral_norm.spectral_normalize(params, sn, update=False, eps=config.model.sn_eps)
+  w, _ = spectral_norm.spectral_normalize(params, sn, update=False,
+                                          **spectral_norm.options(config))
   variables = {'params': w, **({'batch_stats': stats} if stats else {})}
   return module.apply(variables, *inputs, train=False)
 
