@@ -8,7 +8,7 @@
   config.model.sn_eval='stored' (default), for Linear, Conv2d and Embedding (same bound).
 - The EMA generator's SN vectors follow StudioGAN's Ema.update (src/utils/ema.py: every buffer
   b_ema <- b.lerp(b_ema, decay), decay 0 before ema_start), written below in numpy float32,
-  through 3 real train steps; the sampler uses them.
+  in StepBuilder.ema_update (and, slow, through 3 real train steps); the sampler uses them.
 - Checkpoints of the previous state layout (2: u only, no EMA SN) are refused by name.
 """
 
@@ -149,38 +149,67 @@ def test_ema_lerp_is_studiogans_rule(decay):
   np.testing.assert_allclose(got['x']['u'], want, rtol=0, atol=5e-7)
 
 
-def test_ema_sn_follows_the_rule_in_training_and_is_sampled():
+def _ema_config():
   config = tiny.get_config()
   config.model.cond_method = 'pd'  # D's class embedding is SN'd too
   config.train.ema_start, config.train.ema_decay = 1, 0.9
+  return config
+
+
+def _check_ema_sn(ema_sn, want, g_sn):
+  got = jax.tree.map(np.asarray, ema_sn)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, w, rtol=0, atol=1e-7)  # the same float32 ops in XLA
+  diffs = [np.abs(a - np.asarray(g)).max() for a, g in
+           zip(jax.tree.leaves(got), jax.tree.leaves(g_sn), strict=True)]
+  assert max(diffs) > 1e-4  # the EMA's vectors are not G's: the check above bites
+
+
+def test_ema_update_lerps_sn_and_the_sampler_uses_them():
+  """StepBuilder.ema_update on a sequence of G SN states (as training produces), then sampling."""
+  config = _ema_config()
+  config.model.backbone = 'dcgan'  # the smallest G to compile (its convs are SN'd)
+  model = adapter.build(config)
+  st = state_lib.init_state(config, model, parallel.create_mesh(jax.devices()[:1]))
+  builder = step.StepBuilder(config, model)
+  ema_np, ema, g = jax.tree.map(np.asarray, st.g.sn), st.ema, st.g
+  rng = np.random.default_rng(6)
+  for i in range(3):
+    g = g.replace(sn=jax.tree.map(
+        lambda x: (x + 0.05 * rng.normal(size=x.shape)).astype(np.float32), g.sn))
+    ema = builder.ema_update(ema, g, jnp.int32(i))
+    decay = 0.0 if i < config.train.ema_start else config.train.ema_decay
+    ema_np = jax.tree.map(lambda e, b, d=decay: _lerp_np(e, np.asarray(b), d), ema_np, g.sn)
+  _check_ema_sn(ema.sn, ema_np, g.sn)
+  st = st.replace(g=g, ema=ema)
+  # The sampler normalises the EMA weights with the EMA's own vectors.
+  z, y = sampling.sample_latents(config, jax.random.PRNGKey(5), 4)
+  images = np.asarray(sampling.Sampler(config, model).sample_fn(st)(z, y))
+  apply = jax.jit(lambda sn_state: model.apply_g(
+      model.normalize('g', st.ema.params, sn_state, update=False)[0], st.ema.collections, z, y,
+      train=False)[0])
+  np.testing.assert_allclose(images, apply(st.ema.sn), rtol=0, atol=1e-6)
+  assert np.abs(images - apply(st.g.sn)).max() > 1e-4
+
+
+@pytest.mark.slow  # compiles the tiny train step: ~2-5 min on a loaded 2-core CPU
+def test_ema_sn_follows_the_rule_in_training():
+  config = _ema_config()
   mesh = parallel.create_mesh(jax.devices()[:1])
   model = adapter.build(config, mesh)
   st = state_lib.init_state(config, model, mesh)
   step_fn = step.compile_train_step(config, model, mesh)
   rng = np.random.default_rng(0)
   ema_np = jax.tree.map(np.asarray, st.g.sn)  # Ema.__init__ copies every buffer
+  n_d, b, s = config.train.d_updates_per_step, config.train.batch_size, config.data.image_size
   for i in range(3):
-    n_d, b, s = config.train.d_updates_per_step, config.train.batch_size, config.data.image_size
     batch = {'image': rng.uniform(-1, 1, (n_d, b, s, s, 3)).astype(np.float32),
              'label': rng.integers(0, 10, (n_d, b)).astype(np.int32)}
     st, _ = step_fn(st, parallel.shard_batch(batch, mesh, sample_axis=1))
     decay = 0.0 if i < config.train.ema_start else config.train.ema_decay
     ema_np = jax.tree.map(lambda e, g, d=decay: _lerp_np(e, np.asarray(g), d), ema_np, st.g.sn)
-  got = jax.tree.map(np.asarray, st.ema.sn)
-  assert jax.tree.structure(got) == jax.tree.structure(ema_np)
-  for a, w in zip(jax.tree.leaves(got), jax.tree.leaves(ema_np), strict=True):
-    np.testing.assert_allclose(a, w, rtol=0, atol=1e-7)  # same float32 ops in XLA
-  diffs = [np.abs(a - np.asarray(g)).max() for a, g in
-           zip(jax.tree.leaves(got), jax.tree.leaves(st.g.sn), strict=True)]
-  assert max(diffs) > 1e-4  # the EMA's vectors are not G's: the checks above bite
-  # The sampler normalises the EMA weights with the EMA's own vectors.
-  z, y = sampling.sample_latents(config, jax.random.PRNGKey(5), 4)
-  images = np.asarray(sampling.Sampler(config, model).sample_fn(st)(z, y))
-  apply = lambda sn_state: np.asarray(model.apply_g(
-      model.normalize('g', st.ema.params, sn_state, update=False)[0], st.ema.collections, z, y,
-      train=False)[0])
-  np.testing.assert_allclose(images, apply(st.ema.sn), rtol=0, atol=1e-6)
-  assert np.abs(images - apply(st.g.sn)).max() > 1e-4
+  _check_ema_sn(st.ema.sn, ema_np, st.g.sn)
 
 
 def test_checkpoint_of_layout_2_is_refused(tmp_path):
