@@ -99,6 +99,20 @@ def test_discriminator_matches_studiogan(case):
     np.testing.assert_allclose(unit(out.proxy), FIXTURE[f'D/{case}/proxy'], atol=ATOL_D * 2)
 
 
+@pytest.mark.parametrize('case', ['big_resnet_PD', 'big_resnet_D2DCE'])
+def test_legacy_sn_rules_convert_exactly_too(case):
+  """sn_eval='recompute', sn_embedding_u='width' (legacy): exact_u instead of copying u, v."""
+  config = _config({**META['D'][case], 'model.sn_eval': 'recompute',
+                    'model.sn_embedding_u': 'width'})
+  _, d = models.build_models(config)
+  x, y = FIXTURE['D_x'].astype(np.float32), FIXTURE['D_y'].astype(np.int32)
+  params, stats, sn = convert_studiogan.convert_discriminator(_state(f'D/{case}'), config)
+  _check_layout(config, 'd', d, params, stats, sn, x, y)
+  adv = FIXTURE[f'D/{case}/adv_output']
+  out = _apply(config, d, params, stats, sn, x, y)
+  np.testing.assert_allclose(out.adv, adv, rtol=0, atol=ATOL_D * (np.abs(adv).max() + 1))
+
+
 def _save_pth(path, state, **extra):
   torch = pytest.importorskip('torch')
   torch.save({'state_dict': {k: torch.from_numpy(v) for k, v in state.items()}, 'step': 7,
