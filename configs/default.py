@@ -65,6 +65,12 @@ def get_config():
   config.model.apply_d_sn = True  # spectral norm on D's convs/linears/embeddings
   config.model.sn_eps = 1e-6  # eps of SN's u/v normalisation (reference: 1e-6)
   config.model.sn_power_iterations = 1  # power iterations per training step
+  # SN of embedding tables: u over the classes as torch's spectral_norm(nn.Embedding)
+  # (StudioGAN sn_embedding), or 'width' (legacy reacgan-jax: u over the embedding width).
+  config.model.sn_embedding_u = 'classes'
+  # SN in evaluation: 'stored' divides by u^T W v of the stored u, v (torch eval mode);
+  # 'recompute' (legacy) derives v from the stored u (sigma = ||W^T u||).
+  config.model.sn_eval = 'stored'
   config.model.g_init = 'ortho'  # ortho | N02 | glorot
   config.model.d_init = 'ortho'  # ortho | N02 | glorot
   # G's BN at evaluation/sampling: running (running averages), batch (batch

@@ -55,7 +55,7 @@ class ModelAdapter:
     self.config, self.generator, self.discriminator = config, generator, discriminator
     self.z_dim, self.num_classes = config.model.z_dim, config.data.num_classes
     m = config.model
-    self._sn_kwargs = dict(n_power_iterations=m.sn_power_iterations, eps=m.sn_eps)
+    self._sn_kwargs = spectral_norm.options(config)  # + sn_embedding_u, sn_eval
     self._sn_on = {'g': m.apply_g_sn, 'd': m.apply_d_sn}
     # Whether G draws randomness of its own (noise, style mixing): its forwards need a key.
     self.g_needs_key = bool(getattr(generator, 'RNG_STREAMS', ()))
@@ -91,10 +91,11 @@ class ModelAdapter:
   # ---- spectral norm ------------------------------------------------------------------------
 
   def init_sn(self, which, params, key):
-    """The SN `u` vectors of network `which` ({} when its spectral norm is off)."""
+    """The SN `{'u', 'v'}` vectors of network `which` ({} when its spectral norm is off)."""
     if not self._sn_on[which]:
       return {}
-    return spectral_norm.init_sn_state(params, key, models.sn_predicate(self.config, which))
+    return spectral_norm.init_sn_state(params, key, models.sn_predicate(self.config, which),
+                                       rows_u=self._sn_kwargs['rows_u'])
 
   def normalize(self, which, params, sn, *, update):
     """(weights divided by sigma, new SN state); `update` advances u (a train-mode forward)."""

@@ -37,8 +37,9 @@ from reacgan_jax.checkpoint_meta import CheckpointReadError  # noqa: F401 (re-ex
 # silently train another model (or fail on shapes), so resume refuses.
 RESUME_CRITICAL_SECTIONS = ('model', 'data', 'loss')
 # Numbers the TrainState pytree: bump it whenever the state's structure changes. Layout 1 is
-# the state of commit checkpoint_meta.LAYOUT1_LAST_COMMIT and earlier (no `meta` item).
-STATE_LAYOUT = 2
+# the state of commit checkpoint_meta.LAYOUT1_LAST_COMMIT and earlier (no `meta` item); 2 kept
+# one SN vector u per leaf and no EMA SN state (before issue 17's {'u', 'v'} and EmaState.sn).
+STATE_LAYOUT = 3
 ITEMS = ('state', 'config', 'meta')
 
 

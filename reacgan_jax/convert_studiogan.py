@@ -13,8 +13,10 @@ refused, never unpickled. The mapping itself is pure and framework-free:
 state_dict: {name: numpy array} as StudioGAN's G / G_ema / D `state_dict()` (src/models/
 big_resnet.py, resnet.py, deep_conv.py; backbones big_resnet -> biggan, resnet, deep_conv).
 The results plug into our models (reacgan_jax.models.build_models(config)) and SN layout
-(spectral_norm.py); in eval mode they compute StudioGAN's eval-mode outputs (studiogan_layers
-explains why the SN vectors are solved for, not copied). `write_checkpoint` stores them.
+(spectral_norm.py); in eval mode they compute StudioGAN's eval-mode outputs (with the default
+config.model.sn_eval='stored' torch's u and v are copied; studiogan_layers explains the legacy
+'recompute' case, where they are solved for). `write_checkpoint` stores them, G_ema's own SN
+vectors included (the EMA generator samples with them, as StudioGAN's G_ema does).
 """
 
 import glob
@@ -23,6 +25,7 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
+from reacgan_jax import spectral_norm
 from reacgan_jax import studiogan_layers as sl
 from reacgan_jax.models import resnet
 
@@ -31,10 +34,13 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Write the converted checkpoint 
 
 
 class _Out:
-  """Collects params / batch_stats / sn_state into nested dicts as the flax modules name them."""
+  """Collects params / batch_stats / sn_state into nested dicts as the flax modules name them;
+  SN vectors follow the config's rules (spectral_norm.options: sn_embedding_u, sn_eval)."""
 
-  def __init__(self):
+  def __init__(self, config):
     self.params, self.stats, self.sn = {}, {}, {}
+    opts = spectral_norm.options(config)
+    self.rows_u, self.eval_mode = opts['rows_u'], opts['eval_mode']
 
   @staticmethod
   def _set(tree, path, value):
@@ -43,12 +49,13 @@ class _Out:
     tree[path[-1]] = value
 
   def layer(self, path, result):
-    params, u = result
+    params, vectors = result
     for k, v in params.items():
       self._set(self.params, (*path, k), v)
-    if u is not None:
-      leaf = 'embedding' if 'embedding' in params else 'kernel'
-      self._set(self.sn, (*path, leaf), u)
+    if vectors is not None:
+      leaf = (*path, 'embedding' if 'embedding' in params else 'kernel')
+      rows = bool(self.rows_u and self.rows_u(leaf))
+      self._set(self.sn, leaf, sl.sn_vectors(vectors, rows, self.eval_mode, '/'.join(leaf)))
 
   def bn(self, path, result, stats_path=None):
     params, stats = result
@@ -183,7 +190,7 @@ def _convert(state, config, table, what):
                      f'{", ".join(table)} (StudioGAN big_resnet, resnet, deep_conv)')
   r = sl.StateReader({k.removeprefix('module.'): np.asarray(v, np.float64)
                       for k, v in state.items()}, what)
-  out = _Out()
+  out = _Out(config)
   table[backbone](r, out, config)
   left = r.unused()
   if left:
@@ -261,9 +268,7 @@ def write_checkpoint(config, workdir: str, g, d, g_ema=None, step: int = 0) -> s
 
   g, d, g_ema: (params, batch_stats, sn_state) from convert_generator / convert_discriminator.
   The state starts from state.create_train_state (fresh optimiser moments, seed's rng) and its
-  networks are replaced. The current TrainState keeps no SN vectors of its own for the EMA
-  generator (sampling uses g_sn): G_ema's are dropped with a warning, so EMA samples are
-  StudioGAN's only up to the G / G_ema u difference.
+  networks are replaced; the EMA generator keeps G_ema's own SN vectors (EmaState.sn).
   """
   import jax  # noqa: PLC0415
 
@@ -273,8 +278,11 @@ def write_checkpoint(config, workdir: str, g, d, g_ema=None, step: int = 0) -> s
   model = adapter.build(config)
   state = state_lib.create_train_state(config, model, jax.random.PRNGKey(config.seed))
   cols = lambda net: net.collections.get('batch_stats', {})
-  for name, ref, got in (('G', (state.g.params, cols(state.g), state.g.sn), g),
-                         ('D', (state.d.params, cols(state.d), state.d.sn), d)):
+  nets = [('G', (state.g.params, cols(state.g), state.g.sn), g),
+          ('D', (state.d.params, cols(state.d), state.d.sn), d)]
+  if g_ema is not None:
+    nets.append(('G_ema', (state.g.params, cols(state.g), state.g.sn), g_ema))
+  for name, ref, got in nets:
     for part, a, b in zip(('params', 'batch_stats', 'sn_state'), got, ref, strict=True):
       check_like(a, b, f'{name} {part}')
   txs = state_lib.make_optimizers(config)
@@ -289,12 +297,9 @@ def write_checkpoint(config, workdir: str, g, d, g_ema=None, step: int = 0) -> s
     ema = g_ema or g
     if g_ema is None:
       logging.warning('No G_ema checkpoint: the EMA generator starts as a copy of G.')
-    elif jax.tree.leaves(g_ema[2]):
-      logging.warning("G_ema's spectral-norm vectors are not kept (TrainState has no EMA SN "
-                      "state): EMA samples use G's u.")
-    params, stats = jax.tree.map(np.asarray, (ema[0], ema[1]))
+    params, stats, sn = jax.tree.map(np.asarray, ema)
     state = state.replace(ema=state_lib.EmaState(
-        params=params, collections={'batch_stats': stats} if stats else {}))
+        params=params, collections={'batch_stats': stats} if stats else {}, sn=sn))
   ckpt = checkpoints.Checkpointer(workdir, config)
   try:
     return str(ckpt.save(step, state))

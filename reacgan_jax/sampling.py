@@ -8,9 +8,9 @@ with it, so every number names the mode):
   batch     statistics of the sampled batch itself;
   standing  running statistics replaced by the plain average of batch statistics over
             `config.model.standing_batches` random batches (BigGAN's "standing stats").
-Spectral norm at sampling: the weights are divided by sigma estimated from the stored `u`
-without advancing it (SPEC 2: no update in evaluation). The EMA weights use G's `u`
-(the power-iteration state tracks the raw weights, of which the EMA is a smoothed copy).
+Spectral norm at sampling: no power iteration (SPEC 2: no update in evaluation); sigma comes
+from the stored vectors as config.model.sn_eval says (spectral_norm.py). The EMA generator
+uses its own SN vectors, the EMA of G's (state.ema.sn), as StudioGAN's G_ema does.
 """
 
 import functools
@@ -26,10 +26,10 @@ from reacgan_jax import parallel
 
 
 def generator_variables(state, use_ema=True):
-  """(params, collections) of the generator to sample from: the EMA copy when present."""
+  """(params, collections, SN state) of the generator to sample from: the EMA's when present."""
   if use_ema and state.ema is not None:
-    return state.ema.params, state.ema.collections
-  return state.g.params, state.g.collections
+    return state.ema.params, state.ema.collections, state.ema.sn
+  return state.g.params, state.g.collections, state.g.sn
 
 
 def _apply_g(adapter, params, collections, z, y, key, *, train):
@@ -100,8 +100,8 @@ class Sampler:
       rng: key for the standing-statistics batches (bn_eval='standing' only).
     """
     config = self.config
-    params, collections = generator_variables(state, use_ema)
-    params, _ = self.adapter.normalize('g', params, state.g.sn, update=False)
+    params, collections, sn = generator_variables(state, use_ema)
+    params, _ = self.adapter.normalize('g', params, sn, update=False)
     if config.model.bn_eval == 'standing' and collections.get('batch_stats'):
       rng = jax.random.PRNGKey(config.seed) if rng is None else rng
       collections = standing_statistics(config, self.adapter, params, collections, rng,
@@ -131,7 +131,7 @@ class Sampler:
     a = self.adapter
     if not hasattr(a.generator, 'synthesize'):
       return None
-    params, cols = generator_variables(state, use_ema)
+    params, cols, _ = generator_variables(state, use_ema)  # StyleGAN2: no SN
     s = self.config.model.stylegan2
     key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 4)
 

@@ -2,23 +2,32 @@
 
 Flax modules hold plain weights; the trainer normalises them before every apply:
 
-  sn_state = init_sn_state(params, rng, predicate)                  # once
-  w, sn_state = spectral_normalize(params, sn_state)                 # each training forward
-  w, _ = spectral_normalize(params, sn_state, update=False)         # evaluation / sampling
+  opts = options(config)                                             # the config's SN rules
+  sn_state = init_sn_state(params, rng, predicate, rows_u=opts['rows_u'])   # once
+  w, sn_state = spectral_normalize(params, sn_state, **opts)         # each training forward
+  w, _ = spectral_normalize(params, sn_state, update=False, **opts)  # evaluation / sampling
 
 `sn_state` mirrors the nesting of `params` (plain dicts) but holds only the normalised leaves,
-each replaced by its persistent power-iteration vector `u`, shape `(leaf.shape[-1],)`, unit
-norm. A leaf is viewed as the matrix `W = leaf.reshape(-1, leaf.shape[-1])`: Dense kernel
-(in, out), conv HWIO kernel (kh*kw*in, out), embedding table (num, dim). This is the transpose
-(up to a row permutation) of torch's `(out, in*kh*kw)` view, so it has the same singular
-values; `u` here plays the role of torch's `u` for Dense/conv kernels.
+each replaced by `{'u': u, 'v': v}`, the persistent power-iteration vectors (torch's
+`weight_u` / `weight_v` buffers). A leaf is viewed as the matrix `M = leaf.reshape(-1, d)`,
+d = leaf.shape[-1]: Dense kernel (in, out), conv HWIO kernel (kh*kw*in, out), embedding table
+(num, dim). For kernels `M` is the transpose (up to a row permutation) of torch's
+`(out, in*kh*kw)` weight matrix, so `u` (length out) is torch's `u` and `v` (length rows)
+torch's `v`. For an embedding torch's `spectral_norm(nn.Embedding)` (StudioGAN ops.py
+`sn_embedding`) uses the table itself, dim=0: its `u` lives over the classes and `v` over the
+width. `rows_u(path)` names such leaves; the iteration then runs on `A = M^T` (reference,
+config.model.sn_embedding_u='classes'); 'width' (legacy) keeps A = M for embeddings too.
 
-The power iteration follows `torch.nn.utils.spectral_norm` in train mode: with W^T = torch's
-weight matrix, `v = normalize(W u)`, `u = normalize(W^T v)`, `sigma = u^T W^T v`, where
-normalize(x) = x / max(||x||, eps); u and v are constants to autodiff (stop_gradient), so
-d sigma / d W = v u^T as in torch.
+With A the iteration matrix (u over A's columns, v over its rows), train mode follows
+`torch.nn.utils.spectral_norm`: `v = normalize(A u)`, `u = normalize(A^T v)`,
+`sigma = v^T A u`, normalize(x) = x / max(||x||, eps); u and v are constants to autodiff
+(stop_gradient), so d sigma / d W = v u^T as in torch. In eval mode (update=False) torch runs no
+iteration and divides by `sigma = v^T A u` with the *stored* u and v (eval_mode='stored',
+the default; config.model.sn_eval); 'recompute' (legacy) derives v = normalize(A u) from the
+stored u instead (sigma = ||A u||, half a power step further along).
 """
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,14 +35,22 @@ import jax
 import jax.numpy as jnp
 
 Predicate = Callable[[tuple[str, ...], Any], bool]
+PathPredicate = Callable[[tuple[str, ...]], bool]
+EMBEDDING_U = ('classes', 'width')
+EVAL_MODES = ('stored', 'recompute')
+
+
+def _is_vectors(node) -> bool:
+  return isinstance(node, Mapping) and set(node) == {'u', 'v'}
 
 
 def _walk(tree: Mapping, prefix: tuple[str, ...] = ()):
-  """Yields (path, leaf) for every non-mapping leaf of a nested mapping, in sorted key order."""
+  """Yields (path, leaf) for every leaf of a nested mapping, in sorted key order; a
+  `{'u', 'v'}` mapping (one SN leaf's vectors) counts as a leaf."""
   for key in sorted(tree):
     value = tree[key]
     path = prefix + (str(key),)
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) and not _is_vectors(value):
       yield from _walk(value, path)
     else:
       yield path, value
@@ -43,6 +60,26 @@ def _set(tree: dict, path: Sequence[str], value) -> None:
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
   tree[path[-1]] = value
+
+
+def embedding_rows(path: tuple[str, ...]) -> bool:
+  """`rows_u` of the reference: flax embedding tables ('.../embedding') keep u over the rows."""
+  return bool(path) and path[-1] == 'embedding'
+
+
+def options(config) -> dict:
+  """spectral_normalize keyword arguments from config.model (sn_power_iterations, sn_eps,
+  sn_embedding_u: classes | width, sn_eval: stored | recompute); ValueError naming a bad key."""
+  m = config.model
+  emb, ev = m.get('sn_embedding_u', 'classes'), m.get('sn_eval', 'stored')
+  if emb not in EMBEDDING_U:
+    raise ValueError(f'config.model.sn_embedding_u={emb!r}: expected classes (torch / StudioGAN) '
+                     'or width (legacy reacgan-jax)')
+  if ev not in EVAL_MODES:
+    raise ValueError(f'config.model.sn_eval={ev!r}: expected stored (torch / StudioGAN) or '
+                     'recompute (legacy reacgan-jax)')
+  return dict(n_power_iterations=m.sn_power_iterations, eps=m.sn_eps,
+              rows_u=embedding_rows if emb == 'classes' else None, eval_mode=ev)
 
 
 def make_predicate(include: Iterable[str] = ('kernel', 'embedding'),
@@ -63,18 +100,26 @@ def make_predicate(include: Iterable[str] = ('kernel', 'embedding'),
   return predicate
 
 
-def init_sn_state(params: Mapping, rng: jax.Array, predicate: Predicate) -> dict:
-  """Creates the persistent `u` of every leaf selected by `predicate(path, leaf)`.
+def _dims(shape, rows: bool) -> tuple[int, int]:
+  """(len u, len v) of a leaf of `shape`: A's columns and rows."""
+  n_rows, n_cols = math.prod(shape[:-1]), int(shape[-1])
+  return (n_rows, n_cols) if rows else (n_cols, n_rows)
+
+
+def init_sn_state(params: Mapping, rng: jax.Array, predicate: Predicate,
+                  rows_u: PathPredicate | None = None) -> dict:
+  """Creates the persistent `{'u', 'v'}` of every leaf selected by `predicate(path, leaf)`.
 
   Args:
     params: nested dict of arrays (e.g. a flax module's 'params').
     rng: PRNG key; each selected leaf gets its own key (split in sorted path order).
     predicate: `(path tuple of str, leaf) -> bool`, e.g. from `make_predicate`.
+    rows_u: `path -> bool`, leaves whose u lives over the rows (see the module docstring).
 
   Returns:
-    nested dict mirroring `params`, holding for each selected leaf a float32 unit vector of
-    shape `(leaf.shape[-1],)` drawn from a normal distribution (as torch does); `{}` when
-    nothing is selected.
+    nested dict mirroring `params`, holding for each selected leaf float32 unit vectors drawn
+    from normal distributions (as torch does): u from the leaf's key (so u of a kernel is what
+    it was before v was stored), v from `fold_in(key, 1)`; `{}` when nothing is selected.
   """
   selected = [(path, leaf) for path, leaf in _walk(params) if predicate(path, leaf)]
   state: dict = {}
@@ -85,14 +130,34 @@ def init_sn_state(params: Mapping, rng: jax.Array, predicate: Predicate) -> dict
     if leaf.ndim < 2:
       raise ValueError(f'spectral norm needs a matrix, got {"/".join(path)} of shape '
                        f'{leaf.shape}: exclude it in the SN predicate')
-    u = jax.random.normal(key, (leaf.shape[-1],), jnp.float32)
-    _set(state, path, _normalize(u, 1e-12))
+    n_u, n_v = _dims(leaf.shape, bool(rows_u and rows_u(path)))
+    u = jax.random.normal(key, (n_u,), jnp.float32)
+    v = jax.random.normal(jax.random.fold_in(key, 1), (n_v,), jnp.float32)
+    _set(state, path, {'u': _normalize(u, 1e-12), 'v': _normalize(v, 1e-12)})
   return state
 
 
 def sn_paths(sn_state: Mapping) -> list[str]:
   """'/'-joined paths of the normalised leaves, sorted (for tests and logging)."""
   return ['/'.join(path) for path, _ in _walk(sn_state)]
+
+
+def u_tree(sn_state: Mapping) -> dict:
+  """The state with each leaf's `{'u', 'v'}` replaced by its u (the layout before v was kept)."""
+  out: dict = {}
+  for path, vectors in _walk(sn_state):
+    _set(out, path, vectors['u'])
+  return out
+
+
+def ema_lerp(ema_sn, sn, decay):
+  """StudioGAN's Ema.update on the SN buffers (src/utils/ema.py): `b.lerp(b_ema, decay)` for
+  every u and v, written as torch's lerp kernel computes it (start + w (end - start) for
+  w < 0.5, else end - (end - start)(1 - w)); no renormalisation, as in the reference."""
+  def lerp(e, b):
+    d = jnp.asarray(decay, b.dtype)
+    return jnp.where(d < 0.5, b + d * (e - b), e - (e - b) * (1 - d))
+  return jax.tree.map(lerp, ema_sn, sn)
 
 
 def _normalize(x, eps):
@@ -105,11 +170,15 @@ def _dot(a, b):
   return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
-def _normalize_leaf(w, u, n_power_iterations: int, eps: float, update: bool):
-  """Returns (w / sigma, new u) for one leaf; see the module docstring for the iteration."""
+def _normalize_leaf(w, vectors, rows: bool, n_power_iterations: int, eps: float, update: bool,
+                    eval_mode: str):
+  """Returns (w / sigma, new {'u', 'v'}) for one leaf; see the module docstring."""
+  u, v = vectors['u'], vectors['v']
   # float32 at least (bf16 weights are normalised in float32), float64 under x64.
   dtype = jnp.promote_types(jnp.promote_types(w.dtype, u.dtype), jnp.float32)
   mat = w.reshape(-1, w.shape[-1]).astype(dtype)
+  if rows:
+    mat = mat.T
   mat_sg = jax.lax.stop_gradient(mat)
   u_new = u.astype(dtype)
   if update and n_power_iterations > 1:
@@ -117,43 +186,53 @@ def _normalize_leaf(w, u, n_power_iterations: int, eps: float, update: bool):
     u_new = jax.lax.fori_loop(
         0, n_power_iterations - 1,
         lambda _, u: _normalize(_dot(_normalize(_dot(mat_sg, u), eps), mat_sg), eps), u_new)
-  # Without an update, v is derived from the stored u: sigma = ||M u||. torch's eval mode
-  # reuses its stored v instead (sigma = ||M^T v||), which we do not keep; both are lower
-  # bounds that reach sigma_max as the iteration converges (~0.4% apart after 3 steps).
-  v = _normalize(_dot(mat_sg, u_new), eps)
+  if update or eval_mode == 'recompute':
+    v = _normalize(_dot(mat_sg, u_new), eps)
+  else:
+    v = v.astype(dtype)
   if update:
     u_new = _normalize(_dot(v, mat_sg), eps)
   # Already constants (computed from mat_sg); explicit because it is the contract (SPEC 2).
   u_c, v_c = jax.lax.stop_gradient(u_new), jax.lax.stop_gradient(v)
   sigma = _dot(v_c, _dot(mat, u_c))
-  return (mat / sigma).reshape(w.shape).astype(w.dtype), u_new
+  out = mat / sigma
+  if rows:
+    out = out.T
+  return out.reshape(w.shape).astype(w.dtype), {'u': u_new, 'v': v}
 
 
 def spectral_normalize(params: Mapping, sn_state: Mapping, *, n_power_iterations: int = 1,
-                       eps: float = 1e-12, update: bool = True) -> tuple[dict, dict]:
+                       eps: float = 1e-12, update: bool = True,
+                       rows_u: PathPredicate | None = None,
+                       eval_mode: str = 'stored') -> tuple[dict, dict]:
   """Divides every leaf present in `sn_state` by its estimated largest singular value.
 
   Args:
     params: nested dict of arrays.
-    sn_state: from `init_sn_state` (or a previous call), same nesting, `u` per selected leaf.
+    sn_state: from `init_sn_state` (or a previous call), same nesting, `{'u', 'v'}` per leaf.
     n_power_iterations: power iterations per call (the reference: 1 per training forward).
     eps: of the u/v normalisation (SPEC 2: the reference uses 1e-6; torch's default 1e-12).
-    update: False (evaluation) runs no iteration: sigma uses the stored u and
-      v = normalize(W u), and the returned state is `sn_state` itself (bit-identical).
+    update: False (evaluation) runs no iteration and returns `sn_state` itself (bit-identical).
+    rows_u: `path -> bool`, leaves whose u lives over the rows (the one `init_sn_state` got).
+    eval_mode: without update, 'stored' (torch) divides by v^T A u of the stored vectors,
+      'recompute' (legacy) by ||A u|| with v = normalize(A u).
 
   Returns:
     (normalized_params, new_sn_state): `normalized_params` has the structure of `params`
     (non-selected leaves are the same arrays); `new_sn_state` the structure of `sn_state`.
 
   Raises:
-    ValueError: a path of `sn_state` is missing from `params`.
+    ValueError: a path of `sn_state` is missing from `params`, or its vectors do not fit.
   """
   if update and n_power_iterations < 1:
     raise ValueError(f'n_power_iterations={n_power_iterations}: expected >= 1 '
                      '(config.model.sn_power_iterations)')
+  if eval_mode not in EVAL_MODES:
+    raise ValueError(f'eval_mode={eval_mode!r}: expected one of {EVAL_MODES} '
+                     '(config.model.sn_eval)')
   new_state: dict = {}
   replaced: dict[tuple[str, ...], Any] = {}
-  for path, u in _walk(sn_state):
+  for path, vectors in _walk(sn_state):
     node = params
     try:
       for key in path:
@@ -161,9 +240,15 @@ def spectral_normalize(params: Mapping, sn_state: Mapping, *, n_power_iterations
     except (KeyError, TypeError) as e:
       raise ValueError(f'spectral norm state has {"/".join(path)} but params do not: was the '
                        'state built by init_sn_state for these params?') from e
-    w, u_new = _normalize_leaf(node, u, n_power_iterations, eps, update)
+    rows = bool(rows_u and rows_u(path))
+    if not _is_vectors(vectors) or vectors['u'].shape != (_dims(node.shape, rows)[0],):
+      raise ValueError(f'spectral norm state of {"/".join(path)} is not the {{u, v}} of a '
+                       f'{node.shape} leaf with u over the {"rows" if rows else "columns"}: '
+                       'was it built with the same config.model.sn_embedding_u?')
+    w, new = _normalize_leaf(node, vectors, rows, n_power_iterations, eps, update,
+                             eval_mode)
     replaced[path] = w
-    _set(new_state, path, u_new.astype(u.dtype))
+    _set(new_state, path, {k: new[k].astype(vectors[k].dtype) for k in ('u', 'v')})
   if not update:
     new_state = sn_state
   return _replace(params, replaced), new_state

@@ -2,13 +2,14 @@
 
   TrainState(step, g: NetState, d: NetState, ema: EmaState | None, rng, extra: dict)
   NetState(params, collections, sn, opt_state)   collections: {'batch_stats': ...} or {}
-  EmaState(params, collections)                  the EMA generator (config.train.ema)
+  EmaState(params, collections, sn)              the EMA generator (config.train.ema)
 
 `extra` holds what a recipe adds: the augmentation's state under 'augment' (an ADA
 probability and its accumulator), a stateful loss term's under 'term/<name>'. The whole
 TrainState is one pytree: replicated on the mesh, checkpointed and restored as it is. Its
-layout number is checkpoints.STATE_LAYOUT (2; 1 was the flat state of the first releases, whose
-checkpoints are refused by name, never set aside).
+layout number is checkpoints.STATE_LAYOUT (3: SN vectors {'u', 'v'} per leaf and the EMA's own
+SN state; 2 kept u only and no EMA SN; 1 was the flat state of the first releases; checkpoints
+of another layout are refused by name, never set aside).
 """
 
 import functools
@@ -34,9 +35,12 @@ class NetState:
 
 @flax.struct.dataclass
 class EmaState:
-  """The EMA copy of G: params and collections (None in TrainState when the EMA is off)."""
+  """The EMA copy of G: params, collections and its own SN vectors (None in TrainState when the
+  EMA is off). `sn` follows StudioGAN's Ema, which lerps every buffer, weight_u / weight_v
+  included (spectral_norm.ema_lerp); the EMA generator samples with it."""
   params: Any
   collections: Any
+  sn: Any
 
 
 @flax.struct.dataclass
@@ -104,7 +108,8 @@ def create_train_state(config, adapter, rng):
   ema = None
   if config.train.ema:
     ema = EmaState(params=jax.tree.map(jnp.copy, g.params),
-                   collections=jax.tree.map(jnp.copy, g.collections))
+                   collections=jax.tree.map(jnp.copy, g.collections),
+                   sn=jax.tree.map(jnp.copy, g.sn))
   extra = dict(_term_states(config))
   aug_state = augment.build(config).init_state()
   if aug_state is not None:

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from reacgan_jax import augment, objectives, parallel
+from reacgan_jax import augment, objectives, parallel, spectral_norm
 from reacgan_jax import state as state_lib
 
 AUG = 'augment'
@@ -286,9 +286,9 @@ class StepBuilder:
     return loss_fn
 
   def ema_update(self, ema, g, step):
-    """Reference Ema.update: decay 0 (a plain copy) before ema_start; collections too.
-    With train.ema_kimg > 0, EmaStylegan2.update: decay from the images seen, collections
-    copied (ema_decay_stylegan2)."""
+    """Reference Ema.update: decay 0 (a plain copy) before ema_start; collections and SN too.
+    With train.ema_kimg > 0, EmaStylegan2.update: decay from the images seen, buffers
+    (collections, SN vectors) copied (ema_decay_stylegan2)."""
     if ema is None:
       return None
     t = self.config.train
@@ -296,11 +296,13 @@ class StepBuilder:
       decay = ema_decay_stylegan2(step, t.batch_size, t.ema_kimg, t.ema_rampup)
       lerp = lambda e, p: decay * e + (1.0 - decay) * p
       return state_lib.EmaState(params=jax.tree.map(lerp, ema.params, g.params),
-                                collections=jax.tree.map(jnp.copy, g.collections))
+                                collections=jax.tree.map(jnp.copy, g.collections),
+                                sn=jax.tree.map(jnp.copy, g.sn))
     decay = jnp.where(step < t.ema_start, 0.0, t.ema_decay)
     lerp = lambda e, p: decay * e + (1.0 - decay) * p
     return state_lib.EmaState(params=jax.tree.map(lerp, ema.params, g.params),
-                              collections=jax.tree.map(lerp, ema.collections, g.collections))
+                              collections=jax.tree.map(lerp, ema.collections, g.collections),
+                              sn=spectral_norm.ema_lerp(ema.sn, g.sn, decay))
 
 
 def ema_decay_stylegan2(step, batch_size, ema_kimg, ema_rampup):

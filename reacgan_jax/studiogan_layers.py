@@ -1,4 +1,4 @@
-"""One StudioGAN (torch) layer's saved tensors -> our flax params, BN statistics and SN vector.
+"""One StudioGAN (torch) layer's saved tensors -> our flax params, BN statistics and SN vectors.
 
 PyTorch-StudioGAN saves `state_dict()`s (src/utils/misc.py save_model). Its spectral-normalised
 layers (src/utils/ops.py snconv2d / sndeconv2d / snlinear / sn_embedding) are
@@ -7,18 +7,22 @@ layers (src/utils/ops.py snconv2d / sndeconv2d / snlinear / sn_embedding) are
 `weight_orig / sigma_t`, sigma_t = u . (W v) with the *stored* u and v (W: torch's matrix view,
 (out, in*kh*kw), or (num, dim) for an embedding; ConvTranspose: dim 1, (out, in*kh*kw)).
 
-Ours (reacgan_jax/spectral_norm.py) keeps one vector per leaf, `u` of length leaf.shape[-1]
-(Dense/conv: out, = torch's u side; embedding: dim, = torch's *v* side), and in eval mode uses
-sigma = ||M u|| with M = leaf.reshape(-1, out). There is no stored v, so copying torch's u is
-exact only at power-iteration convergence (never for a one-output layer, where ||M u|| = ||W||
-while torch's u.(W v) is smaller until converged). `exact_u` stores torch's direction scaled so
-that ||M u|| = sigma_t (computed in float64): our eval forward then divides by StudioGAN's sigma
-exactly. The stored u is then not of unit length; a training step renormalises it first.
+The layer readers return `SNVectors(mat, u, v, sigma)` in our kernel view (mat = the leaf as
+(rows, last axis), u over the last axis, v over the rows, permuted like the weight), and
+`sn_vectors` turns them into our `{'u', 'v'}` (spectral_norm.py) for the config's rules:
+sn_eval='stored' copies torch's u and v (our eval sigma = v . mat u is then torch's, to float32
+rounding); an embedding with sn_embedding_u='classes' swaps to torch's orientation (u over the
+classes). With sn_eval='recompute' (legacy) there is no stored v to use, so `exact_u` stores
+torch's direction scaled so that ||A u|| = sigma_t (float64): our eval forward then divides by
+StudioGAN's sigma exactly; the u is then not of unit length (a training step renormalises it).
 """
+
+import collections
 
 import numpy as np
 
 _NA = object()
+SNVectors = collections.namedtuple('SNVectors', 'mat u v sigma')
 
 
 class StateReader:
@@ -50,7 +54,8 @@ class StateReader:
 def exact_u(mat: np.ndarray, start: np.ndarray, sigma: float, name: str) -> np.ndarray:
   """Our SN vector for a layer whose eval-mode sigma must be `sigma`: start * sigma / ||mat start||.
 
-  Our eval forward divides by ||mat u|| (v = normalize(mat u), sigma = v . mat u), which is
+  Our legacy eval forward (sn_eval='recompute') divides by ||mat u|| (v = normalize(mat u),
+  sigma = v . mat u), which is
   linear in the length of u: scaling torch's u (its v for an embedding) makes it sigma exactly,
   whatever the layer's shape (no unit vector can do that for a one-output layer such as D's
   adversarial linear, where ||mat u|| = ||W|| for both unit u). A training step renormalises u
@@ -67,12 +72,12 @@ def exact_u(mat: np.ndarray, start: np.ndarray, sigma: float, name: str) -> np.n
 
 
 def _sn_weight(r: StateReader, prefix: str, sn: bool, transpose_dim: bool = False):
-  """-> (W with torch's layout, torch matrix view, u, v, sigma) or (W, None...) without SN."""
+  """-> (W with torch's layout, u, v, sigma) or (W, None, None, None) without SN."""
   if not sn:
     if r.has(f'{prefix}.weight_orig') and not r.has(f'{prefix}.weight'):
       raise ValueError(f'{r.what}: {prefix} is spectral-normalised in the checkpoint but the '
                        'config has apply_*_sn=False: set config.model.apply_g_sn / apply_d_sn')
-    return r.take(f'{prefix}.weight'), None, None, None, None
+    return r.take(f'{prefix}.weight'), None, None, None
   if not r.has(f'{prefix}.weight_orig') and r.has(f'{prefix}.weight'):
     raise ValueError(f'{r.what}: {prefix} has no spectral norm (weight_orig/u/v) in the '
                      'checkpoint but the config has apply_*_sn=True')
@@ -80,35 +85,61 @@ def _sn_weight(r: StateReader, prefix: str, sn: bool, transpose_dim: bool = Fals
   u, v = r.take(f'{prefix}.weight_u'), r.take(f'{prefix}.weight_v')
   mat = (np.swapaxes(w, 0, 1) if transpose_dim else w).reshape(w.shape[1 if transpose_dim else 0],
                                                                -1)
-  return w, mat, u, v, float(u @ (mat @ v))
+  return w, u, v, float(u @ (mat @ v))
+
+
+def _vectors(name, mat, u, v, sigma):
+  """SNVectors in our view, checked: v . mat u must be torch's sigma (a permutation bug)."""
+  ours = float(v @ (mat @ u))
+  if not np.isclose(ours, sigma, rtol=1e-9, atol=1e-12):
+    raise AssertionError(f'{name}: SN vectors permuted wrongly ({ours} vs torch {sigma})')
+  return SNVectors(mat, u, v, sigma)
+
+
+def sn_vectors(vec: SNVectors, rows: bool, eval_mode: str, name: str) -> dict:
+  """Our `{'u', 'v'}` (float32) of a layer: see the module docstring."""
+  mat, u, v = (vec.mat.T, vec.v, vec.u) if rows else (vec.mat, vec.u, vec.v)
+  if eval_mode == 'stored':
+    return {'u': u.astype(np.float32), 'v': v.astype(np.float32)}
+  u_e = exact_u(mat, u, vec.sigma, name)
+  mu = mat @ u_e.astype(np.float64)
+  return {'u': u_e, 'v': (mu / np.linalg.norm(mu)).astype(np.float32)}
+
+
+def _conv_v(v: np.ndarray, shape, flip: bool = False) -> np.ndarray:
+  """torch's v over (in, kh, kw) -> ours over the HWIO rows (kh, kw, in), flipped for deconv."""
+  t = v.reshape(shape)
+  if flip:
+    t = t[:, ::-1, ::-1]
+  return t.transpose(1, 2, 0).reshape(-1)
 
 
 def linear(r: StateReader, prefix: str, sn: bool, bias: bool, out_perm=None):
-  """nn.Linear (out, in) -> ({'kernel': (in, out)[, 'bias']}, u or None).
+  """nn.Linear (out, in) -> ({'kernel': (in, out)[, 'bias']}, SNVectors or None).
 
   out_perm: our output j is torch's output out_perm[j] (G's linear0: torch views its output
   as (C, 4, 4), ours as (4, 4, C)).
   """
-  w, _, u, _, sigma = _sn_weight(r, prefix, sn)
+  w, u, v, sigma = _sn_weight(r, prefix, sn)
   perm = np.arange(w.shape[0]) if out_perm is None else out_perm
   kernel = w[perm].T
   params = {'kernel': kernel.astype(np.float32)}
   if bias:
     params['bias'] = r.take(f'{prefix}.bias')[perm].astype(np.float32)
-  u_ours = exact_u(kernel, u[perm], sigma, f'{r.what}:{prefix}') if sn else None
-  return params, u_ours
+  return params, (_vectors(f'{r.what}:{prefix}', kernel, u[perm], v, sigma) if sn else None)
 
 
 def conv(r: StateReader, prefix: str, sn: bool, bias: bool = True):
-  """nn.Conv2d (out, in, kh, kw) -> ({'kernel': HWIO[, 'bias']}, u or None)."""
-  w, _, u, _, sigma = _sn_weight(r, prefix, sn)
+  """nn.Conv2d (out, in, kh, kw) -> ({'kernel': HWIO[, 'bias']}, SNVectors or None)."""
+  w, u, v, sigma = _sn_weight(r, prefix, sn)
   kernel = w.transpose(2, 3, 1, 0)
   params = {'kernel': kernel.astype(np.float32)}
   if bias:
     params['bias'] = r.take(f'{prefix}.bias').astype(np.float32)
-  u_ours = (exact_u(kernel.reshape(-1, kernel.shape[-1]), u, sigma, f'{r.what}:{prefix}')
-            if sn else None)
-  return params, u_ours
+  if not sn:
+    return params, None
+  return params, _vectors(f'{r.what}:{prefix}', kernel.reshape(-1, kernel.shape[-1]), u,
+                          _conv_v(v, w.shape[1:]), sigma)
 
 
 def deconv(r: StateReader, prefix: str, sn: bool):
@@ -118,20 +149,23 @@ def deconv(r: StateReader, prefix: str, sn: bool):
   ConvTranspose (transpose_kernel=False) uses its kernel unflipped, so ours[a, b, i, o] =
   torch[i, o, K-1-a, K-1-b]. Padding: ours k - 1 - p (models/dcgan.py).
   """
-  w, _, u, _, sigma = _sn_weight(r, prefix, sn, transpose_dim=True)
+  w, u, v, sigma = _sn_weight(r, prefix, sn, transpose_dim=True)
   kernel = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1)
   params = {'kernel': np.ascontiguousarray(kernel).astype(np.float32),
             'bias': r.take(f'{prefix}.bias').astype(np.float32)}
-  u_ours = (exact_u(kernel.reshape(-1, kernel.shape[-1]), u, sigma, f'{r.what}:{prefix}')
-            if sn else None)
-  return params, u_ours
+  if not sn:
+    return params, None
+  shape = (w.shape[0],) + w.shape[2:]
+  return params, _vectors(f'{r.what}:{prefix}', kernel.reshape(-1, kernel.shape[-1]), u,
+                          _conv_v(v, shape, flip=True), sigma)
 
 
 def embedding(r: StateReader, prefix: str, sn: bool):
-  """nn.Embedding (num, dim) -> ({'embedding': (num, dim)}, u over dim = from torch's v)."""
-  w, mat, _, v, sigma = _sn_weight(r, prefix, sn)
-  u_ours = exact_u(mat, v, sigma, f'{r.what}:{prefix}') if sn else None
-  return {'embedding': w.astype(np.float32)}, u_ours
+  """nn.Embedding (num, dim) -> ({'embedding': (num, dim)}, SNVectors or None); in our kernel
+  view u is over dim (torch's v) and v over num (torch's u)."""
+  w, u, v, sigma = _sn_weight(r, prefix, sn)
+  return ({'embedding': w.astype(np.float32)},
+          _vectors(f'{r.what}:{prefix}', w, v, u, sigma) if sn else None)
 
 
 def batch_norm(r: StateReader, prefix: str, affine: bool):

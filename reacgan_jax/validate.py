@@ -38,7 +38,7 @@ WHY = {
 
 def _choices() -> dict:
   """key -> allowed strings, from the implementing modules where they export them."""
-  from reacgan_jax import datasets, models, objectives  # noqa: PLC0415
+  from reacgan_jax import datasets, models, objectives, spectral_norm  # noqa: PLC0415
   from reacgan_jax.evaluation import inception  # noqa: PLC0415
 
   return {
@@ -51,6 +51,8 @@ def _choices() -> dict:
       'model.g_init': ('ortho', 'N02', 'glorot'),
       'model.d_init': ('ortho', 'N02', 'glorot'),
       'model.bn_eval': ('running', 'batch', 'standing'),
+      'model.sn_embedding_u': spectral_norm.EMBEDDING_U,
+      'model.sn_eval': spectral_norm.EVAL_MODES,
       'model.dtype': ('float32', 'bfloat16'),
       'loss.adv': ('hinge', 'logistic', 'wasserstein'),
       'optim.schedule': ('constant', 'linear_decay'),

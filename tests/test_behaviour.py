@@ -7,6 +7,11 @@ step's metrics and a sha256 of each part of the final state. Every run here must
 them exactly: same floats, same bytes. XLA:CPU's kernels (and so the last bits) depend on the
 CPU, so the comparison runs on the CPU model the fixture names and skips elsewhere (re-record
 at f207e45 on the new CPU to compare there).
+
+The runs use the spectral-norm rules of the recording, set explicitly as options
+(record_behaviour.LEGACY_SN: config.model.sn_embedding_u='width', sn_eval='recompute'; the
+defaults follow torch since issue 17), and digest only the SN u vectors: this test checks the
+trainer's plumbing; tests/test_sn_reference.py checks the reference SN and EMA rules.
 """
 
 import json

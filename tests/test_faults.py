@@ -242,11 +242,13 @@ def test_checkpoint_of_another_layout_is_refused_and_left_alone(tmp_path):
   assert ck.all_steps() == [3] and not list((tmp_path / 'checkpoints').glob('corrupt*'))
   ck.close()
   # A future layout: the message names it and the version that wrote it.
-  ck3 = checkpoints.Checkpointer(tmp_path / 'b', cfg, layout=3)
+  future = checkpoints.STATE_LAYOUT + 1
+  ck3 = checkpoints.Checkpointer(tmp_path / 'b', cfg, layout=future)
   ck3.save(5, st)
   ck3.close()
   ck = checkpoints.Checkpointer(tmp_path / 'b', cfg)
-  with pytest.raises(errors.CheckpointLayoutError, match=r'layout 3 \(written by reacgan-jax'):
+  with pytest.raises(errors.CheckpointLayoutError,
+                     match=rf'layout {future} \(written by reacgan-jax'):
     ck.restore(checkpoints.abstract_like(st))
   assert ck.all_steps() == [5]
   ck.close()

@@ -288,7 +288,9 @@ def counts(cfg):
   def n_sn(params, which):
     pred = models.sn_predicate(cfg, which)
     state = jax.eval_shape(lambda p: spectral_norm.init_sn_state(p, KEY, pred), params)
-    return len(jax.tree.leaves(state)), spectral_norm.sn_paths(state)
+    paths = spectral_norm.sn_paths(state)  # one {'u', 'v'} per normalised leaf
+    assert len(jax.tree.leaves(state)) == 2 * len(paths)
+    return len(paths), paths
 
   (g_sn, g_paths), (d_sn, d_paths) = n_sn(gp, 'g'), n_sn(dp, 'd')
   return (_num(gp), g_sn, _num(dp), d_sn), g_paths, d_paths

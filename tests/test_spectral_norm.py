@@ -63,10 +63,10 @@ def power_iteration_np(w, u, n, eps=EPS):
   return np.asarray(w, np.float64) / sigma, u, v, sigma
 
 
-@functools.partial(jax.jit, static_argnames=('n_power_iterations', 'update'))
-def _sn_jit(params, state, n_power_iterations=1, update=True):
+@functools.partial(jax.jit, static_argnames=('n_power_iterations', 'update', 'eval_mode'))
+def _sn_jit(params, state, n_power_iterations=1, update=True, eval_mode='stored'):
   return sn.spectral_normalize(params, state, n_power_iterations=n_power_iterations, eps=EPS,
-                               update=update)
+                               update=update, eval_mode=eval_mode)
 
 
 def test_init_state_structure():
@@ -75,16 +75,24 @@ def test_init_state_structure():
   assert sn.sn_paths(state) == sorted(_SN_LEAVES)
   us = []
   for path in _SN_LEAVES:
-    u = np.asarray(_get(state, path))
-    assert u.shape == (_get(params, path).shape[-1],) and u.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(u), 1.0, rtol=1e-6)
+    u, v = np.asarray(_get(state, path)['u']), np.asarray(_get(state, path)['v'])
+    w = _get(params, path)
+    assert u.shape == (w.shape[-1],) and u.dtype == np.float32
+    assert v.shape == (w.size // w.shape[-1],) and v.dtype == np.float32
+    np.testing.assert_allclose([np.linalg.norm(u), np.linalg.norm(v)], 1.0, rtol=1e-6)
     us.append(u)
   assert len({u.tobytes() for u in us}) == len(us)  # one key per leaf
   # Same key, same state; another key, another state.
   again = sn.init_sn_state(params, jax.random.PRNGKey(0), _PRED)
   other = sn.init_sn_state(params, jax.random.PRNGKey(1), _PRED)
-  np.testing.assert_array_equal(again['embed']['embedding'], state['embed']['embedding'])
-  assert not np.array_equal(other['embed']['embedding'], state['embed']['embedding'])
+  np.testing.assert_array_equal(again['embed']['embedding']['u'], state['embed']['embedding']['u'])
+  assert not np.array_equal(other['embed']['embedding']['u'], state['embed']['embedding']['u'])
+  # rows_u: the embedding's u over its rows (torch's nn.Embedding), v over the width; the
+  # kernels' vectors are the same draws as without it.
+  rows = sn.init_sn_state(params, jax.random.PRNGKey(0), _PRED, rows_u=sn.embedding_rows)
+  assert rows['embed']['embedding']['u'].shape == (10,)
+  assert rows['embed']['embedding']['v'].shape == (7,)
+  np.testing.assert_array_equal(rows['Dense_0']['kernel']['u'], state['Dense_0']['kernel']['u'])
   assert sn.init_sn_state(params, jax.random.PRNGKey(0), lambda p, x: False) == {}
 
 
@@ -106,9 +114,10 @@ def test_matches_float64_power_iteration(n):
   state = sn.init_sn_state(params, jax.random.PRNGKey(1), _PRED)
   out, new_state = _sn_jit(params, state, n_power_iterations=n)
   for path in _SN_LEAVES:
-    w_n, u, _, _ = power_iteration_np(_get(params, path), _get(state, path), n)
+    w_n, u, v, _ = power_iteration_np(_get(params, path), _get(state, path)['u'], n)
     np.testing.assert_allclose(_get(out, path), w_n, rtol=2e-5, atol=1e-6, err_msg=path)
-    np.testing.assert_allclose(_get(new_state, path), u, rtol=2e-5, atol=1e-6, err_msg=path)
+    np.testing.assert_allclose(_get(new_state, path)['u'], u, rtol=2e-5, atol=1e-6, err_msg=path)
+    np.testing.assert_allclose(_get(new_state, path)['v'], v, rtol=2e-5, atol=1e-6, err_msg=path)
 
 
 def test_non_selected_leaves_pass_through():
@@ -146,24 +155,29 @@ def test_one_iteration_per_call_converges_with_persistent_state():
   assert errors[0] > 1e-3  # one iteration from a random u is not enough...
   assert errors[-1] < 1e-4  # ...but they accumulate through the state
   for path in _SN_LEAVES:
-    np.testing.assert_allclose(np.linalg.norm(_get(state, path)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(_get(state, path)['u']), 1.0, rtol=1e-5)
 
 
 def test_update_false_keeps_state_and_uses_it():
   params = _params(5)
   state = sn.init_sn_state(params, jax.random.PRNGKey(5), _PRED)
   _, state = _sn_jit(params, state)  # a state that is not the initial one
-  out, same = sn.spectral_normalize(params, state, eps=EPS, update=False)
-  assert same is state
-  out_j, same_j = _sn_jit(params, state, update=False)
-  for path in _SN_LEAVES:
-    u = np.asarray(_get(state, path))
-    assert np.asarray(_get(same_j, path)).tobytes() == u.tobytes()  # bit-identical
-    # No iteration: sigma from the stored u, v = normalize(M u), sigma = v.M u = ||M u||.
-    m = _matrix(_get(params, path))
-    want = np.asarray(_get(params, path), np.float64) / np.linalg.norm(m @ u)
-    np.testing.assert_allclose(_get(out_j, path), want, rtol=2e-5, atol=1e-6, err_msg=path)
-    np.testing.assert_allclose(_get(out, path), want, rtol=2e-5, atol=1e-6, err_msg=path)
+  params = jax.tree.map(lambda w: w * 1.1, params)  # stale vectors: the two rules differ
+  for mode in ('stored', 'recompute'):
+    out, same = sn.spectral_normalize(params, state, eps=EPS, update=False, eval_mode=mode)
+    assert same is state
+    out_j, same_j = _sn_jit(params, state, update=False, eval_mode=mode)
+    for path in _SN_LEAVES:
+      u, v = (np.asarray(_get(state, path)[k]) for k in ('u', 'v'))
+      for k, x in (('u', u), ('v', v)):  # bit-identical
+        assert np.asarray(_get(same_j, path)[k]).tobytes() == x.tobytes()
+      # No iteration. stored (torch eval): sigma = v.M u with both stored vectors; recompute:
+      # v = normalize(M u), sigma = v.M u = ||M u||.
+      m = _matrix(_get(params, path))
+      sigma = v @ m @ u if mode == 'stored' else np.linalg.norm(m @ u)
+      want = np.asarray(_get(params, path), np.float64) / sigma
+      np.testing.assert_allclose(_get(out_j, path), want, rtol=2e-5, atol=1e-6, err_msg=path)
+      np.testing.assert_allclose(_get(out, path), want, rtol=2e-5, atol=1e-6, err_msg=path)
 
 
 def test_jit_matches_eager():
@@ -195,7 +209,8 @@ def test_gradient_matches_finite_differences():
   u0 /= np.linalg.norm(u0)
   with jax.enable_x64(True):
     def loss(w, u):
-      out, _ = sn.spectral_normalize({'c': {'kernel': w}}, {'c': {'kernel': u}}, eps=EPS)
+      vec = {'u': u, 'v': jnp.zeros(12, u.dtype)}  # v is not read in train mode
+      out, _ = sn.spectral_normalize({'c': {'kernel': w}}, {'c': {'kernel': vec}}, eps=EPS)
       return jnp.sum(jnp.asarray(r) * out['c']['kernel'])
     grad = jax.jit(jax.grad(loss))
     g = np.asarray(grad(jnp.asarray(w), jnp.asarray(u0)))
@@ -234,8 +249,8 @@ def test_matches_torch_spectral_norm():
   params = {'conv': {'kernel': conv.weight_orig.detach().numpy().transpose(2, 3, 1, 0)},
             'lin': {'kernel': lin.weight_orig.detach().numpy().T}}
   # torch's u (size out) is ours: M = its weight matrix transposed.
-  state = {'conv': {'kernel': conv.weight_u.numpy().copy()},
-           'lin': {'kernel': lin.weight_u.numpy().copy()}}
+  vec = lambda m: {'u': m.weight_u.numpy().copy(), 'v': np.zeros(m.weight_v.shape, np.float32)}
+  state = {'conv': {'kernel': vec(conv)}, 'lin': {'kernel': vec(lin)}}
   for _ in range(3):  # torch updates u on every forward in train mode
     conv(torch.zeros(1, 3, 4, 4))
     lin(torch.zeros(1, 7))
@@ -243,5 +258,6 @@ def test_matches_torch_spectral_norm():
     np.testing.assert_allclose(out['conv']['kernel'],
                                conv.weight.detach().numpy().transpose(2, 3, 1, 0), atol=1e-6)
     np.testing.assert_allclose(out['lin']['kernel'], lin.weight.detach().numpy().T, atol=1e-6)
-    np.testing.assert_allclose(state['conv']['kernel'], conv.weight_u.numpy(), atol=1e-6)
-    np.testing.assert_allclose(state['lin']['kernel'], lin.weight_u.numpy(), atol=1e-6)
+    np.testing.assert_allclose(state['conv']['kernel']['u'], conv.weight_u.numpy(), atol=1e-6)
+    np.testing.assert_allclose(state['lin']['kernel']['u'], lin.weight_u.numpy(), atol=1e-6)
+    np.testing.assert_allclose(state['lin']['kernel']['v'], lin.weight_v.numpy(), atol=1e-6)

@@ -29,7 +29,8 @@ __all__ = ['BACKBONES', 'DOutput', 'build_models', 'sn_predicate']
 
 # config.model keys every backbone reads (the trainer reads the SN / init / dtype ones for all).
 COMMON_KEYS = ('backbone', 'cond_method', 'z_dim', 'g_conv_dim', 'd_conv_dim', 'embed_dim',
-               'apply_g_sn', 'apply_d_sn', 'sn_eps', 'sn_power_iterations', 'g_init', 'd_init',
+               'apply_g_sn', 'apply_d_sn', 'sn_eps', 'sn_power_iterations', 'sn_embedding_u',
+               'sn_eval', 'g_init', 'd_init',
                'bn_eval', 'standing_batches', 'dtype')
 
 
