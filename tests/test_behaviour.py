@@ -54,8 +54,16 @@ def test_fixture_covers_every_backbone_and_cond_method():
     cases = json.load(f)['cases']
   from reacgan_jax import models, objectives  # noqa: PLC0415
 
-  for b in models.BACKBONES:
-    for c in objectives.COND_LOSSES:
+  # Backbones added after the recording (f207e45) had no behaviour before the refactor to
+  # preserve; their own trainer tests pin them (tests/test_stylegan2_train.py). A new backbone
+  # must be listed here or recorded.
+  after_recording = {'stylegan2'}
+  assert after_recording <= set(models.BACKBONES)
+  for b, backbone in models.BACKBONES.items():
+    if b in after_recording:
+      continue
+    for c in backbone.cond_methods:
+      assert c in objectives.COND_LOSSES
       assert f'{b}-{c}' in cases
   assert set(record_behaviour.cases()) == set(cases)
 
