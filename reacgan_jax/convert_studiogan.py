@@ -11,7 +11,9 @@ refused, never unpickled. The mapping itself is pure and framework-free:
   convert_discriminator(state_dict, config) -> (params, batch_stats, sn_state)
 
 state_dict: {name: numpy array} as StudioGAN's G / G_ema / D `state_dict()` (src/models/
-big_resnet.py, resnet.py, deep_conv.py; backbones big_resnet -> biggan, resnet, deep_conv).
+big_resnet.py, resnet.py, deep_conv.py, stylegan2.py; backbones big_resnet -> biggan, resnet,
+deep_conv, stylegan2 — StyleGAN2's names map one to one, its w_avg / noise_const buffers take
+batch_stats' place, models/stylegan2_convert.py).
 The results plug into our models (reacgan_jax.models.build_models(config)) and SN layout
 (spectral_norm.py); in eval mode they compute StudioGAN's eval-mode outputs (with the default
 config.model.sn_eval='stored' torch's u and v are copied; studiogan_layers explains the legacy
@@ -183,11 +185,27 @@ _D = {'biggan': _resnet_discriminator, 'resnet': _resnet_discriminator,
       'deep_conv': _deep_conv_discriminator}
 
 
+def _stylegan2(state):
+  """StudioGAN stylegan2.py G / D: (params, its 'stylegan2_state' buffers or {}, no SN)."""
+  from reacgan_jax.models import stylegan2_convert, stylegan2_g  # noqa: PLC0415
+
+  v = stylegan2_convert.torch_to_flax({k: np.asarray(x, np.float32) for k, x in state.items()})
+  return v.get('params', {}), v.get(stylegan2_g.STATE, {}), {}
+
+
+def _collection(config) -> str:
+  """The collection the converted statistics / buffers go to (BN's or StyleGAN2's)."""
+  return 'stylegan2_state' if config.model.backbone == 'stylegan2' else 'batch_stats'
+
+
 def _convert(state, config, table, what):
   backbone = config.model.backbone
+  if backbone == 'stylegan2':  # names map one to one (models/stylegan2_convert.py)
+    return _stylegan2(state)
   if backbone not in table:
     raise ValueError(f'config.model.backbone={backbone!r}: StudioGAN checkpoints convert for '
-                     f'{", ".join(table)} (StudioGAN big_resnet, resnet, deep_conv)')
+                     f'{", ".join(table)}, stylegan2 (StudioGAN big_resnet, resnet, deep_conv, '
+                     'stylegan2)')
   r = sl.StateReader({k.removeprefix('module.'): np.asarray(v, np.float64)
                       for k, v in state.items()}, what)
   out = _Out(config)
@@ -201,7 +219,8 @@ def _convert(state, config, table, what):
 
 
 def convert_generator(state: dict, config):
-  """StudioGAN G (or G_ema) state dict -> (params, batch_stats, sn_state) for build_models."""
+  """StudioGAN G (or G_ema) state dict -> (params, batch_stats, sn_state) for build_models
+  (StyleGAN2: its w_avg / noise_const buffers in place of batch_stats, no SN)."""
   return _convert(state, config, _G, 'G')
 
 
@@ -277,7 +296,8 @@ def write_checkpoint(config, workdir: str, g, d, g_ema=None, step: int = 0) -> s
 
   model = adapter.build(config)
   state = state_lib.create_train_state(config, model, jax.random.PRNGKey(config.seed))
-  cols = lambda net: net.collections.get('batch_stats', {})
+  col = _collection(config)
+  cols = lambda net: net.collections.get(col, {})
   nets = [('G', (state.g.params, cols(state.g), state.g.sn), g),
           ('D', (state.d.params, cols(state.d), state.d.sn), d)]
   if g_ema is not None:
@@ -289,7 +309,7 @@ def write_checkpoint(config, workdir: str, g, d, g_ema=None, step: int = 0) -> s
 
   def net(which, converted):
     params, stats, sn = jax.tree.map(np.asarray, converted)
-    return state_lib.NetState(params=params, collections={'batch_stats': stats} if stats else {},
+    return state_lib.NetState(params=params, collections={col: stats} if stats else {},
                               sn=sn, opt_state=txs[which].init(params))
 
   state = state.replace(g=net('g', g), d=net('d', d))
@@ -299,7 +319,7 @@ def write_checkpoint(config, workdir: str, g, d, g_ema=None, step: int = 0) -> s
       logging.warning('No G_ema checkpoint: the EMA generator starts as a copy of G.')
     params, stats, sn = jax.tree.map(np.asarray, ema)
     state = state.replace(ema=state_lib.EmaState(
-        params=params, collections={'batch_stats': stats} if stats else {}, sn=sn))
+        params=params, collections={col: stats} if stats else {}, sn=sn))
   ckpt = checkpoints.Checkpointer(workdir, config)
   try:
     return str(ckpt.save(step, state))
