@@ -326,3 +326,25 @@ def test_small_variants_keep_the_recipe_at_cpu_size(module):
   assert small.train.batch_size < full.train.batch_size and small.train.steps == 200
   with pytest.raises(ValueError, match='unknown variant'):
     module.get_config('huge')
+
+
+def test_path_length_term_runs_on_its_interval_with_its_running_mean(npz):
+  # Off in every CIFAR-10 config (as in StudioGAN), so tested here: 'pl' every 2 G updates,
+  # its own Adam step; the running mean (extra['term/pl']) moves only when the term runs.
+  config = _tiny(npz, **{'loss.g_terms': 'pl', 'loss.pl_interval': 2,
+                         'optim.g_lazy_interval': 2, 'train.d_updates_per_step': 1,
+                         'loss.d_terms': ''})
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  model = adapter.build(config, mesh)
+  fn = step.compile_train_step(config, model, mesh)
+  s = state.init_state(config, model, mesh)
+  means, pls = [float(parallel.to_host(s.extra['term/pl']))], []
+  for i in range(3):
+    s, m = fn(s, parallel.shard_batch(_batch(config, i), mesh))
+    means.append(float(parallel.to_host(s.extra['term/pl'])))
+    pls.append(float(parallel.to_host(m['g_pl'])))
+  assert pls[0] > 0 and pls[1] == 0 and pls[2] > 0, pls
+  assert means[0] == 0 and means[1] > 0 and means[2] == means[1] and means[3] != means[2]
+  # The mean follows its rule: mean' = mean + decay (mean_b l_b - mean), decay 0.01, so after
+  # the first run it is 0.01 * (a path length) > 0, and far below one.
+  assert means[1] < 0.1
