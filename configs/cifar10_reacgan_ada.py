@@ -17,17 +17,23 @@ def _limited(config):
   config.data.train_per_class = 500
 
 
+def apply_ada(config, target):
+  """StudioGAN's CIFAR-10 ADA block: AugmentPipe 'bgc' from p = 0 towards r_t = `target`, 500
+  kimg to move p by 1, adjusted every 4 steps (AUG.ada_* of the *-ADA.yaml files)."""
+  config.train.augment = 'ada'
+  config.ada.apply_ada = True
+  config.ada.preset = 'bgc'
+  config.ada.initial_p = 0.0
+  config.ada.target = target
+  config.ada.kimg = 500
+  config.ada.interval = 4
+
+
 def get_config(variant=''):
   config = cifar10_reacgan.get_config()
   config.loss.adv = 'logistic'
   config.train.steps = 400_000
   config.data.random_flip = False
-  config.train.augment = 'ada'
-  config.ada.apply_ada = True
-  config.ada.preset = 'bgc'
-  config.ada.initial_p = 0.0
-  config.ada.target = 0.7
-  config.ada.kimg = 500
-  config.ada.interval = 4
+  apply_ada(config, target=0.7)
   return variants.apply(config, variant, {'small': cifar10_reacgan.apply_small,
                                           'small_limited': _limited}, 'cifar10_reacgan_ada')

@@ -6,7 +6,7 @@ p (initial 0, target r_t 0.8, 500 kimg to move p by 1, adjusted every 4 steps) a
 Variant ``small``; ``small_limited``: the same on the first 500 training images per class.
 """
 
-from configs import cifar10_stylegan2, cifar10_stylegan2_d2dce, variants
+from configs import cifar10_reacgan_ada, cifar10_stylegan2, cifar10_stylegan2_d2dce, variants
 
 
 def _limited(config):
@@ -17,13 +17,7 @@ def _limited(config):
 def get_config(variant=''):
   config = cifar10_stylegan2_d2dce.d2dce()
   config.train.steps = 1_000_000
-  config.train.augment = 'ada'
-  config.ada.apply_ada = True
-  config.ada.preset = 'bgc'
-  config.ada.initial_p = 0.0
-  config.ada.target = 0.8
-  config.ada.kimg = 500
-  config.ada.interval = 4
+  cifar10_reacgan_ada.apply_ada(config, target=0.8)
   return variants.apply(config, variant, {'small': cifar10_stylegan2.apply_small,
                                           'small_limited': _limited},
                         'cifar10_stylegan2_d2dce_ada')
