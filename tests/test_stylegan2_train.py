@@ -2,7 +2,8 @@
 order, w_avg, the EMA by kimg, 1-vs-8 devices and kill/resume.
 
 configs/tiny_stylegan2.py is the toy model (channels 2-8, batch 8); each compiled step costs
-~1 min on the loaded 2-core test machine, so the default-suite tests share one.
+~1-2 min on the loaded 2-core test machine, so the tests that train are in the slow suite (those
+on one 3-step run share it); the default suite keeps the configs, counts, R1 and EMA rules.
 """
 
 import json
@@ -173,6 +174,7 @@ def tiny_run(npz):
   return config, model, states, metrics
 
 
+@pytest.mark.slow  # compiles the tiny StyleGAN2 step: minutes on the loaded CPU
 def test_tiny_stylegan2_trains_with_r1_on_its_interval(tiny_run):
   _, _, states, metrics = tiny_run
   for m in metrics:
@@ -185,6 +187,7 @@ def test_tiny_stylegan2_trains_with_r1_on_its_interval(tiny_run):
   assert max(moved) > 0
 
 
+@pytest.mark.slow  # compiles the tiny StyleGAN2 step: minutes on the loaded CPU
 def test_w_avg_moves_in_d_updates_only_and_the_ema_copies_it(tiny_run, npz):
   config, model, states, _ = tiny_run
   w_avg = lambda s: s.g.collections['stylegan2_state']['mapping']['w_avg']  # noqa: E731
@@ -205,6 +208,7 @@ def test_w_avg_moves_in_d_updates_only_and_the_ema_copies_it(tiny_run, npz):
              zip(jax.tree.leaves(g.params), jax.tree.leaves(states[1].g.params), strict=True))
 
 
+@pytest.mark.slow  # compiles the tiny StyleGAN2 step: minutes on the loaded CPU
 def test_sampling_uses_fresh_noise_and_eval_truncation(tiny_run):
   config, model, states, _ = tiny_run
   s = jax.tree.map(jnp.asarray, states[3])
@@ -294,6 +298,7 @@ def test_killed_and_resumed_stylegan2_ada_run_is_bit_identical(npz, tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow  # compiles the tiny StyleGAN2 step: minutes on the loaded CPU
 def test_w_interpolation_runs_between_the_endpoints_ws(tiny_run):
   config, model, states, _ = tiny_run
   s = jax.tree.map(jnp.asarray, states[3])
@@ -328,6 +333,7 @@ def test_small_variants_keep_the_recipe_at_cpu_size(module):
     module.get_config('huge')
 
 
+@pytest.mark.slow  # compiles the tiny StyleGAN2 step: minutes on the loaded CPU
 def test_path_length_term_runs_on_its_interval_with_its_running_mean(npz):
   # Off in every CIFAR-10 config (as in StudioGAN), so tested here: 'pl' every 2 G updates,
   # its own Adam step; the running mean (extra['term/pl']) moves only when the term runs.
