@@ -85,6 +85,9 @@ def _stylegan2(config, common):
   if m.apply_g_sn or m.apply_d_sn:
     raise ValueError('config.model.backbone=stylegan2 takes no spectral norm (StudioGAN refuses '
                      'it too): set config.model.apply_g_sn=False and config.model.apply_d_sn=False')
+  if m.dtype != 'float32':
+    raise ValueError(f'config.model.dtype={m.dtype!r}: the stylegan2 backbone computes in float32 '
+                     'only for now (no bf16 path yet); set config.model.dtype=float32')
   return stylegan2.build(config)
 
 
