@@ -79,7 +79,18 @@ def test_every_case_on_1_device(name):
   _check(1, name)
 
 
+# On 8 devices: every backbone (with D2D-CE) and every cond method at least once, plus the
+# extra variants — 10 of the 19 recorded cases (all 19 run on 1 device). The full 8-device
+# matrix passed at c540408 and 0ca7931; it was thinned to keep CI within its budget as the
+# StyleGAN2 tests arrived (the sharded step is the same code for every backbone).
+EIGHT = [n for n in record_behaviour.cases()
+         if n.endswith('-reacgan') or n in ('resnet-pd', 'dcgan-acgan', 'deep_conv-none')
+         or n.count('-') > 1 or n not in {f'{b}-{c}' for b in ('biggan', 'resnet', 'deep_conv',
+                                                               'dcgan')
+                                          for c in ('none', 'acgan', 'pd', 'reacgan')}]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('name', list(record_behaviour.cases()))
-def test_every_case_on_8_devices(name):
+@pytest.mark.parametrize('name', EIGHT)
+def test_cases_on_8_devices(name):
   _check(8, name)
