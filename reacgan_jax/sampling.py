@@ -243,7 +243,8 @@ def write_samples(config, sample_fn, outdir, rng, num_samples=None, w_interpolat
   strip = make_grid(parallel.to_host(sample_fn(z, y)), len(grid_classes(config)), steps)
   out['interpolation'] = save_png(strip, os.path.join(outdir, 'interpolation.png'))
   if w_interpolation is not None:
-    z0, z1 = z.reshape(-1, steps, z.shape[-1])[:, 0], z.reshape(-1, steps, z.shape[-1])[:, -1]
+    rows = z.reshape(-1, steps, z.shape[-1])  # each row's endpoints are its first and last z
+    z0, z1 = rows[:, 0], rows[:, -1]
     strip = make_grid(parallel.to_host(w_interpolation(z0, z1, y[::steps], steps)),
                       len(grid_classes(config)), steps)
     out['interpolation_w'] = save_png(strip, os.path.join(outdir, 'interpolation_w.png'))
