@@ -39,8 +39,13 @@ compute, float32 params / optimiser / losses, as the trainer runs it) and torch 
 torch.autocast('cpu', dtype=torch.bfloat16) with G, D and the real batch channels-last; for
 Inception, the same TorchScript network under autocast on a channels-last input (skipped with
 its error if autocast does not run it). Ratios: ours float32 / torch float32, and our best
-path (float32 or bf16) / torch bf16. The machine line names the CPU and its AMX / AVX512-BF16
-flags: torch bf16 is fast where oneDNN finds AMX or AVX512-BF16 instructions.
+path (float32 or bf16) / torch bf16.
+oneDNN sides (issue 18 item 3; --no-onednn drops them, skipped where the `onednn` extra does
+not load): the same calls with config.model.conv_backend = 'onednn' (every conv of G and D a
+custom call into oneDNN, reacgan_jax/onednn), float32 ('dnnl f32') and bf16 ('dnnl bf16').
+The float32 ratio takes our faster float32 path (XLA or oneDNN), the best ratio any of ours.
+The machine line names the CPU and its AMX / AVX512-BF16 flags: torch bf16 is fast where
+oneDNN finds AMX or AVX512-BF16 instructions.
 
 All sides run on fixed random data (the input pipeline is not timed), after one warm-up
 call each (not timed; ours is compiled ahead of time, compile time printed apart).
@@ -92,6 +97,8 @@ def _parse_args(argv=None):
   p.add_argument('--json', default='', help='also write every figure to this JSON file')
   p.add_argument('--no-bf16', action='store_true',
                  help='time only the float32 sides (ours and torch), as before issue 18')
+  p.add_argument('--no-onednn', action='store_true',
+                 help="drop our oneDNN sides (model.conv_backend='onednn', the onednn extra)")
   args = p.parse_args(argv)
   parts = [s.strip() for s in args.parts.split(',') if s.strip()]
   bad = [s for s in parts if s not in ALL_PARTS]
@@ -172,7 +179,7 @@ def _interleave(pairs, repeats):
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_config(name, batch, dtype='float32'):
+def _load_config(name, batch, dtype='float32', conv_backend='xla'):
   import importlib  # noqa: PLC0415
 
   name, _, variant = name.partition(':')  # 'cifar10_reacgan:small' as on the CLI
@@ -180,13 +187,15 @@ def _load_config(name, batch, dtype='float32'):
   config = module.get_config(variant) if variant else module.get_config()
   config.train.batch_size = batch or config.train.batch_size
   config.model.dtype = dtype
+  config.model.conv_backend = conv_backend
   return config
 
 
-def jax_gan_calls(config_name, batch, seed=0, dtype='float32'):
+def jax_gan_calls(config_name, batch, seed=0, dtype='float32', conv_backend='xla'):
   """-> ({'d_update', 'g_update', 'g_forward'}: zero-arg blocking callables, compile seconds).
 
-  dtype: config.model.dtype (the compute dtype; params and optimiser stay float32).
+  dtype: config.model.dtype (the compute dtype; params and optimiser stay float32);
+  conv_backend: config.model.conv_backend ('xla' | 'onednn').
   """
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
@@ -194,7 +203,7 @@ def jax_gan_calls(config_name, batch, seed=0, dtype='float32'):
 
   from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
 
-  config = _load_config(config_name, batch, dtype)
+  config = _load_config(config_name, batch, dtype, conv_backend)
   batch = config.train.batch_size  # batch None: the config's own
   mesh = parallel.create_mesh()
   model = adapter.build(config, mesh)
@@ -290,6 +299,13 @@ def bench_gan(model, args):
     sides['jax_bf16'], bf16_info = jax_gan_calls(CONFIGS[model], args.batch, dtype='bfloat16')
     jax_info['compile_s_bf16'] = bf16_info['compile_s']
     sides['torch_bf16'] = torch_gan_calls(model, args.batch, bf16=True)[0]
+  if _onednn_ok(args):
+    for side, dtype in (('jax_dnnl', 'float32'), ('jax_dnnl_bf16', 'bfloat16')):
+      if dtype == 'bfloat16' and args.no_bf16:
+        continue
+      sides[side], info = jax_gan_calls(CONFIGS[model], args.batch, dtype=dtype,
+                                        conv_backend='onednn')
+      jax_info[f'compile_s_{side}'] = info['compile_s']
   pairs = {k: {side: calls[k] for side, calls in sides.items()}
            for k in ('d_update', 'g_update', 'g_forward')}
   times = _interleave(pairs, args.repeats)
@@ -323,6 +339,7 @@ def bench_inception(args):
     model_cl = torch.jit.load(str(ts_path), map_location='cpu').eval()
     model_cl = model_cl.to(memory_format=torch.channels_last)
   rng = np.random.default_rng(0)
+  dnnl = _onednn_ok(args)
   result = dict(weights=what, torchscript=str(ts_path), batches={})
   for b in args.inception_batches:
     x_np = rng.uniform(-1, 1, (b, 299, 299, 3)).astype(np.float32)
@@ -344,6 +361,9 @@ def bench_inception(args):
         m(xt)
 
     sides = {'jax': jax_fn, 'torch': torch_fn}
+    if dnnl:  # model.conv_backend's counterpart for Inception: config.eval.conv_backend
+      compiled_dnnl = inception.extract.lower(params, x, conv_backend='onednn').compile()
+      sides['jax_dnnl'] = lambda c=compiled_dnnl, x=x: jax.block_until_ready(c(params, x))
     with torch.no_grad():
       for _ in range(2):  # TorchScript's profiling executor specialises on the first calls
         model(xt[:2])
@@ -440,8 +460,22 @@ def _versions():
   return out
 
 
-_SIDES = (('jax', 'ours f32'), ('jax_bf16', 'ours bf16'), ('torch', 'torch f32'),
-          ('torch_bf16', 'torch bf16'))
+_SIDES = (('jax', 'ours f32'), ('jax_bf16', 'ours bf16'), ('jax_dnnl', 'dnnl f32'),
+          ('jax_dnnl_bf16', 'dnnl bf16'), ('torch', 'torch f32'), ('torch_bf16', 'torch bf16'))
+_OURS_F32 = ('jax', 'jax_dnnl')                       # our float32 paths (XLA, oneDNN convs)
+_OURS = ('jax', 'jax_bf16', 'jax_dnnl', 'jax_dnnl_bf16')
+
+
+def _onednn_ok(args):
+  """Whether the oneDNN sides run: not with --no-onednn, and only where the extension loads."""
+  if args.no_onednn:
+    return False
+  from reacgan_jax import onednn  # noqa: PLC0415
+
+  ok, why = onednn.available()
+  if not ok:
+    print(f'oneDNN sides skipped: {why.splitlines()[0]}', flush=True)
+  return ok
 
 
 def _ratios(t, key, rate, n):
@@ -455,9 +489,10 @@ def _ratios(t, key, rate, n):
     wall = {s: t[key][s]['wall'] for s in present}
     cpu = {s: t[key][s]['cpu'] / n for s in present}
     speed = lambda d, a, b: d[b] / d[a]  # noqa: E731
-  out = {'f32': (speed(wall, 'jax', 'torch'), speed(cpu, 'jax', 'torch'))}
+  f32 = [s for s in _OURS_F32 if s in present]
+  out = {'f32': tuple(max(speed(d, s, 'torch') for s in f32) for d in (wall, cpu))}
   if 'torch_bf16' in present:
-    ours = [s for s in ('jax', 'jax_bf16') if s in present]
+    ours = [s for s in _OURS if s in present]
     out['best'] = tuple(max(speed(d, s, 'torch_bf16') for s in ours) for d in (wall, cpu))
   return wall, cpu, out
 
@@ -467,8 +502,8 @@ def _print_table(rows, t, n, batch_of):
   from wall and (in brackets) from CPU s per thread: ours f32 / torch f32, best / torch bf16."""
   sides = [(s, name) for s, name in _SIDES if s in t[rows[0][0]]]
   print('  ' + f'{"figure":18s}' + ''.join(f'{name:>11s}' for _, name in sides)
-        + f'  {"f32/t f32 (CPU)":>16s}' + (f'  {"best/t bf16 (CPU)":>18s}' if len(sides) > 2
-                                           else ''))
+        + f'  {"f32/t f32 (CPU)":>16s}'
+        + (f'  {"best/t bf16 (CPU)":>18s}' if 'torch_bf16' in dict(sides) else ''))
   for key, label, rate in rows:
     wall, _, sp = _ratios(t, key, batch_of(key) if rate else 0, n)
     line = f'  {label:18s}' + ''.join(f'{wall[s]:11.2f}' for s, _ in sides)

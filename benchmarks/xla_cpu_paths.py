@@ -134,10 +134,37 @@ def _jax_calls(b, s, c, o, k):
       ('im2col f32', 'fwd'): (jax.jit(im2col), (x, w)),
       ('im2col bf16>f32', 'fwd'): (jax.jit(lambda x, w: im2col(x, w, f32)), (xb, wb)),
   }
+  fns.update(_onednn_calls(x, w, g, pad))
   out = {}
   for key, (fn, args) in fns.items():
     out[key] = lambda fn=fn, args=args: jax.block_until_ready(fn(*args))
   return out
+
+
+def _onednn_calls(x, w, g, pad):
+  """The oneDNN custom call (reacgan_jax/onednn, the `onednn` extra) per pass, f32 and bf16."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from reacgan_jax import onednn  # noqa: PLC0415
+
+  ok, why = onednn.available()
+  if not ok:
+    print(f'onednn: skipped ({why.splitlines()[0]})', file=sys.stderr)
+    return {}
+  fns = {}
+
+  def conv(x, w):
+    return onednn.conv2d(x, w, (1, 1), pad)
+
+  for name, dt in (('onednn f32', jnp.float32), ('onednn bf16', jnp.bfloat16)):
+    xd, wd, gd = (t.astype(dt) for t in (x, w, g))
+    fns[(name, 'fwd')] = (jax.jit(conv), (xd, wd))
+    fns[(name, 'dx')] = (jax.jit(lambda x, w, g: jax.vjp(lambda x_: conv(x_, w), x)[1](g)[0]),
+                         (xd, wd, gd))
+    fns[(name, 'dw')] = (jax.jit(lambda x, w, g: jax.vjp(lambda w_: conv(x, w_), w)[1](g)[0]),
+                         (xd, wd, gd))
+  return fns
 
 
 def _torch_calls(b, s, c, o, k, threads):

@@ -44,6 +44,7 @@ import numpy as np
 from absl import logging
 
 from reacgan_jax.evaluation import fid, fid_protocol, inception, registry
+from reacgan_jax.models import conv as conv_ops
 
 METRICS = tuple(registry.METRICS)
 parse_metrics = registry.parse_metrics
@@ -120,8 +121,10 @@ class Evaluator:
       path = self.config.eval.inception_weights or None
       _, params = inception.load_inception(path)
       bs, resize = self.config.eval.batch_size, self.config.eval.resize
-      self._features_fn = lambda x: inception.extract_batched(params, x, batch_size=bs,
-                                                              resize=resize)
+      backend = self.config.eval.get('conv_backend', 'xla')
+      conv_ops.check_backend(backend, 'config.eval.conv_backend')
+      self._features_fn = lambda x: inception.extract_batched(
+          params, x, batch_size=bs, resize=resize, conv_backend=backend)
       self._features_tag = str(pathlib.Path(path).expanduser() if path
                                else inception.default_weights_path())
     return self._features_fn

@@ -75,20 +75,21 @@ def _chunk_size(batch: int, cap: int | None = None) -> int:
   return min(range(max(1, cap // 2), cap + 1), key=lambda c: (-batch % c, -c))
 
 
-@jax.jit
-def extract(params, images):
+@functools.partial(jax.jit, static_argnames='conv_backend')
+def extract(params, images, conv_backend: str = 'xla'):
   """Inception features of preprocessed images.
 
   Args:
     params: Inception params (the dict inside `{'params': ...}`, as `load_inception` returns).
     images: [B, 299, 299, 3] float32 in [-1, 1] (output of `preprocess`).
+    conv_backend: 'xla' or 'onednn' (float32 oneDNN convolutions on CPU; config.eval.conv_backend).
 
   Returns:
     {'pool': [B, 2048] float32, 'logits': [B, 1008] float32 or None when the weights have no fc}.
     Every image is computed independently (BN uses fixed statistics), so chunking the batch on
     CPU (see CPU_CHUNK) does not change any result.
   """
-  module = _module_for(params)
+  module = _module_for(params, conv_backend)
   apply = lambda x: module.apply({'params': params}, x)  # noqa: E731
   b = images.shape[0]
   chunk = _chunk_size(b)
@@ -221,7 +222,7 @@ def _pad_to(x, n: int):
 
 def extract_batched(params, images, batch_size: int = 200, resize: str = 'legacy',
                     progress: bool = False, desc: str = 'inception',
-                    total: int | None = None) -> dict:
+                    total: int | None = None, conv_backend: str = 'xla') -> dict:
   """Features of any number of images, `batch_size` at a time.
 
   The last, ragged batch is zero-padded to `batch_size` and the padding rows dropped, so the jitted
@@ -235,6 +236,7 @@ def extract_batched(params, images, batch_size: int = 200, resize: str = 'legacy
     resize: see `preprocess`.
     progress: show a tqdm progress bar (counting the chunks of `images`).
     desc: progress bar label. total: number of chunks when `images` is an iterable (for the bar).
+    conv_backend: see `extract`.
 
   Returns:
     {'pool': [N, 2048] float32 numpy, 'logits': [N, 1008] float32 numpy or None}.
@@ -256,7 +258,7 @@ def extract_batched(params, images, batch_size: int = 200, resize: str = 'legacy
     for i in range(0, chunk.shape[0], batch_size):
       part = chunk[i:i + batch_size]
       n = part.shape[0]
-      out = extract(params, preprocess(_pad_to(part, batch_size), resize))
+      out = extract(params, preprocess(_pad_to(part, batch_size), resize), conv_backend)
       # Kept on device until the end: dispatch stays asynchronous, so the host prepares the next
       # batch (decoding, PIL resizing) while the accelerator runs this one.
       pools.append(out['pool'][:n])

@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax.models import conv as conv_ops
+
 INPUT_SIZE = 299
 POOL_DIM = 2048
 NUM_LOGITS = 1008  # the 2015-12-05 graph has 1008 classes (1000 + 8 unused)
@@ -27,12 +29,15 @@ class ConvBN(nn.Module):
     padding: (ph, pw) symmetric zero padding (torch convention of the reference).
     precision: matmul precision; HIGHEST by default because TF32/bf16 on accelerators moves
       features by ~1e-3, which is visible in FID.
+    conv_backend: 'xla' (lax.conv_general_dilated) or 'onednn' (oneDNN float32 on CPU,
+      models/conv.py; config.eval.conv_backend).
   """
   features: int
   kernel: tuple[int, int] = (1, 1)
   strides: int = 1
   padding: tuple[int, int] = (0, 0)
   precision: jax.lax.Precision = jax.lax.Precision.HIGHEST
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
@@ -42,9 +47,10 @@ class ConvBN(nn.Module):
     mean = self.param('mean', nn.initializers.zeros, (self.features,))
     var = self.param('var', nn.initializers.ones, (self.features,))
     ph, pw = self.padding
-    y = jax.lax.conv_general_dilated(
-        x, w.astype(x.dtype), (self.strides, self.strides), ((ph, ph), (pw, pw)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=self.precision)
+    conv = (jax.lax.conv_general_dilated if self.conv_backend == 'xla'
+            else conv_ops.for_backend(self.conv_backend))
+    y = conv(x, w.astype(x.dtype), (self.strides, self.strides), ((ph, ph), (pw, pw)),
+             dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=self.precision)
     y = (y - mean) * jax.lax.rsqrt(var + BN_EPS) + beta
     return nn.relu(y)
 
@@ -72,13 +78,15 @@ class Tower(nn.Module):
   specs: tuple
   pool: Callable | None = None
   precision: jax.lax.Precision = jax.lax.Precision.HIGHEST
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     if self.pool is not None:
       x = self.pool(x)
     for i, (f, k, s, p) in enumerate(self.specs):
-      x = ConvBN(f, k, s, p, self.precision, name='conv' if i == 0 else f'conv_{i}')(x)
+      x = ConvBN(f, k, s, p, self.precision, self.conv_backend,
+                 name='conv' if i == 0 else f'conv_{i}')(x)
     return x
 
 
@@ -90,32 +98,34 @@ class InceptionA(nn.Module):
   pool_features: int
   width: float = 1.0
   precision: jax.lax.Precision = jax.lax.Precision.HIGHEST
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     c = functools.partial(_c, width=self.width)
-    p = self.precision
-    b0 = ConvBN(c(64), precision=p, name='conv')(x)
+    p, cb = self.precision, self.conv_backend
+    b0 = ConvBN(c(64), precision=p, conv_backend=cb, name='conv')(x)
     b1 = Tower(((c(48), (1, 1), 1, (0, 0)), (c(64), (5, 5), 1, (2, 2))), precision=p,
-               name='tower')(x)
+               conv_backend=cb, name='tower')(x)
     b2 = Tower(((c(64), (1, 1), 1, (0, 0)), (c(96), (3, 3), 1, (1, 1)),
-                (c(96), (3, 3), 1, (1, 1))), precision=p, name='tower_1')(x)
+                (c(96), (3, 3), 1, (1, 1))), precision=p, conv_backend=cb, name='tower_1')(x)
     b3 = Tower(((c(self.pool_features), (1, 1), 1, (0, 0)),), pool=_avg_pool_same, precision=p,
-               name='tower_2')(x)
+               conv_backend=cb, name='tower_2')(x)
     return jnp.concatenate([b0, b1, b2, b3], axis=-1)
 
 
 class InceptionB(nn.Module):
   width: float = 1.0
   precision: jax.lax.Precision = jax.lax.Precision.HIGHEST
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     c = functools.partial(_c, width=self.width)
-    p = self.precision
-    b0 = ConvBN(c(384), (3, 3), 2, precision=p, name='conv')(x)
+    p, cb = self.precision, self.conv_backend
+    b0 = ConvBN(c(384), (3, 3), 2, precision=p, conv_backend=cb, name='conv')(x)
     b1 = Tower(((c(64), (1, 1), 1, (0, 0)), (c(96), (3, 3), 1, (1, 1)),
-                (c(96), (3, 3), 2, (0, 0))), precision=p, name='tower')(x)
+                (c(96), (3, 3), 2, (0, 0))), precision=p, conv_backend=cb, name='tower')(x)
     return jnp.concatenate([b0, b1, _max_pool_down(x)], axis=-1)
 
 
@@ -123,19 +133,20 @@ class InceptionC(nn.Module):
   channels_7x7: int
   width: float = 1.0
   precision: jax.lax.Precision = jax.lax.Precision.HIGHEST
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     c = functools.partial(_c, width=self.width)
-    p = self.precision
+    p, cb = self.precision, self.conv_backend
     c7 = c(self.channels_7x7)
     row, col = ((1, 7), 1, (0, 3)), ((7, 1), 1, (3, 0))
-    b0 = ConvBN(c(192), precision=p, name='conv')(x)
-    b1 = Tower(((c7, (1, 1), 1, (0, 0)), (c7, *row), (c(192), *col)), precision=p,
+    b0 = ConvBN(c(192), precision=p, conv_backend=cb, name='conv')(x)
+    b1 = Tower(((c7, (1, 1), 1, (0, 0)), (c7, *row), (c(192), *col)), precision=p, conv_backend=cb,
                name='tower')(x)
     b2 = Tower(((c7, (1, 1), 1, (0, 0)), (c7, *col), (c7, *row), (c7, *col), (c(192), *row)),
-               precision=p, name='tower_1')(x)
-    b3 = Tower(((c(192), (1, 1), 1, (0, 0)),), pool=_avg_pool_same, precision=p,
+               precision=p, conv_backend=cb, name='tower_1')(x)
+    b3 = Tower(((c(192), (1, 1), 1, (0, 0)),), pool=_avg_pool_same, precision=p, conv_backend=cb,
                name='tower_2')(x)
     return jnp.concatenate([b0, b1, b2, b3], axis=-1)
 
@@ -143,16 +154,17 @@ class InceptionC(nn.Module):
 class InceptionD(nn.Module):
   width: float = 1.0
   precision: jax.lax.Precision = jax.lax.Precision.HIGHEST
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     c = functools.partial(_c, width=self.width)
-    p = self.precision
+    p, cb = self.precision, self.conv_backend
     b0 = Tower(((c(192), (1, 1), 1, (0, 0)), (c(320), (3, 3), 2, (0, 0))), precision=p,
-               name='tower')(x)
+               conv_backend=cb, name='tower')(x)
     b1 = Tower(((c(192), (1, 1), 1, (0, 0)), (c(192), (1, 7), 1, (0, 3)),
                 (c(192), (7, 1), 1, (3, 0)), (c(192), (3, 3), 2, (0, 0))), precision=p,
-               name='tower_1')(x)
+               conv_backend=cb, name='tower_1')(x)
     return jnp.concatenate([b0, b1, _max_pool_down(x)], axis=-1)
 
 
@@ -161,21 +173,22 @@ class InceptionE(nn.Module):
   max_pool: bool = False
   width: float = 1.0
   precision: jax.lax.Precision = jax.lax.Precision.HIGHEST
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     c = functools.partial(_c, width=self.width)
-    p = self.precision
-    b0 = ConvBN(c(320), precision=p, name='conv')(x)
-    a = ConvBN(c(384), precision=p, name='tower_conv')(x)
-    b1 = ConvBN(c(384), (1, 3), 1, (0, 1), p, name='tower_mixed_conv')(a)
-    b2 = ConvBN(c(384), (3, 1), 1, (1, 0), p, name='tower_mixed_conv_1')(a)
-    b = ConvBN(c(448), precision=p, name='tower_1_conv')(x)
-    b = ConvBN(c(384), (3, 3), 1, (1, 1), p, name='tower_1_conv_1')(b)
-    b3 = ConvBN(c(384), (1, 3), 1, (0, 1), p, name='tower_1_mixed_conv')(b)
-    b4 = ConvBN(c(384), (3, 1), 1, (1, 0), p, name='tower_1_mixed_conv_1')(b)
+    p, cb = self.precision, self.conv_backend
+    b0 = ConvBN(c(320), precision=p, conv_backend=cb, name='conv')(x)
+    a = ConvBN(c(384), precision=p, conv_backend=cb, name='tower_conv')(x)
+    b1 = ConvBN(c(384), (1, 3), 1, (0, 1), p, cb, name='tower_mixed_conv')(a)
+    b2 = ConvBN(c(384), (3, 1), 1, (1, 0), p, cb, name='tower_mixed_conv_1')(a)
+    b = ConvBN(c(448), precision=p, conv_backend=cb, name='tower_1_conv')(x)
+    b = ConvBN(c(384), (3, 3), 1, (1, 1), p, cb, name='tower_1_conv_1')(b)
+    b3 = ConvBN(c(384), (1, 3), 1, (0, 1), p, cb, name='tower_1_mixed_conv')(b)
+    b4 = ConvBN(c(384), (3, 1), 1, (1, 0), p, cb, name='tower_1_mixed_conv_1')(b)
     pooled = _max_pool_same(x) if self.max_pool else _avg_pool_same(x)
-    b5 = ConvBN(c(192), precision=p, name='tower_2_conv')(pooled)
+    b5 = ConvBN(c(192), precision=p, conv_backend=cb, name='tower_2_conv')(pooled)
     return jnp.concatenate([b0, b1, b2, b3, b4, b5], axis=-1)
 
 
@@ -188,6 +201,7 @@ class InceptionV3(nn.Module):
     width: channel multiplier; 1.0 is the real network. Smaller values only exist so that tests of
       the CLI can run a random-weight network quickly.
     precision: conv / fc precision (see ConvBN).
+    conv_backend: 'xla' | 'onednn' (see ConvBN).
 
   Returns:
     {'pool': [B, 2048 * width] float32 (pool3 features), 'logits': [B, num_logits] or None}.
@@ -195,27 +209,28 @@ class InceptionV3(nn.Module):
   num_logits: int | None = None
   width: float = 1.0
   precision: jax.lax.Precision = jax.lax.Precision.HIGHEST
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     c = functools.partial(_c, width=self.width)
-    p, w = self.precision, self.width
-    x = ConvBN(c(32), (3, 3), 2, precision=p, name='conv')(x)
-    x = ConvBN(c(32), (3, 3), precision=p, name='conv_1')(x)
-    x = ConvBN(c(64), (3, 3), 1, (1, 1), p, name='conv_2')(x)
+    p, w, cb = self.precision, self.width, self.conv_backend
+    x = ConvBN(c(32), (3, 3), 2, precision=p, conv_backend=cb, name='conv')(x)
+    x = ConvBN(c(32), (3, 3), precision=p, conv_backend=cb, name='conv_1')(x)
+    x = ConvBN(c(64), (3, 3), 1, (1, 1), p, cb, name='conv_2')(x)
     x = _max_pool_down(x)
-    x = ConvBN(c(80), precision=p, name='conv_3')(x)
-    x = ConvBN(c(192), (3, 3), precision=p, name='conv_4')(x)
+    x = ConvBN(c(80), precision=p, conv_backend=cb, name='conv_3')(x)
+    x = ConvBN(c(192), (3, 3), precision=p, conv_backend=cb, name='conv_4')(x)
     x = _max_pool_down(x)
-    x = InceptionA(32, w, p, name='mixed')(x)
-    x = InceptionA(64, w, p, name='mixed_1')(x)
-    x = InceptionA(64, w, p, name='mixed_2')(x)
-    x = InceptionB(w, p, name='mixed_3')(x)
+    x = InceptionA(32, w, p, cb, name='mixed')(x)
+    x = InceptionA(64, w, p, cb, name='mixed_1')(x)
+    x = InceptionA(64, w, p, cb, name='mixed_2')(x)
+    x = InceptionB(w, p, cb, name='mixed_3')(x)
     for i, c7 in enumerate((128, 160, 160, 192)):
-      x = InceptionC(c7, w, p, name=f'mixed_{4 + i}')(x)
-    x = InceptionD(w, p, name='mixed_8')(x)
-    x = InceptionE(False, w, p, name='mixed_9')(x)
-    x = InceptionE(True, w, p, name='mixed_10')(x)
+      x = InceptionC(c7, w, p, cb, name=f'mixed_{4 + i}')(x)
+    x = InceptionD(w, p, cb, name='mixed_8')(x)
+    x = InceptionE(False, w, p, cb, name='mixed_9')(x)
+    x = InceptionE(True, w, p, cb, name='mixed_10')(x)
     # pool3: the 8x8 average pool of the graph == global mean at 299x299 input.
     pool = jnp.mean(x, axis=(1, 2))
     logits = None
@@ -224,8 +239,8 @@ class InceptionV3(nn.Module):
     return {'pool': pool, 'logits': logits}
 
 
-def _module_for(params) -> InceptionV3:
+def _module_for(params, conv_backend: str = 'xla') -> InceptionV3:
   """The module whose structure matches `params` (fc head present or not, channel width)."""
   num_logits = params['fc']['bias'].shape[0] if 'fc' in params else None
   width = params['conv']['beta'].shape[0] / 32
-  return InceptionV3(num_logits=num_logits, width=width)
+  return InceptionV3(num_logits=num_logits, width=width, conv_backend=conv_backend)

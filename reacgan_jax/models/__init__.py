@@ -23,6 +23,7 @@ from absl import logging
 
 from reacgan_jax import objectives, spectral_norm
 from reacgan_jax.models import biggan, dcgan, layers, resnet, stylegan2
+from reacgan_jax.models import conv as conv_ops
 from reacgan_jax.models.heads import DOutput
 
 __all__ = ['BACKBONES', 'DOutput', 'build_models', 'sn_predicate']
@@ -31,7 +32,7 @@ __all__ = ['BACKBONES', 'DOutput', 'build_models', 'sn_predicate']
 COMMON_KEYS = ('backbone', 'cond_method', 'z_dim', 'g_conv_dim', 'd_conv_dim', 'embed_dim',
                'apply_g_sn', 'apply_d_sn', 'sn_eps', 'sn_power_iterations', 'sn_embedding_u',
                'sn_eval', 'g_init', 'd_init',
-               'bn_eval', 'standing_batches', 'dtype')
+               'bn_eval', 'standing_batches', 'dtype', 'conv_backend')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,8 @@ def _biggan(config, common):
   m, size, classes = config.model, config.data.image_size, config.data.num_classes
   biggan.check_z_dim(m.z_dim, size)
   g = biggan.BigGANGenerator(size, classes, m.cond_method != 'none', m.g_conv_dim, m.z_dim,
-                             m.shared_dim, m.g_attn_block, common.pop('g_init'), common['dtype'])
+                             m.shared_dim, m.g_attn_block, common.pop('g_init'), common['dtype'],
+                             conv_backend=common['conv_backend'])
   return g, resnet.ResNetDiscriminator(image_size=size, attn_block=m.d_attn_block, **common)
 
 
@@ -59,7 +61,8 @@ def _resnet(config, common):
   m, size, classes = config.model, config.data.image_size, config.data.num_classes
   resnet.check_image_size(size)
   g = resnet.ResNetGenerator(size, classes, m.cond_method != 'none', m.g_conv_dim, m.g_attn_block,
-                             common.pop('g_init'), common['dtype'])
+                             common.pop('g_init'), common['dtype'],
+                             conv_backend=common['conv_backend'])
   return g, resnet.ResNetDiscriminator(image_size=size, attn_block=m.d_attn_block, **common)
 
 
@@ -67,7 +70,8 @@ def _deep_conv(config, common):
   m, classes = config.model, config.data.num_classes
   dcgan.check_image_size(config.data.image_size, m.backbone)
   g = dcgan.DeepConvGenerator(classes, m.cond_method != 'none', m.g_conv_dim, m.g_attn_block,
-                              common.pop('g_init'), common['dtype'])
+                              common.pop('g_init'), common['dtype'],
+                              conv_backend=common['conv_backend'])
   return g, dcgan.DeepConvDiscriminator(attn_block=m.d_attn_block, **common)
 
 
@@ -75,7 +79,7 @@ def _dcgan(config, common):
   m, classes = config.model, config.data.num_classes
   dcgan.check_image_size(config.data.image_size, m.backbone)
   g = dcgan.DCGANGenerator(classes, m.cond_method != 'none', m.g_conv_dim, common.pop('g_init'),
-                           common['dtype'])
+                           common['dtype'], conv_backend=common['conv_backend'])
   return g, dcgan.DCGANDiscriminator(dropout=m.d_dropout, **common)
 
 
@@ -88,6 +92,10 @@ def _stylegan2(config, common):
   if m.dtype != 'float32':
     raise ValueError(f'config.model.dtype={m.dtype!r}: the stylegan2 backbone computes in float32 '
                      'only for now (no bf16 path yet); set config.model.dtype=float32')
+  if m.conv_backend != 'xla':
+    raise ValueError(f'config.model.conv_backend={m.conv_backend!r}: the stylegan2 backbone '
+                     "(modulated, grouped convolutions) runs on XLA only; set "
+                     "config.model.conv_backend='xla'")
   return stylegan2.build(config)
 
 
@@ -131,11 +139,12 @@ def build_models(config):
     raise ValueError(f'config.model.cond_method={m.cond_method!r}: backbone {m.backbone} takes '
                      f'{", ".join(BACKBONES[m.backbone].cond_methods)}')
   _warn_unread(config, m.backbone)
+  conv_ops.check_backend(m.conv_backend)
   common = dict(num_classes=config.data.num_classes, cond_method=m.cond_method,
                 conv_dim=m.d_conv_dim, embed_dim=m.embed_dim,
                 use_bn=not m.apply_d_sn,  # the reference drops D's BN when D is SN'd
                 kernel_init=layers.get_init(m.d_init, 'd'), dtype=layers.get_dtype(m.dtype),
-                g_init=layers.get_init(m.g_init, 'g'))
+                conv_backend=m.conv_backend, g_init=layers.get_init(m.g_init, 'g'))
   return BACKBONES[m.backbone].build(config, common)
 
 

@@ -45,6 +45,7 @@ class BigGANGenerator(nn.Module):
   kernel_init: Callable = nn.initializers.orthogonal()
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  conv_backend: str = 'xla'  # config.model.conv_backend (layers.conv)
 
   @nn.compact
   def __call__(self, z, y, train: bool = False):
@@ -64,10 +65,13 @@ class BigGANGenerator(nn.Module):
                  name='linear0')(chunks[0])
     h = h.reshape(-1, resnet.BOTTOM, resnet.BOTTOM, ins[0])
     for i, f in enumerate(outs):
-      h = layers.GenBlock(f, self.bn_groups, self.kernel_init, self.dtype, name=f'block{i}')(
+      h = layers.GenBlock(f, self.bn_groups, self.kernel_init, self.dtype, self.conv_backend,
+                          name=f'block{i}')(
           h, affines[i], train)
       if i + 1 == self.attn_block:
-        h = layers.SelfAttention(self.kernel_init, self.dtype, name='attention')(h)
+        h = layers.SelfAttention(self.kernel_init, self.dtype, self.conv_backend,
+                                 name='attention')(h)
     h = layers.BatchNorm(groups=self.bn_groups, dtype=self.dtype, name='bn_out')(h, not train)
-    h = layers.conv(3, 3, self.kernel_init, self.dtype, 'conv_out')(nn.relu(h))
+    h = layers.conv(3, 3, self.kernel_init, self.dtype, 'conv_out',
+                    backend=self.conv_backend)(nn.relu(h))
     return jnp.tanh(h.astype(jnp.float32))

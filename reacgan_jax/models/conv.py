@@ -17,6 +17,12 @@ same sum in a different order: float32 rounding differences only (tests/test_con
 `conv_general_dilated` has lax.conv_general_dilated's signature (flax's `nn.Conv` takes it as
 `conv_general_dilated=`) and falls back to lax for anything but a stride-1, undilated,
 ungrouped NHWC/HWIO convolution with non-negative padding.
+
+`for_backend(config.model.conv_backend)` picks the function layers.conv hands to nn.Conv:
+'xla' is the above; 'onednn' sends every undilated, ungrouped NHWC/HWIO float32 or bfloat16
+convolution (any stride) to oneDNN's forward / backward-data / backward-weights primitives
+through a custom call (reacgan_jax/onednn, the `onednn` extra) when lowering for CPU, and keeps
+the 'xla' path on other platforms and for anything else.
 """
 
 import functools
@@ -24,6 +30,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from reacgan_jax import onednn
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -125,3 +133,50 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   if any(p < 0 for pair in padding for p in pair):
     return fallback()
   return _conv_s1(lhs, rhs, padding, precision)
+
+
+BACKENDS = ('xla', 'onednn')
+
+
+def check_backend(name: str, key: str = 'config.model.conv_backend') -> None:
+  """Raises ValueError naming the config `key` when backend `name` cannot run here."""
+  if name not in BACKENDS:
+    raise ValueError(f'{key}={name!r}: expected one of {", ".join(BACKENDS)}')
+  if name == 'onednn':
+    ok, why = onednn.available()
+    if not ok:
+      raise ValueError(f"{key}='onednn' cannot be used here: {why}")
+
+
+def conv_onednn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                precision=None, preferred_element_type=None):
+  """lax.conv_general_dilated; plain NHWC/HWIO convolutions run in oneDNN when lowered for CPU."""
+  xla = functools.partial(
+      conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+      precision=precision, preferred_element_type=preferred_element_type)
+  if (lhs.ndim != 4 or rhs.ndim != 4
+      or any(d != 1 for d in (lhs_dilation or (1, 1)))
+      or any(d != 1 for d in (rhs_dilation or (1, 1)))
+      or feature_group_count != 1 or batch_group_count != 1
+      or preferred_element_type is not None
+      or not _is_nhwc(dimension_numbers, lhs.shape, rhs.shape)):
+    return xla(lhs, rhs)
+  strides = tuple(int(s) for s in window_strides)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if not onednn.supported(lhs, rhs, strides, padding):
+    return xla(lhs, rhs)
+  onednn.load()  # registers the custom call before it is lowered
+  return lax.platform_dependent(
+      lhs, rhs, cpu=lambda x, w: onednn.conv2d(x, w, strides, padding), default=xla)
+
+
+def for_backend(name: str):
+  """The conv_general_dilated that nn.Conv gets for config.model.conv_backend `name`."""
+  if name not in BACKENDS:
+    raise ValueError(f'config.model.conv_backend={name!r}: expected one of {", ".join(BACKENDS)}')
+  return conv_onednn if name == 'onednn' else conv_general_dilated

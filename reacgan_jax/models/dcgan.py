@@ -55,6 +55,7 @@ class DeepConvGenerator(nn.Module):
   kernel_init: Callable = nn.initializers.orthogonal()
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  conv_backend: str = 'xla'  # config.model.conv_backend (layers.conv)
 
   @nn.compact
   def __call__(self, z, y, train: bool = False):
@@ -70,8 +71,9 @@ class DeepConvGenerator(nn.Module):
       h = nn.relu(_GenNorm(self.bn_groups, self.kernel_init, self.dtype, name=f'bn{i}')(
           h, affine, train))
       if i + 1 == self.attn_block:
-        h = layers.SelfAttention(self.kernel_init, self.dtype, name='attention')(h)
-    h = layers.conv(3, 3, self.kernel_init, self.dtype, 'conv_out')(h)
+        h = layers.SelfAttention(self.kernel_init, self.dtype, self.conv_backend,
+                                 name='attention')(h)
+    h = layers.conv(3, 3, self.kernel_init, self.dtype, 'conv_out', backend=self.conv_backend)(h)
     return jnp.tanh(h.astype(jnp.float32))
 
 
@@ -85,6 +87,7 @@ class _DFields(nn.Module):
   kernel_init: Callable = nn.initializers.orthogonal()
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  conv_backend: str = 'xla'  # config.model.conv_backend (layers.conv)
 
 
 class DeepConvDiscriminator(_DFields):
@@ -97,13 +100,14 @@ class DeepConvDiscriminator(_DFields):
     bn = lambda h, name: (layers.BatchNorm(groups=self.bn_groups, dtype=self.dtype, name=name)(
         h, not train) if self.use_bn else h)
     conv = lambda f, k, s, name: layers.conv(f, k, self.kernel_init, self.dtype, name, stride=s,
-                                             padding=1)
+                                             padding=1, backend=self.conv_backend)
     h = x.astype(self.dtype)
     for i, f in enumerate((d, 2 * d, 4 * d)):
       h = nn.relu(bn(conv(f, 3, 1, f'block{i}_conv0')(h), f'block{i}_bn0'))
       h = nn.relu(bn(conv(f, 4, 2, f'block{i}_conv1')(h), f'block{i}_bn1'))
       if i + 1 == self.attn_block:
-        h = layers.SelfAttention(self.kernel_init, self.dtype, name='attention')(h)
+        h = layers.SelfAttention(self.kernel_init, self.dtype, self.conv_backend,
+                                 name='attention')(h)
     h = nn.relu(bn(conv(8 * d, 3, 1, 'conv_out')(h), 'bn_out'))
     h = jnp.sum(h.astype(jnp.float32), axis=(1, 2))  # global sum pooling
     h = self.perturb('h', h)
@@ -119,6 +123,7 @@ class DCGANGenerator(nn.Module):
   kernel_init: Callable = nn.initializers.orthogonal()
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  conv_backend: str = 'xla'  # config.model.conv_backend (layers.conv)
 
   @nn.compact
   def __call__(self, z, y, train: bool = False):
@@ -151,7 +156,8 @@ class DCGANDiscriminator(_DFields):
     d = self.conv_dim
     h = x.astype(self.dtype)
     for i, (m, s) in enumerate(zip((1, 2, 4, 8, 16, 32), (2, 1, 2, 1, 2, 1), strict=True)):
-      h = layers.conv(m * d, 3, self.kernel_init, self.dtype, f'conv{i}', stride=s, padding=1)(h)
+      h = layers.conv(m * d, 3, self.kernel_init, self.dtype, f'conv{i}', stride=s, padding=1,
+                      backend=self.conv_backend)(h)
       if self.use_bn and i > 0:
         h = layers.BatchNorm(groups=self.bn_groups, dtype=self.dtype, name=f'bn{i}')(h, not train)
       h = nn.leaky_relu(h, 0.2)

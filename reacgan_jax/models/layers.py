@@ -161,11 +161,13 @@ class SelfAttention(nn.Module):
   """
   kernel_init: Callable = nn.initializers.orthogonal()
   dtype: Dtype = jnp.float32
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
-    proj = lambda f, name: conv(f, 1, self.kernel_init, self.dtype, name, use_bias=False)
+    proj = lambda f, name: conv(f, 1, self.kernel_init, self.dtype, name, use_bias=False,
+                                backend=self.conv_backend)
     theta = proj(c // 8, 'theta')(x).reshape(b, h * w, c // 8)
     phi = max_pool2x(proj(c // 8, 'phi')(x)).reshape(b, h * w // 4, c // 8)
     g = max_pool2x(proj(c // 2, 'g')(x)).reshape(b, h * w // 4, c // 2)
@@ -178,15 +180,17 @@ class SelfAttention(nn.Module):
 
 
 def conv(features: int, kernel: int, kernel_init: Callable, dtype: Dtype, name: str,
-         stride: int = 1, padding: int | None = None, use_bias: bool = True):
+         stride: int = 1, padding: int | None = None, use_bias: bool = True,
+         backend: str = 'xla'):
   """nn.Conv with torch-style symmetric padding (default (kernel - 1) // 2 = 'same' at stride 1).
 
-  Stride-1 convolutions compute their weight gradient as matrix products on CPU (conv.py).
+  backend (config.model.conv_backend): 'xla' -- stride-1 convolutions compute their weight
+  gradient as matrix products on CPU (conv.py); 'onednn' -- oneDNN on CPU (reacgan_jax/onednn).
   """
   p = (kernel - 1) // 2 if padding is None else padding
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((p, p), (p, p)), use_bias=use_bias, kernel_init=kernel_init,
-                 dtype=dtype, conv_general_dilated=conv_ops.conv_general_dilated, name=name)
+                 dtype=dtype, conv_general_dilated=conv_ops.for_backend(backend), name=name)
 
 
 class GenBlock(nn.Module):
@@ -201,6 +205,7 @@ class GenBlock(nn.Module):
   groups: int = 1
   kernel_init: Callable = nn.initializers.orthogonal()
   dtype: Dtype = jnp.float32
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x, affine, train: bool):
@@ -210,7 +215,8 @@ class GenBlock(nn.Module):
       return ConditionalBatchNorm(self.groups, self.kernel_init, self.dtype, name=name)(
           h, affine, not train)
 
-    c = lambda k, name: conv(self.features, k, self.kernel_init, self.dtype, name)
+    c = lambda k, name: conv(self.features, k, self.kernel_init, self.dtype, name,
+                             backend=self.conv_backend)
     h = nn.relu(norm(x, 'bn1'))
     h = c(3, 'conv1')(upsample2x(h))
     h = nn.relu(norm(h, 'bn2'))
@@ -222,19 +228,21 @@ class GenBlock(nn.Module):
 
 def _disc_layers(block, train):
   """(conv(k, name), bn(h, name)) of a D block: its width and init; BN only with `use_bn`."""
-  c = lambda k, name: conv(block.features, k, block.kernel_init, block.dtype, name)
+  c = lambda k, name: conv(block.features, k, block.kernel_init, block.dtype, name,
+                           backend=block.conv_backend)
   bn = lambda h, name: (BatchNorm(groups=block.groups, dtype=block.dtype, name=name)(h, not train)
                         if block.use_bn else h)
   return c, bn
 
 
 class _DiscBlockFields(nn.Module):
-  """The fields both D blocks take (width, BN on/off and its groups, init, dtype)."""
+  """The fields both D blocks take (width, BN on/off and its groups, init, dtype, convs)."""
   features: int
   use_bn: bool = False
   groups: int = 1
   kernel_init: Callable = nn.initializers.orthogonal()
   dtype: Dtype = jnp.float32
+  conv_backend: str = 'xla'
 
 
 class DiscOptBlock(_DiscBlockFields):

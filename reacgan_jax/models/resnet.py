@@ -48,6 +48,7 @@ class ResNetGenerator(nn.Module):
   kernel_init: Callable = nn.initializers.orthogonal()
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  conv_backend: str = 'xla'  # config.model.conv_backend (layers.conv)
 
   @nn.compact
   def __call__(self, z, y, train: bool = False):
@@ -61,12 +62,15 @@ class ResNetGenerator(nn.Module):
     # torch views the linear output as (C, 4, 4); the order of a learned output is immaterial.
     h = h.reshape(-1, BOTTOM, BOTTOM, ins[0])
     for i, f in enumerate(outs):
-      h = layers.GenBlock(f, self.bn_groups, self.kernel_init, self.dtype, name=f'block{i}')(
+      h = layers.GenBlock(f, self.bn_groups, self.kernel_init, self.dtype, self.conv_backend,
+                          name=f'block{i}')(
           h, affine, train)
       if i + 1 == self.attn_block:
-        h = layers.SelfAttention(self.kernel_init, self.dtype, name='attention')(h)
+        h = layers.SelfAttention(self.kernel_init, self.dtype, self.conv_backend,
+                                 name='attention')(h)
     h = layers.BatchNorm(groups=self.bn_groups, dtype=self.dtype, name='bn_out')(h, not train)
-    h = layers.conv(3, 3, self.kernel_init, self.dtype, 'conv_out')(nn.relu(h))
+    h = layers.conv(3, 3, self.kernel_init, self.dtype, 'conv_out',
+                    backend=self.conv_backend)(nn.relu(h))
     return jnp.tanh(h.astype(jnp.float32))
 
 
@@ -87,6 +91,7 @@ class ResNetDiscriminator(nn.Module):
   kernel_init: Callable = nn.initializers.orthogonal()
   dtype: Any = jnp.float32
   bn_groups: int = 1
+  conv_backend: str = 'xla'  # config.model.conv_backend (layers.conv)
 
   @nn.compact
   def __call__(self, x, y, train: bool = False):
@@ -94,7 +99,7 @@ class ResNetDiscriminator(nn.Module):
     outs = [m * self.conv_dim for m in D_OUT[self.image_size]]
     down = D_DOWN[self.image_size]
     kw = dict(use_bn=self.use_bn, groups=self.bn_groups, kernel_init=self.kernel_init,
-              dtype=self.dtype)
+              dtype=self.dtype, conv_backend=self.conv_backend)
     h = x.astype(self.dtype)
     for i, f in enumerate(outs):
       if i == 0:
@@ -102,7 +107,8 @@ class ResNetDiscriminator(nn.Module):
       else:
         h = layers.DiscBlock(f, downsample=down[i], name=f'block{i}', **kw)(h, train)
       if i + 1 == self.attn_block:
-        h = layers.SelfAttention(self.kernel_init, self.dtype, name='attention')(h)
+        h = layers.SelfAttention(self.kernel_init, self.dtype, self.conv_backend,
+                                 name='attention')(h)
     # Global SUM pooling (not mean) over the spatial positions, as in the reference.
     h = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
     h = self.perturb('h', h)

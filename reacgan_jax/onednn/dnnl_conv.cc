@@ -1,0 +1,203 @@
+// 2-D convolution (forward, input gradient, weight gradient) as an XLA FFI custom call into oneDNN.
+//
+// Why: XLA:CPU's convolutions run at a fraction of oneDNN's on the same CPU (torch uses oneDNN),
+// its weight gradient worst of all, and XLA never reaches the bf16 dot instructions (AVX512-BF16,
+// AMX) that oneDNN uses (issue 18; benchmarks/xla_cpu_paths.py). Built by reacgan_jax/onednn on
+// first use against the `onednn-cpu-gomp` wheel (oneDNN 3.2, OpenMP threads).
+//
+// Layouts are the project's: activations NHWC, kernels HWIO. One handler, three kinds:
+//   kind 0  y  [N,Ho,Wo,O] = conv(x [N,H,W,C], w [KH,KW,C,O])
+//   kind 1  dx [N,H,W,C]   = input gradient of kind 0 from g [N,Ho,Wo,O] and w
+//   kind 2  dw [KH,KW,C,O] = weight gradient of kind 0 from x and g
+// Strides and the four paddings are attributes; every operand is float32 or bfloat16 (oneDNN
+// accumulates in float32 either way). Activations stay NHWC (oneDNN's brgemm kernels take it
+// directly); kernels are reordered to and from the blocked layout the primitive asks for.
+// Primitive descriptors, primitives and reorders are cached per shape/dtype/attribute key.
+
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  return eng;
+}
+
+bool ToDnnl(ffi::DataType t, dt* out) {
+  if (t == ffi::DataType::F32) { *out = dt::f32; return true; }
+  if (t == ffi::DataType::BF16) { *out = dt::bf16; return true; }
+  return false;
+}
+
+// One cached plan: the primitive, and reorders of the kernel between HWIO and its layout.
+struct Plan {
+  dnnl::primitive prim;
+  dnnl::memory::desc a_md, b_md, out_md;    // plain (user) layouts
+  dnnl::memory::desc w_prim_md;             // the kernel / kernel-gradient layout of prim
+  bool reorder_w = false;
+  dnnl::reorder w_reorder;                  // HWIO -> prim layout (kind 0, 1) or back (kind 2)
+  dnnl::memory::desc scratch_md;
+};
+
+using Key = std::tuple<int64_t, std::vector<int64_t>, int, int, int>;
+
+std::shared_ptr<Plan> MakePlan(int64_t kind, const dnnl::memory::dims& src,
+                               const dnnl::memory::dims& wei, const dnnl::memory::dims& dst,
+                               dt t_src, dt t_wei, dt t_dst, const dnnl::memory::dims& strides,
+                               const dnnl::memory::dims& pad_l, const dnnl::memory::dims& pad_r) {
+  auto& eng = Engine();
+  auto plan = std::make_shared<Plan>();
+  dnnl::memory::desc src_md(src, t_src, tag::nhwc);
+  dnnl::memory::desc dst_md(dst, t_dst, tag::nhwc);
+  dnnl::memory::desc wei_plain(wei, t_wei, tag::hwio);
+  dnnl::memory::desc wei_any(wei, t_wei, tag::any);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  // The forward descriptor (itself, or the hint of the backward ones) in the operand dtypes.
+  auto fwd_pd = dnnl::convolution_forward::primitive_desc(
+      eng, kind == 0 ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training,
+      dnnl::algorithm::convolution_direct, src_md, wei_any, dst_md, strides, pad_l, pad_r,
+      kind == 0 ? attr : dnnl::primitive_attr());
+  if (kind == 0) {
+    plan->prim = dnnl::convolution_forward(fwd_pd);
+    plan->w_prim_md = fwd_pd.weights_desc();
+    plan->a_md = src_md; plan->b_md = wei_plain; plan->out_md = dst_md;
+    plan->scratch_md = fwd_pd.scratchpad_desc();
+  } else if (kind == 1) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        eng, dnnl::algorithm::convolution_direct, src_md, wei_any, dst_md, strides, pad_l, pad_r,
+        fwd_pd, attr);
+    plan->prim = dnnl::convolution_backward_data(pd);
+    plan->w_prim_md = pd.weights_desc();
+    plan->a_md = dst_md; plan->b_md = wei_plain; plan->out_md = src_md;
+    plan->scratch_md = pd.scratchpad_desc();
+  } else {
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        eng, dnnl::algorithm::convolution_direct, src_md, wei_any, dst_md, strides, pad_l, pad_r,
+        fwd_pd, attr);
+    plan->prim = dnnl::convolution_backward_weights(pd);
+    plan->w_prim_md = pd.diff_weights_desc();
+    plan->a_md = src_md; plan->b_md = dst_md; plan->out_md = wei_plain;
+    plan->scratch_md = pd.scratchpad_desc();
+  }
+  plan->reorder_w = plan->w_prim_md != wei_plain;
+  if (plan->reorder_w) {
+    plan->w_reorder = kind == 2 ? dnnl::reorder(dnnl::reorder::primitive_desc(
+                                      eng, plan->w_prim_md, eng, wei_plain))
+                                : dnnl::reorder(dnnl::reorder::primitive_desc(
+                                      eng, wei_plain, eng, plan->w_prim_md));
+  }
+  return plan;
+}
+
+std::shared_ptr<Plan> GetPlan(const Key& key, int64_t kind, const dnnl::memory::dims& src,
+                              const dnnl::memory::dims& wei, const dnnl::memory::dims& dst,
+                              dt t_src, dt t_wei, dt t_dst, const dnnl::memory::dims& strides,
+                              const dnnl::memory::dims& pad_l, const dnnl::memory::dims& pad_r) {
+  static std::mutex mu;
+  static std::map<Key, std::shared_ptr<Plan>> cache;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  auto plan = MakePlan(kind, src, wei, dst, t_src, t_wei, t_dst, strides, pad_l, pad_r);
+  std::lock_guard<std::mutex> lock(mu);
+  cache.emplace(key, plan);
+  return plan;
+}
+
+ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t kind,
+                int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
+                int64_t pad_left, int64_t pad_right) {
+  if (kind < 0 || kind > 2) return ffi::Error::InvalidArgument("dnnl_conv: kind must be 0, 1 or 2");
+  auto ad = a.dimensions(), bd = b.dimensions(), od = out->dimensions();
+  if (ad.size() != 4 || bd.size() != 4 || od.size() != 4)
+    return ffi::Error::InvalidArgument("dnnl_conv: operands must be 4-D (NHWC / HWIO)");
+  dt ta, tb, to;
+  if (!ToDnnl(a.element_type(), &ta) || !ToDnnl(b.element_type(), &tb) ||
+      !ToDnnl(out->element_type(), &to))
+    return ffi::Error::InvalidArgument("dnnl_conv: operands must be float32 or bfloat16");
+  // NHWC x [n,h,w,c] and HWIO w [kh,kw,c,o] in oneDNN's logical NCHW / OIHW dims.
+  const int64_t* xs = kind == 1 ? od.begin() : ad.begin();   // x or dx
+  const int64_t* ws = kind == 2 ? od.begin() : bd.begin();   // w or dw
+  const int64_t* ys = kind == 0 ? od.begin() : (kind == 1 ? ad.begin() : bd.begin());  // y or g
+  dnnl::memory::dims src{xs[0], xs[3], xs[1], xs[2]}, wei{ws[3], ws[2], ws[0], ws[1]},
+      dst{ys[0], ys[3], ys[1], ys[2]};
+  dt t_src = kind == 1 ? to : ta, t_wei = kind == 2 ? to : tb,
+     t_dst = kind == 0 ? to : (kind == 1 ? ta : tb);
+  dnnl::memory::dims strides{stride_h, stride_w}, pad_l{pad_top, pad_left},
+      pad_r{pad_bottom, pad_right};
+  std::vector<int64_t> shape;
+  for (auto* d : {xs, ws, ys}) shape.insert(shape.end(), d, d + 4);
+  shape.insert(shape.end(), {stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right});
+  Key key{kind, shape, static_cast<int>(t_src), static_cast<int>(t_wei), static_cast<int>(t_dst)};
+  try {
+    auto plan = GetPlan(key, kind, src, wei, dst, t_src, t_wei, t_dst, strides, pad_l, pad_r);
+    auto& eng = Engine();
+    dnnl::stream strm(eng);
+    dnnl::memory a_mem(plan->a_md, eng, a.untyped_data());
+    dnnl::memory b_mem(plan->b_md, eng, b.untyped_data());
+    dnnl::memory o_mem(plan->out_md, eng, out->untyped_data());
+    // Uninitialised buffers (a std::vector would zero them on every call).
+    std::unique_ptr<uint8_t[]> scratch(new uint8_t[plan->scratch_md.get_size() + 1]);
+    dnnl::memory s_mem(plan->scratch_md, eng, scratch.get());
+    std::unique_ptr<uint8_t[]> wbuf(
+        new uint8_t[plan->reorder_w ? plan->w_prim_md.get_size() : 1]);
+    dnnl::memory w_mem = plan->reorder_w ? dnnl::memory(plan->w_prim_md, eng, wbuf.get())
+                                         : (kind == 2 ? o_mem : b_mem);
+    if (kind == 0) {
+      if (plan->reorder_w) plan->w_reorder.execute(strm, b_mem, w_mem);
+      plan->prim.execute(strm, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, w_mem},
+                                {DNNL_ARG_DST, o_mem}, {DNNL_ARG_SCRATCHPAD, s_mem}});
+    } else if (kind == 1) {
+      if (plan->reorder_w) plan->w_reorder.execute(strm, b_mem, w_mem);
+      plan->prim.execute(strm, {{DNNL_ARG_DIFF_DST, a_mem}, {DNNL_ARG_WEIGHTS, w_mem},
+                                {DNNL_ARG_DIFF_SRC, o_mem}, {DNNL_ARG_SCRATCHPAD, s_mem}});
+    } else {
+      plan->prim.execute(strm, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_DIFF_DST, b_mem},
+                                {DNNL_ARG_DIFF_WEIGHTS, w_mem}, {DNNL_ARG_SCRATCHPAD, s_mem}});
+      if (plan->reorder_w) plan->w_reorder.execute(strm, w_mem, o_mem);
+    }
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("dnnl_conv: oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlConv, Conv,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("kind")
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right"));
+
+// oneDNN's version, for the Python side to record beside results.
+extern "C" int ReacganDnnlVersion(int* major, int* minor, int* patch) {
+  const dnnl_version_t* v = dnnl_version();
+  *major = v->major; *minor = v->minor; *patch = v->patch;
+  return 0;
+}
