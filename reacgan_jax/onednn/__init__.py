@@ -87,7 +87,10 @@ def build() -> pathlib.Path:
 @functools.cache
 def load() -> str:
   """Builds and registers the custom call once per process; returns oneDNN's version string."""
-  so = ctypes.cdll.LoadLibrary(str(build()))
+  # RTLD_DEEPBIND: the extension's oneDNN calls bind to the wheel's libdnnl even when another
+  # oneDNN is already in the process (torch's libtorch_cpu.so exports its own, older dnnl_*
+  # symbols; without it, importing torch first would silently route our calls to that copy).
+  so = ctypes.CDLL(str(build()), mode=os.RTLD_LOCAL | os.RTLD_DEEPBIND)
   jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(so.ReacganDnnlConv), platform='cpu')
   v = [ctypes.c_int() for _ in range(3)]
   so.ReacganDnnlVersion(*[ctypes.byref(i) for i in v])
