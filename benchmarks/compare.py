@@ -520,8 +520,10 @@ def _print_gan(model, res, args):
 
   ji, ti = res['jax_info'], res['torch_info']
   compile_s = ', '.join(f'{k} {v:.1f}' for k, v in ji['compile_s'].items())
-  if 'compile_s_bf16' in ji:
-    compile_s += '; bf16: ' + ', '.join(f'{k} {v:.1f}' for k, v in ji['compile_s_bf16'].items())
+  for side, name in (('bf16', 'bf16'), ('jax_dnnl', 'dnnl f32'), ('jax_dnnl_bf16', 'dnnl bf16')):
+    if f'compile_s_{side}' in ji:
+      compile_s += f'; {name}: ' + ', '.join(f'{k} {v:.1f}'
+                                             for k, v in ji[f'compile_s_{side}'].items())
   print(f'\n{model} (configs/{CONFIGS[model]}.py vs torch_reference {model!r}), batch '
         f'{args.batch}, median of {args.repeats}; G {ji["g_params"]:,} / D {ji["d_params"]:,} '
         f'params (torch {ti["g_params"]:,} / {ti["d_params"]:,}); our compile s: {compile_s}')

@@ -146,6 +146,12 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
   for (auto* d : {xs, ws, ys}) shape.insert(shape.end(), d, d + 4);
   shape.insert(shape.end(), {stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right});
   Key key{kind, shape, static_cast<int>(t_src), static_cast<int>(t_wei), static_cast<int>(t_dst)};
+  // One convolution at a time: XLA runs independent ops concurrently on its thread pool (D on
+  // the real and on the fake batch, say), and each call's OpenMP team already spans every core;
+  // two teams at once oversubscribe the cores (measured: a 3x3 conv at 326 ms beside its twin
+  // at 187 ms, both ~175 ms alone). A waiting XLA thread blocks here instead of spinning.
+  static std::mutex run_mu;
+  std::lock_guard<std::mutex> run_lock(run_mu);
   try {
     auto plan = GetPlan(key, kind, src, wei, dst, t_src, t_wei, t_dst, strides, pad_l, pad_r);
     auto& eng = Engine();
