@@ -111,6 +111,17 @@ def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
     return False
 
 
+def _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                batch_group_count, preferred_element_type) -> bool:
+  """An undilated, ungrouped 2-D NHWC/HWIO convolution without a preferred output type."""
+  return (lhs.ndim == 4 and rhs.ndim == 4
+          and all(d == 1 for d in (lhs_dilation or (1, 1)))
+          and all(d == 1 for d in (rhs_dilation or (1, 1)))
+          and feature_group_count == 1 and batch_group_count == 1
+          and preferred_element_type is None
+          and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape))
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
@@ -120,12 +131,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, batch_group_count=batch_group_count,
       precision=precision, preferred_element_type=preferred_element_type)
-  if (lhs.ndim != 4 or rhs.ndim != 4 or tuple(window_strides) != (1, 1)
-      or any(d != 1 for d in (lhs_dilation or (1, 1)))
-      or any(d != 1 for d in (rhs_dilation or (1, 1)))
-      or feature_group_count != 1 or batch_group_count != 1
-      or preferred_element_type is not None or lhs.dtype != rhs.dtype
-      or not _is_nhwc(dimension_numbers, lhs.shape, rhs.shape)):
+  if (tuple(window_strides) != (1, 1) or lhs.dtype != rhs.dtype
+      or not _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                         feature_group_count, batch_group_count, preferred_element_type)):
     return fallback()
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
@@ -138,10 +146,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 BACKENDS = ('xla', 'onednn')
 
 
-def check_backend(name: str, key: str = 'config.model.conv_backend') -> None:
-  """Raises ValueError naming the config `key` when backend `name` cannot run here."""
+def _check_name(name: str, key: str) -> None:
   if name not in BACKENDS:
     raise ValueError(f'{key}={name!r}: expected one of {", ".join(BACKENDS)}')
+
+
+def check_backend(name: str, key: str = 'config.model.conv_backend') -> None:
+  """Raises ValueError naming the config `key` when backend `name` cannot run here."""
+  _check_name(name, key)
   if name == 'onednn':
     ok, why = onednn.available()
     if not ok:
@@ -157,12 +169,8 @@ def conv_onednn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, batch_group_count=batch_group_count,
       precision=precision, preferred_element_type=preferred_element_type)
-  if (lhs.ndim != 4 or rhs.ndim != 4
-      or any(d != 1 for d in (lhs_dilation or (1, 1)))
-      or any(d != 1 for d in (rhs_dilation or (1, 1)))
-      or feature_group_count != 1 or batch_group_count != 1
-      or preferred_element_type is not None
-      or not _is_nhwc(dimension_numbers, lhs.shape, rhs.shape)):
+  if not _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                     feature_group_count, batch_group_count, preferred_element_type):
     return xla(lhs, rhs)
   strides = tuple(int(s) for s in window_strides)
   if isinstance(padding, str):
@@ -177,6 +185,5 @@ def conv_onednn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
 
 def for_backend(name: str):
   """The conv_general_dilated that nn.Conv gets for config.model.conv_backend `name`."""
-  if name not in BACKENDS:
-    raise ValueError(f'config.model.conv_backend={name!r}: expected one of {", ".join(BACKENDS)}')
+  _check_name(name, 'config.model.conv_backend')
   return conv_onednn if name == 'onednn' else conv_general_dilated
