@@ -71,27 +71,28 @@ def main(argv):
 
 
 def _run(config, workdir):
-  from reacgan_jax import parallel, validate  # noqa: PLC0415 (after flag parsing: fast --help)
+  # After flag parsing, so --help stays fast; each mode imports only what it runs.
+  from configs import default  # noqa: PLC0415
+  from reacgan_jax import validate  # noqa: PLC0415
+  from reacgan_jax.platform import parallel, paths  # noqa: PLC0415
 
-  validate.validate_config(config, mode=_MODE.value)
+  validate.validate_config(config, mode=_MODE.value, defaults=default.get_config())
 
   parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                         _PROCESS_ID.value)
   # Sharded random draws must equal unsharded ones (device-count independent runs).
   jax.config.update('jax_threefry_partitionable', True)
   if config.train.compilation_cache:
-    from reacgan_jax.evaluation import inception  # noqa: PLC0415
-
     # Keyed by the computation, the compile options and the jax version: never a stale hit.
-    jax.config.update('jax_compilation_cache_dir', str(inception.cache_dir() / 'xla'))
+    jax.config.update('jax_compilation_cache_dir', str(paths.cache_root() / 'xla'))
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   if _MODE.value == 'train':
-    from reacgan_jax import train  # noqa: PLC0415 (each mode imports only what it runs)
+    from reacgan_jax.train import loop as train  # noqa: PLC0415
 
     train.train_and_evaluate(config, workdir)
     return
-  from reacgan_jax import modes  # noqa: PLC0415 (eval/sample never import the trainer)
+  from reacgan_jax.train import modes  # noqa: PLC0415 (eval/sample never import the trainer)
 
   if _MODE.value == 'eval':
     results = modes.evaluate_checkpoints(config, workdir, _ALL_CHECKPOINTS.value)

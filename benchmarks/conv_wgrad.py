@@ -1,4 +1,4 @@
-"""The CPU weight-gradient path of reacgan_jax/models/conv.py against XLA's own, in one run.
+"""The CPU weight-gradient path of reacgan_jax/ops/conv.py against XLA's own, in one run.
 
   .venv/bin/python benchmarks/conv_wgrad.py                 # layer shapes, then whole updates
   .venv/bin/python benchmarks/conv_wgrad.py --no-updates    # layer shapes only (~1 min)
@@ -45,7 +45,7 @@ def _bench_layer(b, s, c, o, repeats):
   import jax  # noqa: PLC0415
   from jax import lax  # noqa: PLC0415
 
-  from reacgan_jax.models import conv as conv_ops  # noqa: PLC0415
+  from reacgan_jax.ops import conv as conv_ops  # noqa: PLC0415
 
   nhwc = ('NHWC', 'HWIO', 'NHWC')
 
@@ -83,7 +83,7 @@ def bench_updates(repeats, batch):
   import compare  # noqa: PLC0415
   from jax import lax  # noqa: PLC0415
 
-  from reacgan_jax.models import conv as conv_ops  # noqa: PLC0415
+  from reacgan_jax.ops import conv as conv_ops  # noqa: PLC0415
 
   ours, _ = compare.jax_gan_calls('cifar10_reacgan', batch)
   default = conv_ops.conv_general_dilated

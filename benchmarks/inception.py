@@ -21,14 +21,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
-from reacgan_jax.evaluation import convert, inception  # noqa: E402
+from reacgan_jax.evaluation import convert, inception, inception_weights  # noqa: E402
 
 
 def _jax_params():
-  path = inception.default_weights_path()
+  path = inception_weights.default_weights_path()
   if path.exists():
     return inception.load_inception(path)[1], f'converted weights {path}'
-  return jax.tree.map(jax.numpy.asarray, inception.random_params()), 'random weights'
+  return jax.tree.map(jax.numpy.asarray, inception_weights.random_params()), 'random weights'
 
 
 def bench_jax(params, x, repeats):

@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 
 
 from configs import default  # noqa: E402
-from reacgan_jax import data_sources, input_pipeline  # noqa: E402
+from reacgan_jax.data import pipeline as input_pipeline  # noqa: E402
+from reacgan_jax.data import sources as data_sources  # noqa: E402
 
 CIFAR_NPZ = REPO.parent / 'shared' / 'data' / 'cifar10.npz'
 

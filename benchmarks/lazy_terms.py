@@ -15,6 +15,8 @@ import statistics
 import sys
 import time
 
+from reacgan_jax.losses import terms
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 sys.path.insert(0, os.path.join(_REPO, 'tests'))
@@ -30,7 +32,10 @@ def main():
   import numpy as np  # noqa: PLC0415
 
   from configs import tiny  # noqa: PLC0415
-  from reacgan_jax import adapter, objectives, parallel, state, step  # noqa: PLC0415
+  from reacgan_jax.losses import registry as objectives
+  from reacgan_jax.models import adapter  # noqa: PLC0415
+  from reacgan_jax.platform import parallel
+  from reacgan_jax.train import state, step
 
   def r1_like(ctx):
     def d_sum(x):
@@ -38,7 +43,7 @@ def main():
     g = jax.grad(d_sum)(ctx.real)
     return jnp.mean(jnp.sum(jnp.square(g), axis=(1, 2, 3))) / 2
 
-  objectives.TERMS['bench_r1'] = lambda config, which: objectives.Term(
+  objectives.TERMS['bench_r1'] = lambda config, which: terms.Term(
       'bench_r1', r1_like, weight=0.01, interval=4)
 
   def build(with_term):

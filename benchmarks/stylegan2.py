@@ -116,7 +116,9 @@ def jax_calls(config, real_np, labels_np, seed=0):
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
-  from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
+  from reacgan_jax.models import adapter  # noqa: PLC0415
+  from reacgan_jax.platform import parallel
+  from reacgan_jax.train import state, step
 
   batch = real_np.shape[0]
   mesh = parallel.create_mesh()
@@ -131,8 +133,9 @@ def jax_calls(config, real_np, labels_np, seed=0):
     return b.d_update(g, carry, (real, labels, key), zero, zero)
 
   def g_fn(g, d, key):
-    g, d_sn, _, metrics = b.g_update(g, d, g.sn, key, batch, None, {}, zero)
-    return g, d_sn, metrics
+    carry = step.DCarry(d=d, g_sn=g.sn, g_cols=g.collections, aug=None, extra={})
+    g, carry, metrics = b.g_update(g, carry, key, batch, zero)
+    return g, carry.d.sn, metrics
 
   copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731 (donation consumes the buffers)
   st = {'d': copy(step.DCarry(d=st0.d, g_sn=st0.g.sn, g_cols=st0.g.collections, aug=None,
@@ -217,7 +220,7 @@ def build_torch(sg2, config):
 
 def torch_adam(torch, config, which, params):
   """torch Adam with our optimiser's lr / betas / eps after lazy scaling (state.make_optimizers)."""
-  from reacgan_jax import objectives  # noqa: PLC0415
+  from reacgan_jax.losses import registry as objectives  # noqa: PLC0415
 
   o = config.optim
   c = objectives.lazy_ratio(config, objectives.build_terms(config, which), which)

@@ -12,7 +12,7 @@ worker.py steps that cost compute:
   attention G@2 D@1, SN on G and D, D2D-CE head embed 512), hinge + 0.5 * D2D-CE.
 - SNGAN: resnet 32 (ch 64, z 128, G cBN on one-hot labels as at StudioGAN HEAD, no G SN,
   SN D with projection), hinge.
-Parameter and SN-module counts equal SPEC.md's table (tests/test_torch_reference.py).
+Parameter and SN-module counts equal SPEC.md's table (tests/parity/test_torch_reference.py).
 
 Torch is NCHW here (the reference's layout); NHWC is our JAX convention. Torch is an optional
 extra (`pip install -e '.[torch]'`): nothing in reacgan_jax/ imports this file.

@@ -50,7 +50,9 @@ def hlo_flops(lowered):
 
 
 def bench(name, batch_size, steps):
-  from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
+  from reacgan_jax.models import adapter  # noqa: PLC0415
+  from reacgan_jax.platform import parallel
+  from reacgan_jax.train import state, step
 
   module, _, variant = name.partition(':')
   mod = importlib.import_module(f'configs.{module}')

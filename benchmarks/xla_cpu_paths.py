@@ -90,7 +90,7 @@ def _jax_calls(b, s, c, o, k):
   import jax.numpy as jnp  # noqa: PLC0415
   from jax import lax  # noqa: PLC0415
 
-  from reacgan_jax.models import conv as conv_ops  # noqa: PLC0415
+  from reacgan_jax.ops import conv as conv_ops  # noqa: PLC0415
 
   p = k // 2
   pad = ((p, p), (p, p))
@@ -142,11 +142,11 @@ def _jax_calls(b, s, c, o, k):
 
 
 def _onednn_calls(x, w, g, pad):
-  """The oneDNN custom call (reacgan_jax/onednn, the `onednn` extra) per pass, f32 and bf16."""
+  """The oneDNN custom call (reacgan_jax/ops/onednn, the `onednn` extra) per pass, f32 and bf16."""
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
-  from reacgan_jax import onednn  # noqa: PLC0415
+  from reacgan_jax.ops import onednn  # noqa: PLC0415
 
   ok, why = onednn.available()
   if not ok:

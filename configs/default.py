@@ -9,7 +9,7 @@ keeps each field's type: an override of the wrong type fails loudly.
 
 import ml_collections
 
-from reacgan_jax import ada_heuristic
+from reacgan_jax.augment import ada_heuristic
 from reacgan_jax.models import stylegan2
 
 
@@ -19,7 +19,7 @@ def get_config():
 
   # ---- data ---------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
-  # tfds | npz | folder | tiny_imagenet | cifar_binary (the last two: reacgan_jax/datasets.py)
+  # tfds | npz | folder | tiny_imagenet | cifar_binary (the last two: reacgan_jax/data/datasets.py)
   config.data.source = 'tfds'
   config.data.name = 'cifar10'  # TFDS dataset name (source=tfds)
   config.data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets)
@@ -101,7 +101,7 @@ def get_config():
   # Extra loss terms by name (objectives.TERMS), comma lists, after adv and cond: e.g. 'r1'
   config.loss.d_terms = ''
   config.loss.g_terms = ''
-  # 'r1' (reacgan_jax/regularizers.py): StyleGAN2's R1 on reals, StudioGAN LOSS.r1_lambda,
+  # 'r1' (reacgan_jax/losses/regularizers.py): StyleGAN2's R1 on reals, StudioGAN LOSS.r1_lambda,
   # STYLEGAN.d_reg_interval (counted over D updates) and LOSS.r1_place: inside = inside_loop
   # (added to that D update's gradient), separate = outside_loop (an Adam step of its own)
   config.loss.r1_lambda = 0.01

@@ -7,7 +7,7 @@ ch 80, embed 768, lambda 0.75, T 0.75, m_p 1.0, EMA from step 20000.
 Reported IS 14.16 / FID 26.59 (ReACGAN paper protocol: 10,000 samples vs the 10,000
 validation images).
 
-Data (source=tiny_imagenet, reacgan_jax/datasets.py): --config.data.root= the official
+Data (source=tiny_imagenet, reacgan_jax/data/datasets.py): --config.data.root= the official
 tiny-imagenet-200.zip itself, its unpacked folder (train/<wnid>/images/*.JPEG, val/images/ +
 val/val_annotations.txt), or StudioGAN's class-folder layout (train/<wnid>/*.JPEG,
 valid/<wnid>/*.JPEG). Labels are the sorted wnids' indices (ImageFolder's order). 64x64 already:

@@ -108,7 +108,8 @@ def _cpu():
 
 def _probe_sets(config, n):
   """(train x, y), (held-out x, y): n images spread over the limited train set; test's first n."""
-  from reacgan_jax import data_sources, input_pipeline  # noqa: PLC0415  (jax only when analysing)
+  from reacgan_jax.data import pipeline as input_pipeline
+  from reacgan_jax.data import sources as data_sources  # noqa: PLC0415  (jax only when analysing)
 
   x, y = input_pipeline.load_arrays(config, config.data.train_split)
   limited = input_pipeline.limit_per_class(data_sources.Arrays(x, y, config.data.num_classes, ''),
@@ -125,7 +126,9 @@ def probe(workdir, n):
   import jax.numpy as jnp  # noqa: PLC0415
 
   from configs import from_workdir  # noqa: PLC0415
-  from reacgan_jax import adapter, checkpoints, modes, parallel  # noqa: PLC0415
+  from reacgan_jax.models import adapter  # noqa: PLC0415
+  from reacgan_jax.platform import checkpoints, parallel
+  from reacgan_jax.train import modes
 
   config = from_workdir.get_config(workdir)
   mesh = parallel.create_mesh()

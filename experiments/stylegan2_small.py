@@ -32,7 +32,11 @@ def main():
 
   import jax  # noqa: PLC0415
 
-  from reacgan_jax import adapter, modes, parallel, sampling, state, train  # noqa: PLC0415
+  from reacgan_jax import sampling
+  from reacgan_jax.models import adapter  # noqa: PLC0415
+  from reacgan_jax.platform import parallel
+  from reacgan_jax.train import loop as train
+  from reacgan_jax.train import modes, state
   name, _, variant = args.config.partition(':')
   module = importlib.import_module(name.removesuffix('.py').replace('/', '.'))
   config = module.get_config(variant)

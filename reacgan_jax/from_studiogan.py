@@ -1,144 +1,21 @@
-"""StudioGAN YAML config -> a reacgan-jax config file (and back, for checking).
+"""Old name of `python -m reacgan_jax.studiogan.yaml_import` (a StudioGAN YAML as a config file).
 
-  python -m reacgan_jax.from_studiogan CONFIG.yaml [--out=configs/my_run.py]
-
-prints (or writes) a config file that starts from `configs/default.py` and sets every key the
-YAML maps to, and lists every StudioGAN key it maps and every one it cannot, by name. Omitted
-YAML keys take StudioGAN's defaults (PyTorch-StudioGAN src/config.py), as StudioGAN itself does;
-the key table is `reacgan_jax.studiogan_keys`. `to_studiogan(config)` maps a config back (the
-test round-trips StudioGAN's own CIFAR10 YAMLs through both).
+Kept so existing scripts keep working: `python -m reacgan_jax.from_studiogan ...` runs the same
+command and prints its new name; importing this module for its functions fails with a
+message naming the new module.
 """
 
-import dataclasses
 import sys
-import textwrap
 
-import ml_collections
-import yaml
-from absl import app, flags
+from reacgan_jax.studiogan import yaml_import
 
-from reacgan_jax import studiogan_keys as keys
-
-_OUT = flags.DEFINE_string('out', '', 'Write the config file here instead of printing it.')
+MOVED_TO = 'reacgan_jax.studiogan.yaml_import'
 
 
-@dataclasses.dataclass
-class Conversion:
-  """overrides: our dotted key -> value; mapped / unmapped: StudioGAN keys (unmapped with why)."""
-  overrides: dict
-  mapped: list
-  unmapped: list  # (StudioGAN key, value, reason)
-
-
-def load_yaml(path: str) -> dict:
-  """Reads a StudioGAN YAML (sections of key: value) with yaml.safe_load."""
-  with open(path) as f:
-    cfg = yaml.safe_load(f)
-  if not isinstance(cfg, dict) or not all(isinstance(v, dict) for v in cfg.values()):
-    raise ValueError(f'{path}: expected a StudioGAN config (top-level sections DATA, MODEL, LOSS, '
-                     'OPTIMIZATION, ... each a mapping of key: value)')
-  return cfg
-
-
-def merged(yaml_cfg: dict) -> dict:
-  """StudioGAN's defaults overwritten by the YAML, as 'SECTION.key' (like _overwrite_cfgs)."""
-  flat = {f'{s}.{k}': v for s, sec in keys.DEFAULTS.items() for k, v in sec.items()}
-  for section, values in yaml_cfg.items():
-    for k, v in values.items():
-      flat[f'{section}.{k}'] = v
-  return flat
-
-
-def convert(yaml_cfg: dict) -> Conversion:
-  """Maps a StudioGAN YAML dict onto reacgan-jax config overrides (pure; nothing is read)."""
-  flat = merged(yaml_cfg)
-  named = [f'{s}.{k}' for s, sec in yaml_cfg.items() for k in sec]
-  overrides = dict(keys.IMPLIED)
-  mapped, unmapped = set(), {}
-  for rule in keys.RULES:
-    try:
-      overrides.update(rule.fwd(flat))
-      mapped.update(rule.sg)
-    except keys.Unmappable as e:
-      for k in rule.sg:
-        unmapped.setdefault(k, str(e))
-  for k, value in keys.FIXED.items():
-    if flat[k] == value:
-      mapped.add(k)
-    else:
-      unmapped[k] = f'reacgan-jax implements {k}={value!r} only'
-  for k in named:
-    if k not in mapped and k not in unmapped:
-      unmapped[k] = 'no reacgan-jax equivalent'
-  mapped -= set(unmapped)
-  order = named + [k for k in flat if k not in named]
-  return Conversion(overrides, [k for k in order if k in mapped],
-                    [(k, flat.get(k), unmapped[k]) for k in order if k in unmapped])
-
-
-def apply(overrides: dict, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Sets each dotted key on (a copy of) `config`; ints stay ints where the key is a float."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  for dotted, value in overrides.items():
-    section, name = dotted.split('.')
-    old = config[section][name]
-    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-      value = float(value)
-    config[section][name] = value
-  return config
-
-
-def to_studiogan(config) -> tuple[dict, list]:
-  """Our config -> ({'SECTION.key': value} for every mapped StudioGAN key, [(rule keys, why)])."""
-  flat = {f'{s}.{k}': v for s, sec in config.to_dict().items() if isinstance(sec, dict)
-          for k, v in sec.items()}
-  out, missing = {}, []
-  for rule in keys.RULES:
-    try:
-      out.update(rule.bwd(flat))
-    except keys.Unmappable as e:
-      missing.append((rule.sg, str(e)))
-  for k, v in keys.FIXED.items():
-    out.setdefault(k, v)
-  return out, missing
-
-
-def render(conv: Conversion, source: str) -> str:
-  """The config file text: a docstring listing mapped / unmapped keys, then the overrides."""
-  mapped = f'Mapped StudioGAN keys ({len(conv.mapped)}): ' + ', '.join(conv.mapped) + '.'
-  lines = [f'"""Converted from StudioGAN {source} by reacgan_jax.from_studiogan.', '']
-  lines += textwrap.wrap(mapped, 96)
-  if conv.unmapped:
-    lines += ['', f'NOT mapped ({len(conv.unmapped)}; reacgan-jax keeps its own behaviour):']
-    for k, v, why in conv.unmapped:
-      lines += textwrap.wrap(f'{k}={v!r}: {why}', 96, initial_indent='  ', subsequent_indent='    ')
-  lines += ['"""', '', 'from configs import default', '', '', 'def get_config():',
-            '  config = default.get_config()']
-  lines += [f'  config.{k} = {v!r}' for k, v in conv.overrides.items()]
-  lines += ['  return config', '']
-  return '\n'.join(lines)
-
-
-def report(conv: Conversion) -> str:
-  """Human-readable summary of what was and was not mapped."""
-  lines = [f'mapped ({len(conv.mapped)}): ' + ', '.join(conv.mapped)]
-  lines += [f'NOT mapped: {k}={v!r} ({why})' for k, v, why in conv.unmapped]
-  return '\n'.join(lines)
-
-
-def main(argv):
-  if len(argv) != 2:
-    raise app.UsageError('usage: python -m reacgan_jax.from_studiogan CONFIG.yaml [--out=FILE]')
-  conv = convert(load_yaml(argv[1]))
-  text = render(conv, argv[1])
-  if _OUT.value:
-    with open(_OUT.value, 'w') as f:
-      f.write(text)
-    sys.stderr.write(f'wrote {_OUT.value}\n')
-  else:
-    sys.stdout.write(text)
-  sys.stderr.write(report(conv) + '\n')
+def __getattr__(name):
+  raise AttributeError(f'reacgan_jax.from_studiogan moved to {MOVED_TO}: import {name} from there')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  print(f'note: reacgan_jax.from_studiogan is now {MOVED_TO} (same arguments)', file=sys.stderr)
+  yaml_import.run()

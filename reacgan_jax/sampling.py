@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from reacgan_jax import adapter as adapter_lib
-from reacgan_jax import parallel
+from reacgan_jax.models import adapter as adapter_lib
+from reacgan_jax.platform import parallel
 
 
 def generator_variables(state, use_ema=True):

@@ -1,13 +1,15 @@
-"""Writes tests/data/ada_reference.npz: StudioGAN's AdaAugment (torch CPU) run on injected draws.
+"""Writes tests/fixtures/ada/ada_reference.npz: StudioGAN's AdaAugment (torch CPU) run on injected
+draws.
 
     python scripts/make_ada_fixture.py --studiogan /work/studiogan \
-        [--output tests/data/ada_reference.npz]
+        [--output tests/fixtures/ada/ada_reference.npz]
 
 For each case (preset, p) it draws the reference's uniform / normal numbers in the order and
-shapes of `reacgan_jax.ada_params.raw_layout`, makes torch.rand / torch.randn hand exactly those
+shapes of `reacgan_jax.augment.ada_params.raw_layout`,
+makes torch.rand / torch.randn hand exactly those
 to `AdaAugment.forward` (checked shape by shape), and records with a line tracer the composed
 G_inv (at the padding computation), the colour matrix C (before it is applied), the pad margins
-and the output. tests/test_ada_reference.py replays the same draws through our
+and the output. tests/augment/test_ada_reference.py replays the same draws through our
 `select_params` / matrices / `apply` and compares. StudioGAN is only needed here, never by tests.
 """
 
@@ -21,7 +23,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from reacgan_jax import ada_params  # noqa: E402
+from reacgan_jax.augment import ada_params  # noqa: E402
 
 CASES = (('bgc', 0.7, 11), ('bgcfnc', 1.0, 12), ('blit', 1.0, 13), ('geom', 1.0, 14))
 BATCH, SIZE, CHANNELS = 4, 32, 3
@@ -93,7 +95,8 @@ def _run_reference(torch, ada_aug, spec_kwargs, p, x_nhwc, raw, spec):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--studiogan', required=True, help='PyTorch-StudioGAN checkout')
-  parser.add_argument('--output', default=str(REPO / 'tests' / 'data' / 'ada_reference.npz'))
+  parser.add_argument('--output',
+                      default=str(REPO / 'tests' / 'fixtures' / 'ada' / 'ada_reference.npz'))
   args = parser.parse_args()
   sys.path.insert(0, str(pathlib.Path(args.studiogan) / 'src'))
   import torch  # noqa: PLC0415

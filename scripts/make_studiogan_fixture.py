@@ -10,7 +10,7 @@ optimiser step after the last power iteration would: the stored u/v then no long
 the current weights), and records eval-mode outputs on fixed inputs. deep_conv has fixed widths
 in StudioGAN (512 ... 64); they are divided by 32 in an in-memory copy of its source, the only
 patch. Saved: every state-dict tensor (packed), the inputs, the outputs, and per case the
-reacgan-jax config overrides describing the same network (read by tests/test_convert_studiogan.py).
+reacgan-jax config overrides describing the same network (read by tests/studiogan/test_convert.py).
 """
 
 import argparse

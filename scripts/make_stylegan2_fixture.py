@@ -1,5 +1,5 @@
 """Make tests/fixtures/stylegan2_parity.npz: StudioGAN's own StyleGAN2 G and D (torch CPU) at a
-tiny width, their weights, inputs and outputs, for tests/test_stylegan2_parity.py.
+tiny width, their weights, inputs and outputs, for tests/parity/test_stylegan2_parity.py.
 
   python scripts/make_stylegan2_fixture.py --studiogan /path/to/PyTorch-StudioGAN/src \
       [--out tests/fixtures/stylegan2_parity.npz]

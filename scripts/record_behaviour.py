@@ -4,13 +4,17 @@ For every backbone x cond_method on configs/tiny.py (plus DiffAugment and per-de
 variants) it runs 20 train steps on a fixed synthetic batch stream and records every step's
 metrics (float32, exactly) and a sha256 digest of each part of the final state (G, D, SN
 vectors, BN statistics, optimiser states, EMA). The fixture it writes is compared with
-`np.array_equal`-strictness by tests/test_behaviour.py.
+`np.array_equal`-strictness by tests/integration/test_behaviour.py.
 
   python scripts/record_behaviour.py --devices=1 --out=tests/fixtures/behaviour_1dev.json
   python scripts/record_behaviour.py --devices=8 --out=tests/fixtures/behaviour_8dev.json
 
 XLA:CPU's code depends on the CPU (AVX2 vs AVX-512 kernels round differently), so the
-fixture records the CPU it was made on and the test compares only on that CPU.
+fixture records the CPU it was made on (`cpu_name`: model and vector ISA) and the test compares
+only on that CPU. behaviour_<n>dev.json were recorded on an AMD EPYC with AVX-512 (f207e45);
+behaviour_<n>dev_avx2.json on an AMD EPYC without it (AVX2, family 25) by commit ed54708, the
+last tree before the package moved into folders (issue 24); ed54708 reproduced the AVX-512
+fixtures on their machine (its CI), so both files record the same trainer.
 
 Only `state_parts` knows the TrainState's layout: a refactor that moves state around updates
 that function (the names and the leaf order inside each part stay).
@@ -56,15 +60,40 @@ def cases():
   return out
 
 
-def cpu_name():
+def _cpuinfo(key):
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
-        if line.startswith('model name'):
+        if line.startswith(key):
           return line.split(':', 1)[1].strip()
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  return ''
+
+
+def cpu_name():
+  """'<model name> / <widest vector ISA XLA:CPU uses>': 'AMD EPYC / avx512', 'AMD EPYC / avx2'.
+
+  The model name alone is not enough: machines named 'AMD EPYC' came with and without AVX-512
+  here, and XLA:CPU's kernels round differently on the two.
+  """
+  name = _cpuinfo('model name') or platform.processor() or platform.machine()
+  flags = set(_cpuinfo('flags').split())
+  isa = ('amx' if 'amx_bf16' in flags else 'avx512' if 'avx512f' in flags
+         else 'avx2' if 'avx2' in flags else 'baseline')
+  return f'{name} / {isa}'
+
+
+def fixture_path(directory, devices):
+  """The fixture of this CPU: behaviour_<n>dev.json or behaviour_<n>dev_<isa>.json."""
+  isa = cpu_name().rsplit(' / ', 1)[1]
+  for name in (f'behaviour_{devices}dev_{isa}.json', f'behaviour_{devices}dev.json'):
+    path = os.path.join(directory, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        if json.load(f)['cpu'] == cpu_name():
+          return path
+  return None
 
 
 # The SN rules of the recording (f207e45), now options; the defaults are torch's (issue 17).
@@ -97,7 +126,7 @@ def batches(config, n_steps, seed=0):
 
 def state_parts(state):
   """name -> pytree: the TrainState cut into the named parts the fixture digests."""
-  from reacgan_jax.spectral_norm import u_tree  # noqa: PLC0415
+  from reacgan_jax.ops.spectral_norm import u_tree  # noqa: PLC0415
 
   ema = state.ema
   return {
@@ -133,7 +162,9 @@ def run_case(overrides, n_devices):
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from reacgan_jax import adapter, parallel, state, step  # noqa: PLC0415
+  from reacgan_jax.models import adapter  # noqa: PLC0415
+  from reacgan_jax.platform import parallel
+  from reacgan_jax.train import state, step
 
   config = make_config(overrides)
   mesh = parallel.create_mesh(jax.devices()[:n_devices])

@@ -3,7 +3,7 @@
     python scripts/train_classifier.py [--npz ../shared/data/cifar10.npz] [--epochs 8]
         [--width 16] [--output ~/.cache/reacgan_jax/cifar10_classifier.msgpack]
 
-Reads CIFAR-10 through reacgan_jax.input_pipeline.load_arrays (npz source, CIFAR row layout; or
+Reads CIFAR-10 through reacgan_jax.data.pipeline.load_arrays (npz source, CIFAR row layout; or
 TFDS with --tfds), trains `reacgan_jax.evaluation.classifier.CifarClassifier` on the train split,
 measures top-1 accuracy on the 10k test split, and writes the weights (never into git) with that
 accuracy in their metadata. Prints `test_accuracy <value>` as its last line.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 from absl import logging  # noqa: E402
 
 from configs import default  # noqa: E402
-from reacgan_jax import input_pipeline  # noqa: E402
+from reacgan_jax.data import pipeline as input_pipeline  # noqa: E402
 from reacgan_jax.evaluation import classifier  # noqa: E402
 
 

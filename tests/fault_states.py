@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from reacgan_jax import parallel
+from reacgan_jax.platform import parallel
 
 
 @flax.struct.dataclass

@@ -1,4 +1,4 @@
-"""One process of the multi-host test (tests/test_parallel.py::test_two_process_run...).
+"""One process of the multi-host test (tests/platform/test_parallel.py::test_two_process_run...).
 
 Run as a subprocess with its own XLA_FLAGS (fake device count) and JAX_PLATFORMS=cpu:
   python tests/multihost_worker.py OUT.npz WORKDIR NPZ STEPS [COORDINATOR NUM_PROCESSES PROCESS_ID]
@@ -17,7 +17,8 @@ from flax import traverse_util  # noqa: E402
 
 def main(out, workdir, npz, steps, coordinator='', num_processes='-1', process_id='-1'):
   from configs import tiny  # noqa: PLC0415
-  from reacgan_jax import parallel, train  # noqa: PLC0415
+  from reacgan_jax.platform import parallel  # noqa: PLC0415
+  from reacgan_jax.train import loop as train
 
   parallel.maybe_initialize_distributed(coordinator, int(num_processes), int(process_id))
   config = tiny.get_config()

@@ -1,14 +1,16 @@
-"""The shape of the code (issue 13): small modules and functions a newcomer can read.
+"""The shape of the code: functions a newcomer can read.
 
-Limits for reacgan_jax/: 400 lines a module, 80 lines a function (decorators excluded, the
-docstring included). The test names every offender, so a failure says what to split.
+Limit for reacgan_jax/: 80 lines a function (decorators excluded, the docstring included); the
+test names every offender, so a failure says what to split. Modules are judged by concept, not
+length (issue 24): a module over LOOK_AT lines is reported as a warning, for a look, not a split.
 """
 
 import ast
 import pathlib
+import warnings
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'reacgan_jax'
-MAX_MODULE, MAX_FUNCTION = 400, 80
+MAX_FUNCTION, LOOK_AT = 80, 500
 
 
 def _offenders():
@@ -16,8 +18,6 @@ def _offenders():
   for path in sorted(PACKAGE.rglob('*.py')):
     source = path.read_text()
     rel = path.relative_to(PACKAGE.parent)
-    if len(source.splitlines()) > MAX_MODULE:
-      out.append(f'{rel}: {len(source.splitlines())} lines (limit {MAX_MODULE})')
     for node in ast.walk(ast.parse(source)):
       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         n = node.end_lineno - node.lineno + 1
@@ -26,7 +26,17 @@ def _offenders():
   return out
 
 
-def test_no_module_or_function_over_the_limits():
+def _long_modules():
+  return [f'{p.relative_to(PACKAGE.parent)}: {n} lines'
+          for p in sorted(PACKAGE.rglob('*.py'))
+          if (n := len(p.read_text().splitlines())) > LOOK_AT]
+
+
+def test_no_function_over_the_limit():
+  long = _long_modules()
+  if long:
+    warnings.warn(f'modules worth a look (over {LOOK_AT} lines): {"; ".join(long)}',
+                  stacklevel=1)
   assert not _offenders(), '\n'.join(_offenders())
 
 

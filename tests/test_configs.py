@@ -11,7 +11,7 @@ from ml_collections import config_flags
 import configs
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
-# from_workdir.py needs a workdir argument (tests/test_faults.py covers it).
+# from_workdir.py needs a workdir argument (tests/integration/test_faults.py covers it).
 ALL = configs.experiment_configs()
 
 

@@ -30,7 +30,7 @@ import optax
 from absl import logging
 from flax import serialization
 
-from reacgan_jax.evaluation import inception
+from reacgan_jax.platform import paths
 
 FILE_FORMAT = 'reacgan_jax/cifar-classifier/v1'
 DEFAULT_FILENAME = 'cifar10_classifier.msgpack'
@@ -191,7 +191,7 @@ def train(images, labels, *, num_classes: int = 10, width: int = 32, stages: int
 
 
 def default_path() -> pathlib.Path:
-  return inception.cache_dir() / DEFAULT_FILENAME
+  return paths.cache_root() / DEFAULT_FILENAME
 
 
 def save_classifier(path, variables, meta: dict | None = None) -> pathlib.Path:

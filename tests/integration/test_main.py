@@ -1,0 +1,79 @@
+"""The CLI end to end: flag errors name the key; train -> sample -> eval on a tiny run."""
+
+import glob
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from train_helpers import write_npz
+
+REPO = str(pathlib.Path(__file__).resolve().parents[2])
+
+
+def _main(*args, cwd=None, cache=None):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  if cache is not None:
+    env['REACGAN_JAX_CACHE'] = str(cache)
+  return subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), *args], env=env,
+                        cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_unknown_or_mistyped_config_key_is_named(tmp_path):
+  # Run from another directory: main.py must make `configs` importable by itself.
+  r = _main('--config=configs/tiny.py', '--config.train.stepz=3', f'--workdir={tmp_path}',
+            cwd=REPO)
+  assert r.returncode != 0 and 'stepz' in r.stderr and 'Traceback' not in r.stderr
+  r = _main(f'--config={REPO}/configs/tiny.py', '--config.train.steps=many',
+            f'--workdir={tmp_path}', cwd=str(tmp_path))
+  assert r.returncode != 0 and 'steps' in r.stderr and 'many' in r.stderr
+
+
+@pytest.mark.slow
+def test_train_then_sample_then_eval(tmp_path):
+  npz = write_npz(tmp_path / 'toy.npz')
+  workdir = str(tmp_path / 'run')
+  common = [f'--config={REPO}/configs/tiny.py', f'--workdir={workdir}',
+            f'--config.data.npz_path={npz}', '--config.data.npz_layout=nhwc',
+            '--config.train.steps=2', '--config.train.d_updates_per_step=1',
+            '--config.train.eval_every=-1', '--config.eval.num_samples=12']
+  # A private cache: the toy reference statistics must not replace the user's real ones. The
+  # converted Inception weights are linked in when the user's cache has them (else converted).
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  weights = pathlib.Path(os.environ.get('REACGAN_JAX_CACHE', '~/.cache/reacgan_jax')).expanduser()
+  weights = weights / 'inception_fid_2015-12-05.msgpack'
+  if weights.exists():
+    (cache / weights.name).symlink_to(weights)
+  r = _main(*common, cwd=str(tmp_path), cache=cache)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'img/s' in r.stderr
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '2'))
+  # train.compilation_cache (default on): the compiled step is kept under the cache dir.
+  assert any(p.name.startswith('jit_train_step') for p in (cache / 'xla').iterdir())
+
+  r = _main(*common, '--mode=sample', cwd=str(tmp_path))
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = os.path.join(workdir, 'samples', 'final_2')
+  grid = np.asarray(Image.open(os.path.join(out, 'grid.png')))
+  # tiny: 4 classes x 4 columns of 32x32 tiles with 1-pixel separators.
+  assert grid.shape == (4 * 33 + 1, 4 * 33 + 1, 3)
+  assert os.path.exists(os.path.join(out, 'interpolation.png'))
+  with np.load(os.path.join(out, 'samples.npz')) as f:
+    assert f['images'].shape == (12, 32, 32, 3) and f['images'].dtype == np.uint8
+    assert f['labels'].shape == (12,) and f['labels'].max() < 10
+    assert f['images'].std() > 0  # not a constant image
+
+  r = _main(*common, '--mode=eval', cwd=str(tmp_path), cache=cache)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'step 2:' in r.stdout
+  # The metrics also go to tensorboard and metrics.jsonl, after the training records.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  assert any('d_loss' in r for r in records)
+  assert records[-1]['step'] == 2 and np.isfinite(records[-1]['eval/fid'])
+  assert len(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))) >= 2

@@ -1,0 +1,233 @@
+"""The oneDNN convolution custom call (reacgan_jax/ops/onednn, model.conv_backend='onednn').
+
+Every pass (forward, input gradient, weight gradient) against its float64 numpy definition;
+bf16 against the definition on the bf16-rounded operands; whole models and a few train steps
+against the XLA path on the same parameters and batches. Needs the `onednn` extra (installed
+by the README's test command); without it the module is skipped with the reason.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import train_helpers
+
+from reacgan_jax.models import adapter, build_models
+from reacgan_jax.ops import conv as conv_ops
+from reacgan_jax.ops import onednn
+from reacgan_jax.platform import parallel
+from reacgan_jax.train import state, step
+
+OK, WHY = onednn.available()
+pytestmark = pytest.mark.skipif(not OK, reason=f'oneDNN extension unavailable: {WHY}')
+
+
+def _pad(x, padding):
+  return np.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+
+
+def _definition(x, w, g, strides, padding):
+  """float64: y = conv(x, w); dx, dw = the vjp of <y, g>, by the sums that define them."""
+  xp = _pad(x, padding)
+  kh, kw, _, o = w.shape
+  sh, sw = strides
+  ho, wo = g.shape[1:3]
+  y = np.zeros((x.shape[0], ho, wo, o))
+  dxp = np.zeros_like(xp)
+  dw = np.zeros_like(w)
+  for dy in range(kh):
+    for dx in range(kw):
+      patch = xp[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw, :]
+      y += np.einsum('nhwc,co->nhwo', patch, w[dy, dx])
+      dw[dy, dx] = np.einsum('nhwc,nhwo->co', patch, g)
+      dxp[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw, :] += np.einsum(
+          'nhwo,co->nhwc', g, w[dy, dx])
+  (pt, _), (pl, _) = padding
+  dx_ = dxp[:, pt:pt + x.shape[1], pl:pl + x.shape[2], :]
+  return y, dx_, dw
+
+
+def _ours(x, w, g, strides, padding):
+  y, vjp = jax.vjp(lambda x, w: onednn.conv2d(x, w, strides, padding), x, w)
+  return (y, *vjp(g))
+
+
+SHAPES = [  # b, h, w, c, o, k, strides, padding
+    (2, 8, 8, 3, 5, 3, (1, 1), ((1, 1), (1, 1))),     # 'same' 3x3 (every G / D conv)
+    (3, 6, 7, 16, 8, 1, (1, 1), ((0, 0), (0, 0))),    # 1x1 (shortcuts, attention)
+    (2, 8, 8, 4, 6, 4, (2, 2), ((1, 1), (1, 1))),     # 4x4 stride 2 (deep_conv D)
+    (2, 9, 8, 5, 4, 3, (2, 1), ((0, 2), (1, 0))),     # mixed strides, asymmetric padding
+    (1, 7, 7, 8, 8, 5, (1, 1), ((2, 2), (2, 2))),     # 5x5
+]
+
+
+@pytest.mark.parametrize('b,h,w,c,o,k,strides,padding', SHAPES)
+def test_float32_passes_match_the_float64_definition(b, h, w, c, o, k, strides, padding):
+  rng = np.random.default_rng(0)
+  x, wt = rng.standard_normal((b, h, w, c)), rng.standard_normal((k, k, c, o))
+  ho, wo = onednn.out_hw((h, w), (k, k), strides, padding)
+  g = rng.standard_normal((b, ho, wo, o))
+  want = _definition(x, wt, g, strides, padding)
+  got = _ours(*(jnp.asarray(t, jnp.float32) for t in (x, wt, g)), strides, padding)
+  # float32 sums of at most k*k*c (forward, input gradient) or b*ho*wo (weight gradient)
+  # products of O(1) terms: 1e-5 of the largest entry is ~100 float32 ulps.
+  for name, a, ref in zip(('y', 'dx', 'dw'), got, want, strict=True):
+    assert a.shape == ref.shape and a.dtype == jnp.float32, name
+    np.testing.assert_allclose(np.asarray(a), ref, rtol=0, atol=1e-5 * np.abs(ref).max(),
+                               err_msg=name)
+
+
+@pytest.mark.parametrize('b,h,w,c,o,k,strides,padding', SHAPES[:3])
+def test_bfloat16_passes_match_the_definition_on_rounded_operands(b, h, w, c, o, k, strides,
+                                                                   padding):
+  rng = np.random.default_rng(1)
+  ho, wo = onednn.out_hw((h, w), (k, k), strides, padding)
+  bf = [jnp.asarray(rng.standard_normal(s), jnp.bfloat16)
+        for s in ((b, h, w, c), (k, k, c, o), (b, ho, wo, o))]
+  want = _definition(*(np.asarray(t, np.float64) for t in bf), strides, padding)
+  got = _ours(*bf, strides, padding)
+  # oneDNN accumulates the bf16 products in float32 and rounds the result to bf16 once:
+  # |error| <= 2^-8 |ref| (the rounding) + float32 accumulation (1e-5 of the largest entry).
+  for name, a, ref in zip(('y', 'dx', 'dw'), got, want, strict=True):
+    assert a.dtype == jnp.bfloat16, name
+    err = np.abs(np.asarray(a, np.float64) - ref)
+    assert np.all(err <= 2 ** -8 * np.abs(ref) + 1e-5 * np.abs(ref).max()), (name, err.max())
+
+
+def _model_outputs(config, params=None):
+  g, d = build_models(config)
+  z = jax.random.normal(jax.random.key(1), (8, config.model.z_dim))
+  y = jnp.arange(8, dtype=jnp.int32) % config.data.num_classes
+  x = jax.random.uniform(jax.random.key(2), (8, 32, 32, 3), minval=-1, maxval=1)
+  xx, yy = jnp.concatenate([x, x]), jnp.concatenate([y, y])
+  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(3)}
+  if params is None:
+    params = (g.init(rngs, z, y, train=True), d.init(rngs, xx, yy, train=True))
+  gv, dv = params
+
+  def loss(gp, dp):
+    img, _ = g.apply({**gv, 'params': gp}, z, y, train=True, mutable=['batch_stats'])
+    out, _ = d.apply({**dv, 'params': dp}, jnp.concatenate([img, x]), yy, train=True,
+                     mutable=['batch_stats'], rngs={'dropout': jax.random.key(3)})
+    return jnp.sum(jnp.sin(out.adv)) + jnp.sum(out.h ** 2) * 1e-3, img
+
+  (value, img), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+      gv['params'], dv['params'])
+  return params, (value, img, grads)
+
+
+@pytest.mark.parametrize('backbone,cond', [
+    ('biggan', 'reacgan'),
+    pytest.param('resnet', 'pd', marks=pytest.mark.slow),
+    pytest.param('deep_conv', 'acgan', marks=pytest.mark.slow),   # 4x4 stride-2 convs
+    ('dcgan', 'acgan'),                                           # 3x3 stride-2 convs
+])
+def test_models_match_the_xla_path_on_the_same_weights(backbone, cond):
+  config = train_helpers.tiny_config('unused.npz', **{'model.backbone': backbone,
+                                                      'model.cond_method': cond,
+                                                      'model.g_conv_dim': 8,
+                                                      'model.d_conv_dim': 8})
+  params, (v0, img0, grads0) = _model_outputs(config)
+  config.model.conv_backend = 'onednn'
+  _, (v1, img1, grads1) = _model_outputs(config, params)
+  # Same convolutions, other summation order: float32 rounding, relative to the largest entry.
+  np.testing.assert_allclose(img1, img0, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(v1, v0, rtol=1e-5)
+  # Gradients: 1e-4 of each leaf's largest entry, plus 1e-6 of the network's largest (a conv
+  # bias in front of BN has a zero true gradient; both paths give rounding noise there).
+  for net0, net1 in zip(grads0, grads1, strict=True):
+    scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(net0))
+    for a, b in zip(jax.tree.leaves(net0), jax.tree.leaves(net1), strict=True):
+      np.testing.assert_allclose(b, a, rtol=0,
+                                 atol=1e-4 * float(jnp.max(jnp.abs(a))) + 1e-6 * scale)
+
+
+def _train(config, n=3, devices=None):
+  """n train steps on fixed random batches (1 device unless `devices`) -> metrics per step."""
+  mesh = parallel.create_mesh(devices or jax.devices()[:1])
+  model = adapter.build(config, mesh)
+  s = state.init_state(config, model, mesh)
+  fn = step.compile_train_step(config, model, mesh)
+  rng = np.random.default_rng(0)
+  b = config.train.batch_size
+  out = []
+  for _ in range(n):
+    batch = {'image': rng.uniform(-1, 1, (1, b, 32, 32, 3)).astype(np.float32),
+             'label': rng.integers(0, 10, (1, b)).astype(np.int32)}
+    s, m = fn(s, parallel.shard_batch(batch, mesh, sample_axis=1))
+    out.append({k: float(v) for k, v in parallel.to_host(m).items()})
+  return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_train_steps_track_the_xla_path(dtype):
+  config = train_helpers.tiny_config('unused.npz', **{'model.dtype': dtype})
+  xla = _train(config)
+  config.model.conv_backend = 'onednn'
+  dnnl = _train(config)
+  # float32: three steps (2 D updates each) of Adam from the same state; the convolutions
+  # differ by rounding only, so the losses agree to 1e-4 relative. bf16: both paths round
+  # every conv output to bf16 (8 bits), at different points of the sums: 5e-2 relative.
+  tol = 1e-4 if dtype == 'float32' else 5e-2
+  for a, b in zip(xla, dnnl, strict=True):
+    for k in ('d_loss', 'g_loss'):
+      assert abs(a[k] - b[k]) <= tol * max(1.0, abs(a[k])), (k, a[k], b[k])
+
+
+@pytest.mark.slow
+def test_a_sharded_step_runs_the_custom_call_on_8_devices():
+  """Under the 8-device mesh the custom call is replicated by the partitioner: same losses."""
+  config = train_helpers.tiny_config('unused.npz', **{'model.conv_backend': 'onednn'})
+  one, eight = _train(config, n=1)[0], _train(config, n=1, devices=jax.devices())[0]
+  for k in ('d_loss', 'g_loss'):
+    assert abs(one[k] - eight[k]) <= 1e-5 * max(1.0, abs(one[k])), k
+
+
+def test_bad_backend_names_the_key():
+  with pytest.raises(ValueError, match=r"config.model.conv_backend='cudnn'.*xla, onednn"):
+    conv_ops.check_backend('cudnn')
+  config = train_helpers.tiny_config('unused.npz', **{'model.conv_backend': 'cudnn'})
+  with pytest.raises(ValueError, match='conv_backend'):
+    build_models(config)
+
+
+def test_stylegan2_refuses_the_onednn_backend_by_name():
+  from configs import tiny_stylegan2  # noqa: PLC0415
+
+  config = tiny_stylegan2.get_config()
+  config.model.conv_backend = 'onednn'
+  with pytest.raises(ValueError, match="stylegan2 backbone.*conv_backend='xla'"):
+    build_models(config)
+
+
+def test_a_missing_wheel_says_what_to_install(monkeypatch):
+  monkeypatch.setattr(onednn, '_DIST', 'onednn-cpu-gomp-not-installed')
+  with pytest.raises(onednn.OneDNNUnavailable, match=r"pip install -e '.\[onednn\]'"):
+    onednn.build()
+
+
+def test_the_build_is_cached_by_source_and_versions(tmp_path, monkeypatch):
+  monkeypatch.setenv('REACGAN_JAX_CACHE', str(tmp_path))
+  first = onednn.build()
+  assert first.parent == tmp_path / 'onednn' and first.exists()
+  mtime = first.stat().st_mtime_ns
+  assert onednn.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
+
+
+def test_inception_features_match_the_xla_path():
+  """config.eval.conv_backend='onednn': pool3 features and logits = XLA's to float32 rounding."""
+  from reacgan_jax.evaluation import (
+    inception,  # noqa: PLC0415
+    inception_weights,
+  )
+
+  params = jax.tree.map(jnp.asarray, inception_weights.random_params(num_logits=16, width=0.125))
+  x = jax.random.uniform(jax.random.key(0), (3, 299, 299, 3), minval=-1, maxval=1)
+  want = inception.extract(params, x)
+  got = inception.extract(params, x, conv_backend='onednn')
+  for k in ('pool', 'logits'):
+    # 94 float32 convolutions deep; each differs from XLA's by summation order only.
+    np.testing.assert_allclose(got[k], want[k], rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(want[k]))), err_msg=k)
+  assert float(jnp.std(want['pool'][0] - want['pool'][1])) > 1e-3  # inputs do differ
