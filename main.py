@@ -84,7 +84,7 @@ def _run(config, workdir):
   jax.config.update('jax_threefry_partitionable', True)
   if config.train.compilation_cache:
     # Keyed by the computation, the compile options and the jax version: never a stale hit.
-    jax.config.update('jax_compilation_cache_dir', str(paths.cache_root() / 'xla'))
+    jax.config.update('jax_compilation_cache_dir', str(paths.xla_cache_dir()))
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   if _MODE.value == 'train':

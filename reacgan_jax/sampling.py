@@ -73,6 +73,9 @@ def sample_latents(config, rng, n):
   return adapter_lib.sample_prior(rng, n, config.model.z_dim, config.data.num_classes)
 
 
+BN_EVAL_MODES = ('running', 'batch', 'standing')  # config.model.bn_eval
+
+
 class Sampler:
   """Builds sample functions from TrainStates; the jitted G forward is compiled once.
 
@@ -84,7 +87,7 @@ class Sampler:
 
   def __init__(self, config, adapter, mesh=None):
     mode = config.model.bn_eval
-    if mode not in ('running', 'batch', 'standing'):
+    if mode not in BN_EVAL_MODES:
       raise ValueError(f"config.model.bn_eval={mode!r}: expected one of running, batch, standing")
     self.config, self.adapter, self.mesh = config, adapter, mesh
     # Parameters are arguments, not closed-over constants (those would be baked into the HLO

@@ -1,23 +1,26 @@
 """Config checks before anything runs: one ConfigError naming key, value and what is
 allowed (issue 14, class 6).
 
-`validate_config(config, mode=...)` is called once by main.py after flag parsing (the checks of
-loaded arrays live with the data: data/checks.py).
-Choices are read from the modules that implement them where those export a list (models,
-evaluator, augment, inception), so a new backbone or metric needs no edit here.
+`validate_config(config, mode=..., defaults=...)` is called once by main.py after flag parsing
+(the checks of loaded arrays live with the data: data/checks.py). Every list of allowed values is
+read from the module that implements the choice (registries and their tuples), so a new
+backbone, loss, metric or data option needs no edit here.
 """
 
 from __future__ import annotations
 
 from absl import logging
 
-from reacgan_jax import models
+from reacgan_jax import models, sampling
 from reacgan_jax.augment import diffaug
-from reacgan_jax.data import datasets
+from reacgan_jax.data import datasets, pipeline, sources
 from reacgan_jax.errors import ConfigError
 from reacgan_jax.evaluation import evaluator, inception
+from reacgan_jax.losses import gan
 from reacgan_jax.losses import registry as objectives
+from reacgan_jax.models import layers
 from reacgan_jax.ops import spectral_norm
+from reacgan_jax.train import state
 
 MODES = ('train', 'eval', 'sample')
 
@@ -46,19 +49,19 @@ def _choices() -> dict:
   """key -> allowed strings, from the implementing modules where they export them."""
   return {
       'data.source': ('tfds', 'npz', 'folder', *datasets.SOURCES),
-      'data.npz_layout': ('nhwc', 'cifar_rows', 'auto'),
-      'data.crop': ('none', 'center'),
-      'data.load': ('memory', 'stream', 'auto'),
+      'data.npz_layout': sources.NPZ_LAYOUTS,
+      'data.crop': pipeline.CROPS,
+      'data.load': pipeline.LOAD_MODES,
       'model.backbone': tuple(models.BACKBONES),
       'model.cond_method': tuple(objectives.COND_LOSSES),
-      'model.g_init': ('ortho', 'N02', 'glorot'),
-      'model.d_init': ('ortho', 'N02', 'glorot'),
-      'model.bn_eval': ('running', 'batch', 'standing'),
+      'model.g_init': tuple(layers.INITS),
+      'model.d_init': tuple(layers.INITS),
+      'model.bn_eval': sampling.BN_EVAL_MODES,
       'model.sn_embedding_u': spectral_norm.EMBEDDING_U,
       'model.sn_eval': spectral_norm.EVAL_MODES,
-      'model.dtype': ('float32', 'bfloat16'),
-      'loss.adv': ('hinge', 'logistic', 'wasserstein'),
-      'optim.schedule': ('constant', 'linear_decay'),
+      'model.dtype': tuple(layers.DTYPES),
+      'loss.adv': tuple(gan.ADVERSARIAL),
+      'optim.schedule': state.SCHEDULES,
       'eval.resize': tuple(inception.RESIZE_MODES),
   }
 

@@ -13,6 +13,17 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# One persistent XLA compilation cache for the whole suite: its own process, the xdist workers
+# and every main.py it starts (they inherit the variable; main.py reads it through
+# platform.paths.xla_cache_dir). Many tests compile the same tiny train step; the second and
+# later compiles load it. Keyed by the computation, compile options, flags and jax version, so
+# a hit is the same executable. Set REACGAN_JAX_XLA_CACHE yourself to put it elsewhere.
+os.environ.setdefault('REACGAN_JAX_XLA_CACHE', str(REPO / '.pytest_cache' / 'xla'))
+
+import jax  # noqa: E402
+
+jax.config.update('jax_compilation_cache_dir', os.environ['REACGAN_JAX_XLA_CACHE'])
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 CIFAR10_NPZ = SHARED_DATA / 'cifar10.npz'
 

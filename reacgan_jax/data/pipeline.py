@@ -35,6 +35,9 @@ _PERMUTATION_STREAM, _FLIP_STREAM, _BALANCED_STREAM = 0, 1, 2  # independent num
 # ---- which source --------------------------------------------------------------------------
 
 
+LOAD_MODES = ('memory', 'stream', 'auto')  # config.data.load
+CROPS = ('none', 'center')  # config.data.crop
+
 def resolve_tfds(config, split: str):
   """-> (builder, None) when TFDS can read `split`, else (None, fallback npz path).
 
@@ -67,7 +70,7 @@ def resolve_tfds(config, split: str):
 def _streams(config, builder, split: str) -> bool:
   """Whether this TFDS split is streamed (config.data.load) rather than held in memory."""
   load = config.data.load
-  if load not in ('auto', 'memory', 'stream'):
+  if load not in LOAD_MODES:
     raise ValueError(f'config.data.load={load!r}: expected auto, memory or stream')
   if load == 'auto':
     return data_sources.tfds_split_bytes(builder, split) > data_sources.STREAM_THRESHOLD_BYTES
@@ -101,7 +104,7 @@ def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
   """
   d = config.data
   cache = data_sources.cache_root(config)
-  if d.crop not in ('none', 'center'):
+  if d.crop not in CROPS:
     raise ValueError(f'config.data.crop={d.crop!r}: expected none or center')
   if d.source == 'npz':
     arrays = data_sources.load_npz(d.npz_path, split, d.npz_layout, cache)

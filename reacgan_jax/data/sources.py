@@ -45,6 +45,8 @@ class Arrays:
   description: str
 
 
+NPZ_LAYOUTS = ('nhwc', 'cifar_rows', 'auto')  # config.data.npz_layout
+
 def clear_memo():
   """Forgets the in-process decoded arrays (tests; frees memory)."""
   with _MEMO_LOCK:

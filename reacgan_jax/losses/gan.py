@@ -53,7 +53,7 @@ def g_wasserstein(fake_logits):
   return -jnp.mean(fake_logits)
 
 
-_ADVERSARIAL = {
+ADVERSARIAL = {
     'hinge': (d_hinge, g_hinge),
     'logistic': (d_logistic, g_logistic),
     'wasserstein': (d_wasserstein, g_wasserstein),
@@ -66,9 +66,9 @@ def adversarial_losses(name: str) -> tuple[Callable, Callable]:
   Raises:
     ValueError: `name` is not hinge, logistic or wasserstein (config.loss.adv).
   """
-  if name not in _ADVERSARIAL:
-    raise ValueError(f'config.loss.adv={name!r}: expected one of {", ".join(_ADVERSARIAL)}')
-  return _ADVERSARIAL[name]
+  if name not in ADVERSARIAL:
+    raise ValueError(f'config.loss.adv={name!r}: expected one of {", ".join(ADVERSARIAL)}')
+  return ADVERSARIAL[name]
 
 
 # ---- conditional losses ------------------------------------------------------------------------

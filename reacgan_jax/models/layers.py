@@ -24,14 +24,21 @@ Dtype = Any
 BN_EPS = 1e-4
 BN_MOMENTUM = 0.9
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}  # config.model.dtype
 
 
 def get_dtype(name: str) -> Dtype:
   """Compute dtype from config.model.dtype ('float32' | 'bfloat16')."""
-  if name not in _DTYPES:
-    raise ValueError(f'config.model.dtype={name!r}: expected one of {", ".join(_DTYPES)}')
-  return _DTYPES[name]
+  if name not in DTYPES:
+    raise ValueError(f'config.model.dtype={name!r}: expected one of {", ".join(DTYPES)}')
+  return DTYPES[name]
+
+
+INITS = {  # config.model.g_init / d_init
+    'ortho': nn.initializers.orthogonal(),
+    'N02': nn.initializers.normal(0.02),
+    'glorot': nn.initializers.glorot_uniform(),
+}
 
 
 def get_init(name: str, which: str) -> Callable:
@@ -41,14 +48,9 @@ def get_init(name: str, which: str) -> Callable:
   (kh*kw*in, out) view is its transpose, also orthogonal. N02: N(0, 0.02). glorot: Xavier
   uniform (fan_in = in*kh*kw, fan_out = out*kh*kw in both frameworks). Biases start at 0.
   """
-  inits = {
-      'ortho': nn.initializers.orthogonal(),
-      'N02': nn.initializers.normal(0.02),
-      'glorot': nn.initializers.glorot_uniform(),
-  }
-  if name not in inits:
-    raise ValueError(f'config.model.{which}_init={name!r}: expected one of {", ".join(inits)}')
-  return inits[name]
+  if name not in INITS:
+    raise ValueError(f'config.model.{which}_init={name!r}: expected one of {", ".join(INITS)}')
+  return INITS[name]
 
 
 def upsample2x(x):

@@ -5,6 +5,8 @@ Inception weights and reference statistics, the persistent XLA compilation cache
 oneDNN extension): `$REACGAN_JAX_CACHE` when set, else `$XDG_CACHE_HOME/reacgan_jax`, else
 `~/.cache/reacgan_jax`. Each user of it names its own subfolder or file.
 
+`xla_cache_dir()` is where compiled executables are kept (train.compilation_cache).
+
 `checkout_root()` is the source checkout the package was imported from (a git clone installed
 with `pip install -e`), or None for an installed wheel: relative data paths in the shipped
 configs ('../shared/data/...') are tried against it after the current directory.
@@ -14,6 +16,7 @@ import os
 import pathlib
 
 CACHE_ENV = 'REACGAN_JAX_CACHE'
+XLA_CACHE_ENV = 'REACGAN_JAX_XLA_CACHE'
 
 
 def cache_root() -> pathlib.Path:
@@ -24,6 +27,16 @@ def cache_root() -> pathlib.Path:
   xdg = os.environ.get('XDG_CACHE_HOME')
   base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / '.cache'
   return base / 'reacgan_jax'
+
+
+def xla_cache_dir() -> pathlib.Path:
+  """The persistent XLA compilation cache: $REACGAN_JAX_XLA_CACHE, else <cache_root>/xla.
+
+  Its own variable, so compiled executables can be shared (the test suite shares one across
+  its runs) while each run keeps its data and statistics caches apart.
+  """
+  env = os.environ.get(XLA_CACHE_ENV)
+  return pathlib.Path(env).expanduser() if env else cache_root() / 'xla'
 
 
 def checkout_root() -> pathlib.Path | None:

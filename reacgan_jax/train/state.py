@@ -56,6 +56,9 @@ class TrainState:
   extra: dict  # recipe state: 'augment', 'term/<name>'
 
 
+SCHEDULES = ('constant', 'linear_decay')  # config.optim.schedule
+
+
 def _learning_rate(config, lr, updates_per_step):
   if config.optim.schedule == 'constant':
     return lr

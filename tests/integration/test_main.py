@@ -19,6 +19,7 @@ def _main(*args, cwd=None, cache=None):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
   if cache is not None:
     env['REACGAN_JAX_CACHE'] = str(cache)
+    env.pop('REACGAN_JAX_XLA_CACHE', None)  # the suite's shared XLA cache (conftest): not here
   return subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), *args], env=env,
                         cwd=cwd, capture_output=True, text=True, timeout=600)
 
