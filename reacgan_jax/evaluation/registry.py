@@ -7,6 +7,7 @@ samples' images, the CIFAR classifier's verdicts); `compute(evaluator, gen, rng)
 accessors); `protocol(config)` is the part of the protocol line it adds when it produced a
 result. Adding a metric is one function and one entry here; the evaluator has no branch per
 metric.
+
 """
 
 import dataclasses
@@ -16,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from reacgan_jax.evaluation import fid, metrics, msssim
+from reacgan_jax.evaluation import fid, kid, metrics, msssim
 
 NEEDS = ('features', 'images', 'classifier')
 
@@ -52,6 +53,16 @@ def _prdc(ev, gen, rng):
   del rng
   ref = ev.reference_features()
   return metrics.prdc(ref['pool'], gen['pool'], k=ev.config.eval.prdc_k), ref['n'], []
+
+
+def _kid(ev, gen, rng):
+  ref = ev.reference_features()
+  e = ev.config.eval
+  # Its own stream of the metrics key (MS-SSIM draws its pairs from the key itself).
+  seed = np.asarray(jax.random.key_data(jax.random.fold_in(rng, 1))).astype(np.uint32).ravel()
+  mean, std = kid.kernel_inception_distance(gen['pool'], ref['pool'], num_subsets=e.kid_subsets,
+                                            max_subset_size=e.kid_subset_size, seed=seed)
+  return {'kid_mean': mean, 'kid_std': std}, ref['n'], []
 
 
 def _ifid(ev, gen, rng):
@@ -91,6 +102,9 @@ METRICS = {
                  protocol=lambda c: f'IS splits={c.eval.is_splits}'),
     'prdc': Metric(_prdc, needs=('features',), result_key='precision',
                    protocol=lambda c: f'PRDC k={c.eval.prdc_k}'),
+    'kid': Metric(_kid, needs=('features',), result_key='kid_mean',
+                  protocol=lambda c: (f'KID {c.eval.kid_subsets} subsets of min(n, '
+                                      f'{c.eval.kid_subset_size})')),
     'ifid': Metric(_ifid, needs=('features',)),
     'accuracy': Metric(_accuracy, needs=('classifier',)),
     'msssim': Metric(_msssim, needs=('images',), result_key='msssim',
