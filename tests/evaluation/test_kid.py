@@ -1,4 +1,4 @@
-"""KID (evaluation/kid.py) against its definition, its bias and through the metric registry.
+"""KID (evaluation/kid.py) against its definition, its bias, the metric registry and the fid CLI.
 
 The definition transcribed here (float64, pair by pair): for each subset, X = m generated rows,
 Y = m real rows, k(u, v) = (u.v / d + 1)^3, and the unbiased estimate
@@ -17,7 +17,7 @@ import pytest
 
 from configs import tiny
 from reacgan_jax.errors import InputError
-from reacgan_jax.evaluation import evaluator, kid, registry
+from reacgan_jax.evaluation import evaluator, fid, kid, registry
 from reacgan_jax.train import modes
 
 
@@ -162,3 +162,36 @@ def test_registry_and_eval_mode_compute_kid_on_the_tiny_config(tmp_path):
                                             num_subsets=10, max_subset_size=32, seed=seed)
   assert results['kid_mean'] == pytest.approx(mean, rel=1e-6)
   assert results['kid_std'] == pytest.approx(std, rel=1e-6)
+
+
+@pytest.fixture(scope='module')
+def tiny_weights(tmp_path_factory):
+  from reacgan_jax.evaluation import inception_weights  # noqa: PLC0415
+
+  root = tmp_path_factory.mktemp('kid_cli')
+  weights = inception_weights.save_params(root / 'tiny.msgpack',
+                                          inception_weights.random_params(width=1 / 16, seed=0),
+                                          'test: random')
+  rng = np.random.default_rng(4)
+  base = rng.integers(0, 256, (40, 4, 4, 3)).astype(np.uint8)
+  imgs = np.repeat(np.repeat(base, 4, axis=1), 4, axis=2)
+  np.savez(root / 'a.npz', x=imgs[:20])
+  np.savez(root / 'c.npz', x=imgs[20:] // 2)
+  return root, str(weights)
+
+
+def test_fid_cli_kid_on_images_and_refused_on_statistics(tiny_weights, capsys):
+  root, weights = tiny_weights
+  common = ['--weights', weights, '--batch-size', '10']
+  fid.main([str(root / 'a.npz'), str(root / 'c.npz'), '--kid', '--kid-subsets', '5',
+            '--kid-subset-size', '15', *common])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[-1].startswith('FID: ') and lines[-2].startswith('KID: '), lines
+  assert '5 subsets of 15' in lines[-2]
+  value = float(lines[-2].split()[1])
+  fid.main(['--save-stats', str(root / 'a.npz'), str(root / 'a_stats.npz'), *common])
+  with pytest.raises(InputError, match='--kid needs the Inception features'):
+    fid.main([str(root / 'a_stats.npz'), str(root / 'c.npz'), '--kid', *common])
+  with pytest.raises(SystemExit):
+    fid.main(['--save-stats', str(root / 'a.npz'), str(root / 'x.npz'), '--kid', *common])
+  assert value > 0.0
