@@ -15,7 +15,7 @@ from reacgan_jax import models
 from reacgan_jax.augment import diffaug
 from reacgan_jax.data import datasets
 from reacgan_jax.errors import ConfigError
-from reacgan_jax.evaluation import evaluator, inception
+from reacgan_jax.evaluation import evaluator, inception, registry
 from reacgan_jax.losses import registry as objectives
 from reacgan_jax.ops import spectral_norm
 
@@ -61,6 +61,7 @@ def _choices() -> dict:
       'loss.adv': ('hinge', 'logistic', 'wasserstein'),
       'optim.schedule': ('constant', 'linear_decay'),
       'eval.resize': tuple(inception.RESIZE_MODES),
+      'eval.protocol': tuple(registry.PROTOCOLS),
   }
 
 
