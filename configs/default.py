@@ -171,8 +171,13 @@ def get_config():
   config.eval.conv_backend = 'xla'
   # legacy (torch bilinear) | friendly (PIL bilinear) | clean (PIL bicubic)
   config.eval.resize = 'legacy'
-  config.eval.metrics = 'fid,is,prdc'  # comma list: fid, is, prdc, ifid, accuracy, msssim
+  config.eval.metrics = 'fid,is,prdc'  # comma list: fid, is, prdc, kid, ifid, accuracy, msssim
+  # 'ours': class-balanced labels, IS over is_splits | 'studiogan': StudioGAN's evaluate(), labels
+  # i.i.d. uniform and IS over 1 split (is_splits unused); set num_samples = len(eval split) too
+  config.eval.protocol = 'ours'
   config.eval.is_splits = 10  # Inception Score splits (reference 1, original protocol 10)
+  config.eval.kid_subsets = 100  # 'kid': random subsets averaged (stylegan2-ada's num_subsets)
+  config.eval.kid_subset_size = 1000  # 'kid': rows per subset, capped at min(n_gen, n_ref)
   config.eval.prdc_k = 5  # nearest neighbours for precision/recall/density/coverage
   # reference images: > 0 = that many of the eval split, class-balanced, in file order (quick
   # FIDs: biased, compare only runs with the same value); -1 = the whole split (SPEC 5)

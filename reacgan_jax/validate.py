@@ -15,7 +15,7 @@ from reacgan_jax import models, sampling
 from reacgan_jax.augment import diffaug
 from reacgan_jax.data import datasets, pipeline, sources
 from reacgan_jax.errors import ConfigError
-from reacgan_jax.evaluation import evaluator, inception
+from reacgan_jax.evaluation import evaluator, inception, registry
 from reacgan_jax.losses import gan
 from reacgan_jax.losses import registry as objectives
 from reacgan_jax.models import layers
@@ -32,7 +32,7 @@ MINIMUM = {
     'train.eval_every': -1, 'train.grid_classes': 1, 'train.grid_per_class': 1,
     'train.ema_start': 0,
     'eval.num_samples': 2, 'eval.batch_size': 1, 'eval.is_splits': 1, 'eval.prdc_k': 1,
-    'eval.msssim_pairs': 1,
+    'eval.msssim_pairs': 1, 'eval.kid_subsets': 1, 'eval.kid_subset_size': 2,
     'data.image_size': 1, 'data.num_classes': 1, 'data.shuffle_buffer': 1, 'data.prefetch': 0,
     'model.z_dim': 1, 'model.standing_batches': 1, 'model.sn_power_iterations': 1,
 }
@@ -42,6 +42,7 @@ WHY = {
     'train.checkpoint_every': ' (0 = only at the end)',
     'train.eval_every': ' (0 = at the end only, -1 = never)',
     'eval.num_samples': ' (FID needs at least 2 samples)',
+    'eval.kid_subset_size': ' (the unbiased MMD estimate divides by m - 1)',
 }
 
 
@@ -63,6 +64,7 @@ def _choices() -> dict:
       'loss.adv': tuple(gan.ADVERSARIAL),
       'optim.schedule': state.SCHEDULES,
       'eval.resize': tuple(inception.RESIZE_MODES),
+      'eval.protocol': tuple(registry.PROTOCOLS),
   }
 
 

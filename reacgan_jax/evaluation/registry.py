@@ -7,6 +7,11 @@ samples' images, the CIFAR classifier's verdicts); `compute(evaluator, gen, rng)
 accessors); `protocol(config)` is the part of the protocol line it adds when it produced a
 result. Adding a metric is one function and one entry here; the evaluator has no branch per
 metric.
+
+`PROTOCOLS[config.eval.protocol]` is the sampling protocol around the metrics: how the labels of
+the generated images are drawn and how many splits the Inception Score takes ('ours' = class-
+balanced labels and config.eval.is_splits; 'studiogan' = StudioGAN's evaluate(): labels i.i.d.
+uniform, y_sampler='totally_random', and IS over 1 split, its hard-coded num_splits).
 """
 
 import dataclasses
@@ -16,9 +21,39 @@ import jax
 import numpy as np
 from absl import logging
 
-from reacgan_jax.evaluation import fid, metrics, msssim
+from reacgan_jax.evaluation import fid, kid, metrics, msssim
 
 NEEDS = ('features', 'images', 'classifier')
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  labels: str  # 'balanced': each class floor/ceil(N / C) times; 'uniform': i.i.d. uniform
+  is_splits: int | None  # None = config.eval.is_splits
+  label_text: str  # how the protocol line names the label draw
+
+
+PROTOCOLS = {
+    'ours': Protocol('balanced', None, 'class-balanced'),
+    # StudioGAN src/worker.py evaluate(): y_sampler="totally_random" (utils/sample.py sample_y:
+    # torch.randint(0, num_classes) per sample) and num_splits = 1 for ins.eval_features.
+    'studiogan': Protocol('uniform', 1, 'labels i.i.d. uniform'),
+}
+
+
+def protocol_name(config) -> str:
+  """config.eval.protocol ('ours' when absent: configs saved before the key existed)."""
+  return config.eval.get('protocol', 'ours')
+
+
+def protocol(config) -> Protocol:
+  return PROTOCOLS[protocol_name(config)]
+
+
+def is_splits(config) -> int:
+  """Inception Score splits of the run's protocol."""
+  fixed = protocol(config).is_splits
+  return config.eval.is_splits if fixed is None else fixed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +79,7 @@ def _is(ev, gen, rng):
                     "Convert pytorch-fid's weights for IS, or drop 'is' from "
                     'config.eval.metrics.', ev.features_tag)
     return {}, None, ['IS skipped (weights without logits)']
-  mean, std = metrics.inception_score(gen['logits'], splits=ev.config.eval.is_splits)
+  mean, std = metrics.inception_score(gen['logits'], splits=is_splits(ev.config))
   return {'is_mean': mean, 'is_std': std}, None, []
 
 
@@ -52,6 +87,16 @@ def _prdc(ev, gen, rng):
   del rng
   ref = ev.reference_features()
   return metrics.prdc(ref['pool'], gen['pool'], k=ev.config.eval.prdc_k), ref['n'], []
+
+
+def _kid(ev, gen, rng):
+  ref = ev.reference_features()
+  e = ev.config.eval
+  # Its own stream of the metrics key (MS-SSIM draws its pairs from the key itself).
+  seed = np.asarray(jax.random.key_data(jax.random.fold_in(rng, 1))).astype(np.uint32).ravel()
+  mean, std = kid.kernel_inception_distance(gen['pool'], ref['pool'], num_subsets=e.kid_subsets,
+                                            max_subset_size=e.kid_subset_size, seed=seed)
+  return {'kid_mean': mean, 'kid_std': std}, ref['n'], []
 
 
 def _ifid(ev, gen, rng):
@@ -88,9 +133,12 @@ def _msssim(ev, gen, rng):
 METRICS = {
     'fid': Metric(_fid, needs=('features',)),
     'is': Metric(_is, needs=('features',), result_key='is_mean',
-                 protocol=lambda c: f'IS splits={c.eval.is_splits}'),
+                 protocol=lambda c: f'IS splits={is_splits(c)}'),
     'prdc': Metric(_prdc, needs=('features',), result_key='precision',
                    protocol=lambda c: f'PRDC k={c.eval.prdc_k}'),
+    'kid': Metric(_kid, needs=('features',), result_key='kid_mean',
+                  protocol=lambda c: (f'KID {c.eval.kid_subsets} subsets of min(n, '
+                                      f'{c.eval.kid_subset_size})')),
     'ifid': Metric(_ifid, needs=('features',)),
     'accuracy': Metric(_accuracy, needs=('classifier',)),
     'msssim': Metric(_msssim, needs=('images',), result_key='msssim',

@@ -171,7 +171,7 @@ def test_metric_selection_and_missing_logits(small_cifar, tmp_path):
   assert set(res) == {'fid', 'protocol'}
   assert 'IS skipped' in res['protocol']
   with pytest.raises(ValueError, match='config.eval.metrics'):
-    evaluator.Evaluator(_config(npz, metrics='fid,kid'))
+    evaluator.Evaluator(_config(npz, metrics='fid,swav'))
   with pytest.raises(ValueError, match='features_tag'):
     evaluator.Evaluator(_config(npz), features_fn=feats)
 
