@@ -267,6 +267,15 @@ def find_checkpoints(ckpt: str, when: str) -> dict:
   return found
 
 
+def convert_files(files: dict, config):
+  """find_checkpoints' files -> (g, d, g_ema) converted (g_ema None without a G_ema file): what
+  the command reads and converts before write_checkpoint."""
+  g = convert_generator(load_state_dict(files['G']), config)
+  d = convert_discriminator(load_state_dict(files['D']), config) if files['D'] else None
+  g_ema = convert_generator(load_state_dict(files['G_ema']), config) if files['G_ema'] else None
+  return g, d, g_ema
+
+
 def check_like(ours, reference, what: str):
   """Raises ValueError naming the first leaf whose path or shape differs from `reference`."""
 
@@ -334,9 +343,7 @@ def main(argv):
   if files['D'] is None:
     raise FileNotFoundError(f"{argv[1]}: no StudioGAN D checkpoint next to {files['G']}: pass the "
                             'checkpoint folder (model=G-..., model=D-...)')
-  g = convert_generator(load_state_dict(files['G']), config)
-  d = convert_discriminator(load_state_dict(files['D']), config)
-  g_ema = convert_generator(load_state_dict(files['G_ema']), config) if files['G_ema'] else None
+  g, d, g_ema = convert_files(files, config)
   path = write_checkpoint(config, _WORKDIR.value, g, d, g_ema)
   logging.info('Converted %s into %s.', ', '.join(v for v in files.values() if v), path)
 
