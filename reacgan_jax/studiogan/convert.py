@@ -30,6 +30,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
+from numpy._core import multiarray  # numpy >= 2 (pyproject); numpy 1.x's name is an alias
 
 from reacgan_jax.models import adapter, resnet, stylegan2_g
 from reacgan_jax.ops import spectral_norm
@@ -246,8 +247,6 @@ def numpy_float64_globals() -> list:
   with numpy 1.x), `numpy.dtype`, and the dtype's class (numpy.dtypes.Float64DType) for its
   state. Nothing else numpy: no arrays, no object dtypes, no other scalar types.
   """
-  from numpy._core import multiarray  # noqa: PLC0415 (numpy >= 2; the 1.x name is an alias)
-
   return [multiarray.scalar, (multiarray.scalar, 'numpy.core.multiarray.scalar'), np.dtype,
           np.dtypes.Float64DType]
 
