@@ -17,7 +17,7 @@ from reacgan_jax.data import datasets
 from reacgan_jax.errors import ConfigError
 from reacgan_jax.evaluation import evaluator, inception
 from reacgan_jax.losses import registry as objectives
-from reacgan_jax.ops import spectral_norm
+from reacgan_jax.ops import lerp, spectral_norm
 
 MODES = ('train', 'eval', 'sample')
 
@@ -56,6 +56,7 @@ def _choices() -> dict:
       'model.bn_eval': ('running', 'batch', 'standing'),
       'model.sn_embedding_u': spectral_norm.EMBEDDING_U,
       'model.sn_eval': spectral_norm.EVAL_MODES,
+      'train.ema_rule': lerp.EMA_RULES,
       'model.dtype': ('float32', 'bfloat16'),
       'loss.adv': ('hinge', 'logistic', 'wasserstein'),
       'optim.schedule': ('constant', 'linear_decay'),
