@@ -139,6 +139,7 @@ def get_config():
   config.train.ema = True  # keep an EMA copy of G
   config.train.ema_decay = 0.9999
   config.train.ema_start = 1000  # plain copy before this step
+  config.train.ema_rule = 'lerp'  # lerp: torch's p.lerp(p_ema, decay) (StudioGAN); mix: legacy
   # > 0: StyleGAN2's EMA instead (StudioGAN EmaStylegan2): decay 0.5 ** (B / n), n = min(
   # ema_kimg * 1000, B * step * ema_rampup) images (no rampup when ema_rampup < 0); G's
   # collections (w_avg) copied, not averaged. ema_decay / ema_start are then unused.

@@ -19,7 +19,7 @@ from reacgan_jax.evaluation import evaluator, inception, registry
 from reacgan_jax.losses import gan
 from reacgan_jax.losses import registry as objectives
 from reacgan_jax.models import layers
-from reacgan_jax.ops import spectral_norm
+from reacgan_jax.ops import lerp, spectral_norm
 from reacgan_jax.train import state
 
 MODES = ('train', 'eval', 'sample')
@@ -60,6 +60,7 @@ def _choices() -> dict:
       'model.bn_eval': sampling.BN_EVAL_MODES,
       'model.sn_embedding_u': spectral_norm.EMBEDDING_U,
       'model.sn_eval': spectral_norm.EVAL_MODES,
+      'train.ema_rule': lerp.EMA_RULES,
       'model.dtype': tuple(layers.DTYPES),
       'loss.adv': tuple(gan.ADVERSARIAL),
       'optim.schedule': state.SCHEDULES,

@@ -19,10 +19,12 @@ fixtures on their machine (its CI), so both files record the same trainer.
 Only `state_parts` knows the TrainState's layout: a refactor that moves state around updates
 that function (the names and the leaf order inside each part stay).
 
-The fixtures test the trainer's plumbing, so the configs keep the spectral-norm rules they were
-recorded with: LEGACY_SN (u of embedding tables over the width, eval-mode sigma recomputed from
-u) set explicitly; the SN digests are of the u vectors only (spectral_norm.u_tree: the stored v
-and the EMA's SN state, added by issue 17, were not in the recorded state).
+The fixtures test the trainer's plumbing, so the configs keep the spectral-norm and EMA rules
+they were recorded with (LEGACY): LEGACY_SN (u of embedding tables over the width, eval-mode
+sigma recomputed from u) and LEGACY_EMA (train.ema_rule='mix': decay * ema + (1 - decay) * p,
+not torch's lerp) set explicitly; the SN digests are of the u vectors only
+(spectral_norm.u_tree: the stored v and the EMA's SN state, added by issue 17, were not in the
+recorded state).
 """
 
 import argparse
@@ -98,6 +100,11 @@ def fixture_path(directory, devices):
 
 # The SN rules of the recording (f207e45), now options; the defaults are torch's (issue 17).
 LEGACY_SN = {'model.sn_embedding_u': 'width', 'model.sn_eval': 'recompute'}
+# The EMA rule of the recording, decay * ema + (1 - decay) * p; the default is torch's lerp,
+# which rounds differently (issue 25).
+LEGACY_EMA = {'train.ema_rule': 'mix'}
+# Every case runs with these (make_config).
+LEGACY = {**LEGACY_SN, **LEGACY_EMA}
 
 
 def make_config(overrides):
@@ -106,7 +113,7 @@ def make_config(overrides):
   config = tiny.get_config()
   config.train.eval_every = -1
   config.train.steps = STEPS
-  overrides = {**LEGACY_SN, **overrides}
+  overrides = {**LEGACY, **overrides}
   for key, value in overrides.items():
     section, name = key.split('.')
     setattr(config[section], name, value)

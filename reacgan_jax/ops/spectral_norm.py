@@ -34,6 +34,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax.ops import lerp
+
 Predicate = Callable[[tuple[str, ...], Any], bool]
 PathPredicate = Callable[[tuple[str, ...]], bool]
 EMBEDDING_U = ('classes', 'width')
@@ -152,12 +154,10 @@ def u_tree(sn_state: Mapping) -> dict:
 
 def ema_lerp(ema_sn, sn, decay):
   """StudioGAN's Ema.update on the SN buffers (src/utils/ema.py): `b.lerp(b_ema, decay)` for
-  every u and v, written as torch's lerp kernel computes it (start + w (end - start) for
-  w < 0.5, else end - (end - start)(1 - w)); no renormalisation, as in the reference."""
-  def lerp(e, b):
-    d = jnp.asarray(decay, b.dtype)
-    return jnp.where(d < 0.5, b + d * (e - b), e - (e - b) * (1 - d))
-  return jax.tree.map(lerp, ema_sn, sn)
+  every u and v, as torch's lerp kernel computes it (lerp.torch_lerp: start + w (end - start)
+  for |w| < 0.5, else end - (end - start)(1 - w), one rounding for the multiply-add); no
+  renormalisation, as in the reference."""
+  return jax.tree.map(lambda e, b: lerp.torch_lerp(b, e, decay), ema_sn, sn)
 
 
 def _normalize(x, eps):

@@ -1,10 +1,12 @@
 """PyTorch-StudioGAN checkpoints -> reacgan-jax parameters (and a checkpoint to resume/evaluate).
 
-  python -m reacgan_jax.convert_studiogan CKPT --config=configs/x.py --workdir=runs/converted
+  python -m reacgan_jax.studiogan.convert CKPT --config=configs/x.py --workdir=runs/converted
 
 CKPT: StudioGAN's checkpoint folder (model=G-<when>-weights-step=N.pth, model=D-..., and
 model=G_ema-... when EMA was on; --when=best|current) or one G .pth file. Files are read with
-torch.load(weights_only=True): a file holding anything but tensors and plain containers is
+torch.load(weights_only=True) plus an allow-list of exactly the numpy globals a numpy.float64
+pickles as (StudioGAN's D file holds best_fid, and aa_p with ADA, as numpy.float64:
+numpy_float64_globals()); a file holding anything else but tensors and plain containers is
 refused, never unpickled. The mapping itself is pure and framework-free:
 
   convert_generator(state_dict, config)     -> (params, batch_stats, sn_state)
@@ -28,6 +30,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
+from numpy._core import multiarray  # numpy >= 2 (pyproject); numpy 1.x's name is an alias
 
 from reacgan_jax.models import adapter, resnet, stylegan2_g
 from reacgan_jax.ops import spectral_norm
@@ -232,20 +235,46 @@ def convert_discriminator(state: dict, config):
   return _convert(state, config, _D, 'D')
 
 
+def numpy_float64_globals() -> list:
+  """The pickle globals of a numpy.float64, as weights_only allow-list entries.
+
+  StudioGAN's worker.save writes D's file as {'state_dict', 'optimizer', 'seed', 'run_name',
+  'step', 'epoch', 'topk', 'aa_p', 'best_step', 'best_fid', 'best_fid_ckpt', 'lecam_emas'}
+  (G's: state_dict, optimizer; G_ema's: state_dict). best_fid is the numpy.float64 that
+  metrics/fid.py computes (aa_p too once ADA adjusts it); everything else is tensors, Python
+  scalars, strings and dicts. A numpy.float64 unpickles as scalar(dtype('f8'), bytes): the
+  function `numpy._core.multiarray.scalar` (`numpy.core.multiarray.scalar` in files written
+  with numpy 1.x), `numpy.dtype`, and the dtype's class (numpy.dtypes.Float64DType) for its
+  state. Nothing else numpy: no arrays, no object dtypes, no other scalar types.
+  """
+  return [multiarray.scalar, (multiarray.scalar, 'numpy.core.multiarray.scalar'), np.dtype,
+          np.dtypes.Float64DType]
+
+
+def _unpickle_error(e: Exception) -> str:
+  """The line of torch's weights_only error that names what was refused (else its first)."""
+  lines = [x.strip() for x in str(e).splitlines() if x.strip()] or ['']
+  named = [x for x in lines if 'GLOBAL' in x or 'Can only build' in x]
+  return (named or lines)[0].split(' Please use')[0].removeprefix('WeightsUnpickler error: ')
+
+
 def load_state_dict(path: str) -> dict:
   """torch.load(weights_only=True) of a StudioGAN .pth -> {name: float numpy}.
 
-  Raises ValueError (naming the file) for anything weights_only refuses: such a file could run
-  code when unpickled, and StudioGAN's own checkpoints never need that.
+  Besides tensors and plain containers only numpy_float64_globals() are allowed (StudioGAN's
+  metadata). Raises ValueError (naming the file) for anything else: such a file could run code
+  when unpickled, and StudioGAN's own checkpoints never need that.
   """
   import torch  # noqa: PLC0415 (optional dependency)
 
   try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
+    with torch.serialization.safe_globals(numpy_float64_globals()):
+      obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # noqa: BLE001 (UnpicklingError, RuntimeError, ...)
     raise ValueError(f'{path}: not loadable with torch.load(weights_only=True) ({type(e).__name__}:'
-                     f' {str(e).splitlines()[0]}). Only plain tensor checkpoints are read; re-save '
-                     "it as {'state_dict': model.state_dict()} from a trusted StudioGAN.") from e
+                     f' {_unpickle_error(e)}). Only tensors, plain containers and numpy.float64 '
+                     "scalars are read; re-save it as {'state_dict': model.state_dict()} from a "
+                     'trusted StudioGAN.') from e
   state = obj.get('state_dict', obj) if isinstance(obj, dict) else None
   if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
     raise ValueError(f"{path}: expected StudioGAN's {{'state_dict': {{name: tensor}}, ...}}")
@@ -265,6 +294,15 @@ def find_checkpoints(ckpt: str, when: str) -> dict:
     raise FileNotFoundError(f'{ckpt}: no model=G-{when}-weights-step=*.pth (StudioGAN checkpoint '
                             "folder) and not a file; --when picks 'best' or 'current'")
   return found
+
+
+def convert_files(files: dict, config):
+  """find_checkpoints' files -> (g, d, g_ema) converted (g_ema None without a G_ema file): what
+  the command reads and converts before write_checkpoint."""
+  g = convert_generator(load_state_dict(files['G']), config)
+  d = convert_discriminator(load_state_dict(files['D']), config) if files['D'] else None
+  g_ema = convert_generator(load_state_dict(files['G_ema']), config) if files['G_ema'] else None
+  return g, d, g_ema
 
 
 def check_like(ours, reference, what: str):
@@ -334,9 +372,7 @@ def main(argv):
   if files['D'] is None:
     raise FileNotFoundError(f"{argv[1]}: no StudioGAN D checkpoint next to {files['G']}: pass the "
                             'checkpoint folder (model=G-..., model=D-...)')
-  g = convert_generator(load_state_dict(files['G']), config)
-  d = convert_discriminator(load_state_dict(files['D']), config)
-  g_ema = convert_generator(load_state_dict(files['G_ema']), config) if files['G_ema'] else None
+  g, d, g_ema = convert_files(files, config)
   path = write_checkpoint(config, _WORKDIR.value, g, d, g_ema)
   logging.info('Converted %s into %s.', ', '.join(v for v in files.values() if v), path)
 

@@ -41,7 +41,7 @@ import optax
 from reacgan_jax.augment import registry as augment
 from reacgan_jax.losses import registry as objectives
 from reacgan_jax.losses import terms
-from reacgan_jax.ops import spectral_norm
+from reacgan_jax.ops import lerp, spectral_norm
 from reacgan_jax.platform import parallel
 from reacgan_jax.train import state as state_lib
 
@@ -297,20 +297,22 @@ class StepBuilder:
   def ema_update(self, ema, g, step):
     """Reference Ema.update: decay 0 (a plain copy) before ema_start; collections and SN too.
     With train.ema_kimg > 0, EmaStylegan2.update: decay from the images seen, buffers
-    (collections, SN vectors) copied (ema_decay_stylegan2)."""
+    (collections, SN vectors) copied (ema_decay_stylegan2). Params and collections follow
+    train.ema_rule (ops/lerp.py: 'lerp' = torch's p.lerp(p_ema, decay), 'mix' = legacy); the
+    SN vectors always torch's lerp (spectral_norm.ema_lerp)."""
     if ema is None:
       return None
     t = self.config.train
     if t.ema_kimg > 0:
       decay = ema_decay_stylegan2(step, t.batch_size, t.ema_kimg, t.ema_rampup)
-      lerp = lambda e, p: decay * e + (1.0 - decay) * p
-      return state_lib.EmaState(params=jax.tree.map(lerp, ema.params, g.params),
+      avg = lambda e, p: lerp.ema(e, p, decay, t.ema_rule)
+      return state_lib.EmaState(params=jax.tree.map(avg, ema.params, g.params),
                                 collections=jax.tree.map(jnp.copy, g.collections),
                                 sn=jax.tree.map(jnp.copy, g.sn))
     decay = jnp.where(step < t.ema_start, 0.0, t.ema_decay)
-    lerp = lambda e, p: decay * e + (1.0 - decay) * p
-    return state_lib.EmaState(params=jax.tree.map(lerp, ema.params, g.params),
-                              collections=jax.tree.map(lerp, ema.collections, g.collections),
+    avg = lambda e, p: lerp.ema(e, p, decay, t.ema_rule)
+    return state_lib.EmaState(params=jax.tree.map(avg, ema.params, g.params),
+                              collections=jax.tree.map(avg, ema.collections, g.collections),
                               sn=spectral_norm.ema_lerp(ema.sn, g.sn, decay))
 
 

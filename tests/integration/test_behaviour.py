@@ -10,10 +10,12 @@ elsewhere. behaviour_{1,8}dev.json are an AVX-512 machine's; behaviour_{1,8}dev_
 recorded on an AVX2-only AMD EPYC at ed54708 (the tree before issue 24 moved the package into
 folders, which itself reproduced the AVX-512 files on their machine).
 
-The runs use the spectral-norm rules of the recording, set explicitly as options
-(record_behaviour.LEGACY_SN: config.model.sn_embedding_u='width', sn_eval='recompute'; the
-defaults follow torch since issue 17), and digest only the SN u vectors: this test checks the
-trainer's plumbing; tests/parity/test_sn_reference.py checks the reference SN and EMA rules.
+The runs use the spectral-norm and EMA rules of the recording, set explicitly as options
+(record_behaviour.LEGACY: LEGACY_SN, config.model.sn_embedding_u='width', sn_eval='recompute',
+the defaults follow torch since issue 17; LEGACY_EMA, config.train.ema_rule='mix', the default
+is torch's lerp since issue 25), and digest only the SN u vectors: this test checks the
+trainer's plumbing; tests/parity/test_sn_reference.py and test_ema_reference.py check the
+reference SN and EMA rules.
 """
 
 import json

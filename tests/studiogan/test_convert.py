@@ -7,9 +7,14 @@ after the last power iteration), so copying u would not be exact; the conversion
 Needs no StudioGAN and no network.
 """
 
+import collections
+import io
 import json
 import os
 import pathlib
+import pickle
+import types
+import zipfile
 
 import jax
 import numpy as np
@@ -137,6 +142,140 @@ def test_torch_files_are_read_weights_only(tmp_path):
     convert_studiogan.load_state_dict(str(tmp_path / 'evil.pth'))
 
 
+# ---- files as StudioGAN writes them (issue 25) -------------------------------------------------
+
+
+def _torch_state_dict(torch, state):
+  """As nn.Module.state_dict() returns it: an OrderedDict of tensors with `_metadata`."""
+  out = collections.OrderedDict((k, torch.from_numpy(v.copy())) for k, v in state.items())
+  out._metadata = collections.OrderedDict(  # noqa: SLF001 (torch sets it so)
+      [('', {'version': 1})] + [(k.rsplit('.', 1)[0], {'version': 1}) for k in state if '.' in k])
+  return out
+
+
+def _adam_state_dict(torch, state):
+  """torch.optim.Adam(...).state_dict() after one step (exp_avg, exp_avg_sq, step tensors)."""
+  params = [torch.from_numpy(v.copy()).requires_grad_() for v in state.values()]
+  opt = torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999), eps=1e-6)
+  for p in params:
+    p.grad = torch.ones_like(p)
+  opt.step()
+  return opt.state_dict()
+
+
+class _Numpy1Pickler(pickle.Pickler):
+  """Writes what numpy 1.x pickles a numpy scalar as: the global numpy.core.multiarray.scalar
+  (numpy 2 writes numpy._core.multiarray.scalar; the rest of the bytes are the same)."""
+
+  def __init__(self, file, protocol=None, **kwargs):
+    self._out, self._buf = file, io.BytesIO()
+    super().__init__(self._buf, protocol, **kwargs)
+
+  def dump(self, obj):
+    super().dump(obj)
+    data = self._buf.getvalue()
+    new, old = b'cnumpy.core.multiarray\nscalar\n', b'cnumpy._core.multiarray\nscalar\n'
+    self._out.write(data.replace(old, new))
+
+
+_NUMPY1_PICKLE = types.SimpleNamespace(__name__='numpy1_pickle', __version__='1',
+                                       Pickler=_Numpy1Pickler)
+
+
+def _save_like_studiogan(ckpt_dir, states, when='best', step=7, pickle_module=pickle):
+  """StudioGAN's worker.save + misc.save_model (src/worker.py `save`, src/utils/misc.py
+  `save_model`): torch.save(states, 'model={model}-{when}-weights-step={step}.pth') for G, D
+  and G_ema, with the metadata worker.save puts in each (best_fid: the numpy.float64 that
+  metrics/fid.py's frechet_inception_distance returns; aa_p one too once ADA adjusts it)."""
+  torch = pytest.importorskip('torch')
+  g, d, g_ema = (states[k] for k in ('G', 'D', 'G_ema'))
+  files = {
+      'G': {'state_dict': _torch_state_dict(torch, g), 'optimizer': _adam_state_dict(torch, g)},
+      'D': {'state_dict': _torch_state_dict(torch, d), 'optimizer': _adam_state_dict(torch, d),
+            'seed': 82624, 'run_name': 'CIFAR10-BigGAN-PD-train-2022_01_01_00_00_00',
+            'step': step, 'epoch': 3, 'topk': 64, 'aa_p': np.float64(0.0375),
+            'best_step': step, 'best_fid': np.float64(23.418765432),
+            'best_fid_ckpt': str(ckpt_dir),
+            'lecam_emas': {'G_loss': 7777, 'D_loss_real': 7777, 'D_loss_fake': 7777,
+                           'D_real': 0.25, 'D_fake': -0.5, 'decay': 0.9, 'start_itr': 1000}},
+      'G_ema': {'state_dict': _torch_state_dict(torch, g_ema)},
+  }
+  for model, obj in files.items():
+    torch.save(obj, os.path.join(ckpt_dir, f'model={model}-{when}-weights-step={step}.pth'),
+               pickle_module=pickle_module)
+
+
+@pytest.mark.parametrize('numpy_pickle', ['numpy2', 'numpy1'])
+def test_studiogan_checkpoint_folder_converts(tmp_path, numpy_pickle):
+  """G / D / G_ema files written as StudioGAN writes them, metadata and all, read and converted
+  as the command does (find_checkpoints, convert_files): the networks compute StudioGAN's
+  outputs (the fixture's, as above)."""
+  torch = pytest.importorskip('torch')
+  g_case, d_case = 'big_resnet_cond', 'big_resnet_PD'
+  _save_like_studiogan(tmp_path, {'G': _state(f'G/{g_case}'), 'D': _state(f'D/{d_case}'),
+                                  'G_ema': _state(f'G/{g_case}')},
+                       pickle_module=_NUMPY1_PICKLE if numpy_pickle == 'numpy1' else pickle)
+  files = convert_studiogan.find_checkpoints(str(tmp_path), 'best')
+  with zipfile.ZipFile(files['D']) as z:  # the pickle names the numpy of the writer
+    pkl = z.read(next(n for n in z.namelist() if n.endswith('/data.pkl')))
+  scalar = {'numpy1': b'cnumpy.core.multiarray\nscalar\n',
+            'numpy2': b'cnumpy._core.multiarray\nscalar\n'}
+  assert scalar[numpy_pickle] in pkl and b'_reconstruct' not in pkl
+  raw = torch.load(files['D'], weights_only=False)  # the test's own file: trusted
+  assert type(raw['best_fid']) is np.float64 and raw['epoch'] == 3
+  config = _config({**META['G'][g_case], **META['D'][d_case]})
+  g_net, d_net = models.build_models(config)
+  g, d, g_ema = convert_studiogan.convert_files(files, config)
+  z, y = FIXTURE[f'G/{g_case}/z'], FIXTURE[f'G/{g_case}/y'].astype(np.int32)
+  for params, stats, sn in (g, g_ema):
+    images = _apply(config, g_net, params, stats, sn, z, y)
+    np.testing.assert_allclose(images, FIXTURE[f'G/{g_case}/images'], rtol=0, atol=ATOL_G)
+  x, yd = FIXTURE['D_x'].astype(np.float32), FIXTURE['D_y'].astype(np.int32)
+  adv = FIXTURE[f'D/{d_case}/adv_output']
+  out = _apply(config, d_net, *d, x, yd)
+  np.testing.assert_allclose(out.adv, adv, rtol=0, atol=ATOL_D * (np.abs(adv).max() + 1))
+
+
+class _Shell:
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f'touch {self.marker}',))
+
+
+class _OrderedSub(collections.OrderedDict):
+  """A class of the test's own: not a global weights_only allows."""
+
+
+def _refused_payloads(tmp_path):
+  return {
+      'os_system': _Shell(tmp_path / 'ran'),
+      'ordereddict_subclass': _OrderedSub(a=1),
+      'object_array': np.array([1, 'a'], dtype=object),
+      'float_array': np.zeros(3),
+      'random_state': np.random.RandomState(0).get_state(),
+      'float32_scalar': np.float32(1.5),
+  }
+
+
+@pytest.mark.parametrize('payload', ['os_system', 'ordereddict_subclass', 'object_array',
+                                     'float_array', 'random_state', 'float32_scalar'])
+def test_anything_else_in_a_file_is_refused(tmp_path, payload):
+  """Only numpy.float64 is allowed beyond weights_only's tensors and containers: code (os.system
+  via __reduce__), other classes, numpy arrays (of objects or not), numpy.random's state and
+  other numpy scalars are refused with one message, never unpickled."""
+  torch = pytest.importorskip('torch')
+  state = _state('D/big_resnet_PD')
+  path = tmp_path / 'model=D-best-weights-step=7.pth'
+  torch.save({'state_dict': _torch_state_dict(torch, state), 'best_fid': np.float64(1.0),
+              'extra': _refused_payloads(tmp_path)[payload]}, path)
+  with pytest.raises(ValueError, match=r'step=7.pth: not loadable with torch.load\(weights_only'
+                     r'=True\) \(UnpicklingError: .*\)\. Only tensors'):
+    convert_studiogan.load_state_dict(str(path))
+  assert not (tmp_path / 'ran').exists()
+
+
 def test_mismatched_config_is_named():
   config = _config(META['D']['big_resnet_PD'])
   state = _state('D/big_resnet_PD')
@@ -153,7 +292,8 @@ def test_mismatched_config_is_named():
 
 @pytest.mark.slow  # two train-state builds and an orbax save: ~2.5 min on a loaded 2-core CPU
 def test_cli_writes_a_checkpoint_that_samples_like_studiogan(tmp_path):
-  """StudioGAN folder (model=G-..., model=D-..., model=G_ema-...) -> CLI -> restore -> G(z)."""
+  """StudioGAN folder (model=G-..., model=D-..., model=G_ema-..., as StudioGAN writes them:
+  metadata and numpy.float64 best_fid included) -> CLI -> restore -> G(z)."""
   import subprocess  # noqa: PLC0415
   import sys  # noqa: PLC0415
 
@@ -164,9 +304,8 @@ def test_cli_writes_a_checkpoint_that_samples_like_studiogan(tmp_path):
   overrides = {**META['G']['big_resnet_cond'], **META['D']['big_resnet_PD']}
   ckpt = tmp_path / 'studiogan_ckpt'
   ckpt.mkdir()
-  for model, prefix in (('G', 'G/big_resnet_cond'), ('D', 'D/big_resnet_PD'),
-                        ('G_ema', 'G/big_resnet_cond')):
-    _save_pth(ckpt / f'model={model}-best-weights-step=7.pth', _state(prefix))
+  _save_like_studiogan(ckpt, {'G': _state('G/big_resnet_cond'), 'D': _state('D/big_resnet_PD'),
+                              'G_ema': _state('G/big_resnet_cond')})
   lines = ['from configs import default', '', '', 'def get_config():',
            '  c = default.get_config()', '  c.data.image_size = 32',
            f"  c.data.num_classes = {META['num_classes']}"]
