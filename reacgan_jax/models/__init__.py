@@ -141,7 +141,7 @@ def build_models(config):
   if m.cond_method not in BACKBONES[m.backbone].cond_methods:
     raise ValueError(f'config.model.cond_method={m.cond_method!r}: backbone {m.backbone} takes '
                      f'{", ".join(BACKBONES[m.backbone].cond_methods)}')
-  conv_ops.check_backend(m.conv_backend)
+  conv_ops.check_backend(m.conv_backend, dtype=m.dtype)
   common = dict(num_classes=config.data.num_classes, cond_method=m.cond_method,
                 conv_dim=m.d_conv_dim, embed_dim=m.embed_dim,
                 use_bn=not m.apply_d_sn,  # the reference drops D's BN when D is SN'd

@@ -151,13 +151,21 @@ def _check_name(name: str, key: str) -> None:
     raise ValueError(f'{key}={name!r}: expected one of {", ".join(BACKENDS)}')
 
 
-def check_backend(name: str, key: str = 'config.model.conv_backend') -> None:
-  """Raises ValueError naming the config `key` when backend `name` cannot run here."""
+def check_backend(name: str, key: str = 'config.model.conv_backend',
+                  dtype: str = 'float32') -> None:
+  """Raises ValueError naming the config `key` when backend `name` cannot run here.
+
+  dtype: the compute dtype ('bfloat16' with 'onednn' needs a CPU with oneDNN bf16 convolutions).
+  """
   _check_name(name, key)
   if name == 'onednn':
     ok, why = onednn.available()
     if not ok:
       raise ValueError(f"{key}='onednn' cannot be used here: {why}")
+    if dtype == 'bfloat16' and not onednn.bf16_supported():
+      raise ValueError(f"{key}='onednn' with config.model.dtype=bfloat16: this CPU has no "
+                       'oneDNN bf16 convolution (it needs AVX-512 or AVX2-VNNI-2); use '
+                       f"--config.model.dtype=float32 with oneDNN, or {key}='xla' for bf16")
 
 
 def conv_onednn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,

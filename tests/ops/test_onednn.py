@@ -77,6 +77,11 @@ def test_float32_passes_match_the_float64_definition(b, h, w, c, o, k, strides, 
                                err_msg=name)
 
 
+needs_bf16 = pytest.mark.skipif(not onednn.bf16_supported(),
+                                reason='this CPU has no oneDNN bf16 convolution (no AVX-512)')
+
+
+@needs_bf16
 @pytest.mark.parametrize('b,h,w,c,o,k,strides,padding', SHAPES[:3])
 def test_bfloat16_passes_match_the_definition_on_rounded_operands(b, h, w, c, o, k, strides,
                                                                    padding):
@@ -160,7 +165,7 @@ def _train(config, n=3, devices=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('dtype', ['float32', pytest.param('bfloat16', marks=needs_bf16)])
 def test_train_steps_track_the_xla_path(dtype):
   config = train_helpers.tiny_config('unused.npz', **{'model.dtype': dtype})
   xla = _train(config)
@@ -182,6 +187,16 @@ def test_a_sharded_step_runs_the_custom_call_on_8_devices():
   one, eight = _train(config, n=1)[0], _train(config, n=1, devices=jax.devices())[0]
   for k in ('d_loss', 'g_loss'):
     assert abs(one[k] - eight[k]) <= 1e-5 * max(1.0, abs(one[k])), k
+
+
+def test_bf16_on_a_cpu_without_onednn_bf16_is_refused_by_name(monkeypatch):
+  monkeypatch.setattr(onednn, 'bf16_supported', lambda: False)
+  config = train_helpers.tiny_config('unused.npz', **{'model.conv_backend': 'onednn',
+                                                      'model.dtype': 'bfloat16'})
+  with pytest.raises(ValueError, match="no oneDNN bf16 convolution.*dtype=float32"):
+    build_models(config)
+  config.model.dtype = 'float32'
+  build_models(config)  # float32 is fine
 
 
 def test_bad_backend_names_the_key():

@@ -105,6 +105,24 @@ def available() -> tuple[bool, str]:
     return False, str(e)
 
 
+# oneDNN 3.2 builds bf16 convolutions only on CPUs with AVX-512 (avx512_core: F, BW, VL, DQ;
+# native bf16 with avx512_bf16 / AMX) or AVX2 with VNNI-2 (avx_ne_convert). On an AVX2-only CPU
+# creating the primitive fails ("could not create a primitive descriptor"), so it is refused
+# before anything is traced.
+_BF16_ISAS = ({'avx512f', 'avx512bw', 'avx512vl', 'avx512dq'}, {'avx_ne_convert'})
+
+
+@functools.cache
+def bf16_supported() -> bool:
+  """Whether this CPU runs oneDNN's bf16 convolutions (True where /proc/cpuinfo is missing)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      flags = next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), None)
+  except OSError:
+    return True
+  return flags is None or any(isa <= set(flags) for isa in _BF16_ISAS)
+
+
 def _call(kind, a, b, out_shape, out_dtype, strides, padding):
   (pt, pb), (pl, pr) = padding
   return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, out_dtype))(
@@ -154,4 +172,5 @@ def supported(x, w, strides, padding) -> bool:
           and min(out_hw(x.shape[1:3], w.shape[:2], strides, padding)) >= 1)
 
 
-__all__ = ['OneDNNUnavailable', 'available', 'build', 'conv2d', 'load', 'supported']
+__all__ = ['OneDNNUnavailable', 'available', 'bf16_supported', 'build', 'conv2d', 'load',
+           'supported']
