@@ -29,6 +29,7 @@ from PIL import Image
 import configs
 from configs import default, from_workdir, tiny
 from reacgan_jax import errors, validate
+from reacgan_jax.data import checks
 from reacgan_jax.data import sources as data_sources
 from reacgan_jax.evaluation import fid, inception_weights
 from reacgan_jax.platform import checkpoint_meta, checkpoints, workdir_lock
@@ -355,27 +356,27 @@ def test_data_checks_classes_and_resolution():
   cfg.data.num_classes = 100
   labels = np.repeat(np.arange(10), 3)
   with pytest.raises(errors.ConfigError, match=r'num_classes=100.*only 10 classes.*=10'):
-    validate.check_labels(cfg, labels, None, 'npz toy.npz')
-  validate.check_labels(cfg, labels, 100, 'npz toy.npz')  # declared names: pipeline's check
+    checks.check_labels(cfg, labels, None, 'npz toy.npz')
+  checks.check_labels(cfg, labels, 100, 'npz toy.npz')  # declared names: pipeline's check
   cfg.data.num_classes = 5
   with pytest.raises(errors.ConfigError, match='outside'):
-    validate.check_labels(cfg, labels, None, 'npz toy.npz')
+    checks.check_labels(cfg, labels, None, 'npz toy.npz')
   cfg.data.image_size = 32
   with pytest.raises(errors.ConfigError, match=r'64x64 .*image_size=32.*npz_resize=True'):
-    validate.check_resolution(cfg, (5, 64, 64, 3), 'npz toy.npz')
-  validate.check_resolution(cfg, (5, 32, 32, 3), 'npz toy.npz')
+    checks.check_resolution(cfg, (5, 64, 64, 3), 'npz toy.npz')
+  checks.check_resolution(cfg, (5, 32, 32, 3), 'npz toy.npz')
   cfg.data.npz_resize = True
-  validate.check_resolution(cfg, (5, 64, 64, 3), 'npz toy.npz')
+  checks.check_resolution(cfg, (5, 64, 64, 3), 'npz toy.npz')
   # The pipeline's entry point: the eval split may lack classes, the train split may not.
   cfg.data.num_classes, cfg.data.npz_resize = 12, False
   arrays = data_sources.Arrays(np.zeros((30, 32, 32, 3), np.uint8), labels, None, 'npz toy.npz')
-  validate.check_arrays(cfg, arrays, 'test', from_npz=True)
+  checks.check_arrays(cfg, arrays, 'test', from_npz=True)
   with pytest.raises(errors.ConfigError, match='only 10 classes'):
-    validate.check_arrays(cfg, arrays, 'train', from_npz=True)
+    checks.check_arrays(cfg, arrays, 'train', from_npz=True)
   big = data_sources.Arrays(np.zeros((30, 64, 64, 3), np.uint8), labels, 12, 'npz big.npz')
-  validate.check_arrays(cfg, big, 'train', from_npz=False)  # folder/tfds: resized by design
+  checks.check_arrays(cfg, big, 'train', from_npz=False)  # folder/tfds: resized by design
   with pytest.raises(errors.ConfigError, match='64x64'):
-    validate.check_arrays(cfg, big, 'test', from_npz=True)
+    checks.check_arrays(cfg, big, 'test', from_npz=True)
 
 
 def test_tiny_config_embeds_a_small_reference_set():
