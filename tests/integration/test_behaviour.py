@@ -31,8 +31,9 @@ sys.path.insert(0, os.path.join(REPO, 'scripts'))
 import record_behaviour  # noqa: E402
 
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
-# One case per family in the default suite; the slow suite runs them all, on 1 and 8 devices.
-QUICK = ('biggan-reacgan', 'dcgan-acgan', 'biggan-reacgan-diffaug')
+# One case in the default suite (the BigGAN + D2D-CE recipe); the slow suite runs the other 18
+# on 1 device and 10 on 8 devices, the exhaustive suite the remaining 9 on 8 devices.
+QUICK = ('biggan-reacgan',)
 
 
 def _fixture(devices):
@@ -47,6 +48,8 @@ def _fixture(devices):
 
 def _check(devices, name):
   record = _fixture(devices)
+  if name not in record['cases']:
+    pytest.skip(f'{name} on {devices} devices was not recorded on {record["cpu"]!r}')
   want = record['cases'][name]
   metrics, digests = record_behaviour.run_case(record_behaviour.cases()[name], devices)
   assert set(metrics) == set(want['metrics'])
@@ -86,10 +89,9 @@ def test_every_case_on_1_device(name):
   _check(1, name)
 
 
-# On 8 devices: every backbone (with D2D-CE) and every cond method at least once, plus the
-# extra variants — 10 of the 19 recorded cases (all 19 run on 1 device). The full 8-device
-# matrix passed at c540408 and 0ca7931; it was thinned to keep CI within its budget as the
-# StyleGAN2 tests arrived (the sharded step is the same code for every backbone).
+# On 8 devices in the slow suite: every backbone (with D2D-CE) and every cond method at least
+# once, plus the extra variants — 10 of the 19 recorded cases (all 19 run on 1 device); the
+# other 9 are exhaustive (below). The sharded step is the same code for every backbone.
 EIGHT = [n for n in record_behaviour.cases()
          if n.endswith('-reacgan') or n in ('resnet-pd', 'dcgan-acgan', 'deep_conv-none')
          or n.count('-') > 1 or n not in {f'{b}-{c}' for b in ('biggan', 'resnet', 'deep_conv',
@@ -100,4 +102,12 @@ EIGHT = [n for n in record_behaviour.cases()
 @pytest.mark.slow
 @pytest.mark.parametrize('name', EIGHT)
 def test_cases_on_8_devices(name):
+  _check(8, name)
+
+
+# The other 9 cases on 8 devices: beyond CI's budget (issue 24), in the exhaustive suite. Their
+# fixture is the AVX-512 machine's only (behaviour_8dev.json); elsewhere they skip, saying so.
+@pytest.mark.exhaustive
+@pytest.mark.parametrize('name', [n for n in record_behaviour.cases() if n not in EIGHT])
+def test_remaining_cases_on_8_devices(name):
   _check(8, name)

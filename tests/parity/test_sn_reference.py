@@ -173,6 +173,7 @@ def _check_ema_sn(ema_sn, want, g_sn):
   assert max(diffs) > 1e-4  # the EMA's vectors are not G's: the check above bites
 
 
+@pytest.mark.slow  # slow since issue 24: the default suite's share of CI time
 def test_ema_update_lerps_sn_and_the_sampler_uses_them():
   """StepBuilder.ema_update on a sequence of G SN states (as training produces), then sampling."""
   config = _ema_config()
