@@ -2,7 +2,8 @@
 
 StudioGAN ships no ArtBench config; this is its 32x32 ReACGAN + DiffAug recipe,
 src/configs/CIFAR10/ReACGAN-DiffAug.yaml (copied to tests/fixtures/studiogan_configs/; the test
-checks this file against `python -m reacgan_jax.from_studiogan` of it), on ArtBench-10's data:
+checks this file against `python -m reacgan_jax.studiogan.yaml_import` of it), on ArtBench-10's
+data:
 big_resnet 32, attention G@2 D@1, z 80, ch 96, embed 512, lambda 0.5, T 0.5, m_p 0.98, batch 128,
 lr 2.8284e-4, 5 D steps, 200k steps, EMA from 1000, DiffAugment color,translation,cutout.
 

@@ -2,7 +2,8 @@
 
 Numbers: StudioGAN src/configs/CUB200/ReACGAN.yaml (copied as
 tests/fixtures/studiogan_configs/CUB200_ReACGAN.yaml; tests/data/test_datasets.py checks this file
-against `python -m reacgan_jax.from_studiogan` of it): big_resnet 128, attention G@4 D@1, z 120,
+against `python -m reacgan_jax.studiogan.yaml_import` of it): big_resnet 128, attention G@4 D@1,
+z 120,
 shared 128, ch 80, embed 1024, lambda 0.25, T 0.25, m_p 0.95, batch 256, lr G 5e-5 / D 2e-4,
 betas (0.0, 0.999), 2 D steps, 40k steps, EMA 0.9999 from step 4000.
 
