@@ -32,9 +32,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from numpy._core import multiarray  # numpy >= 2 (pyproject); numpy 1.x's name is an alias
 
+from reacgan_jax import errors
 from reacgan_jax.models import adapter, resnet, stylegan2_g
 from reacgan_jax.ops import spectral_norm
-from reacgan_jax.platform import checkpoints
+from reacgan_jax.platform import checkpoints, workdir_lock
 from reacgan_jax.studiogan import layers as sl
 from reacgan_jax.studiogan import stylegan2_keys as stylegan2_convert
 from reacgan_jax.train import state as state_lib
@@ -322,13 +323,36 @@ def check_like(ours, reference, what: str):
 # ---- writing a checkpoint (the lead adapts this one function to the new TrainState) ----------
 
 
+def check_target(workdir: str) -> None:
+  """Refuses a workdir that already holds checkpoints (issue 26).
+
+  A conversion writes checkpoint 0 with the converted config's keep_checkpoints: into a run's
+  workdir it would rotate (delete) that run's older checkpoints, or keep an earlier conversion
+  while saying it converted the new files. So it writes only into a workdir without any.
+  """
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    raise errors.InputError(
+        f'--workdir={workdir} already holds checkpoints ({ckpt_dir}): a conversion writes only '
+        'into a workdir without any (nothing was changed); pass a new --workdir.')
+
+
 def write_checkpoint(config, workdir: str, g, d, g_ema=None, step: int = 0) -> str:
   """Saves converted networks as a reacgan-jax checkpoint at `step`; returns its path.
 
   g, d, g_ema: (params, batch_stats, sn_state) from convert_generator / convert_discriminator.
   The state starts from state.create_train_state (fresh optimiser moments, seed's rng) and its
-  networks are replaced; the EMA generator keeps G_ema's own SN vectors (EmaState.sn).
+  networks are replaced; the EMA generator keeps G_ema's own SN vectors (EmaState.sn). The
+  workdir's lock is held while writing, and a workdir that already holds checkpoints is refused
+  (check_target) before anything is written.
   """
+  check_target(workdir)
+  with workdir_lock.WorkdirLock(workdir, 'convert'):
+    check_target(workdir)  # again under the lock: another writer may have come in between
+    return _write_checkpoint(config, workdir, g, d, g_ema, step)
+
+
+def _write_checkpoint(config, workdir, g, d, g_ema, step):
 
   model = adapter.build(config)
   state = state_lib.create_train_state(config, model, jax.random.PRNGKey(config.seed))
@@ -368,12 +392,14 @@ def main(argv):
     raise app.UsageError('usage: python -m reacgan_jax.studiogan.convert CKPT --config=FILE '
                          '--workdir=DIR [--when=best|current]')
   config = _CONFIG.value
-  files = find_checkpoints(argv[1], _CKPT_WHEN.value)
-  if files['D'] is None:
-    raise FileNotFoundError(f"{argv[1]}: no StudioGAN D checkpoint next to {files['G']}: pass the "
-                            'checkpoint folder (model=G-..., model=D-...)')
-  g, d, g_ema = convert_files(files, config)
-  path = write_checkpoint(config, _WORKDIR.value, g, d, g_ema)
+  with errors.exit_on_user_error('convert'):
+    check_target(_WORKDIR.value)  # before the (slow) reading and converting
+    files = find_checkpoints(argv[1], _CKPT_WHEN.value)
+    if files['D'] is None:
+      raise FileNotFoundError(f"{argv[1]}: no StudioGAN D checkpoint next to {files['G']}: pass "
+                              'the checkpoint folder (model=G-..., model=D-...)')
+    g, d, g_ema = convert_files(files, config)
+    path = write_checkpoint(config, _WORKDIR.value, g, d, g_ema)
   logging.info('Converted %s into %s.', ', '.join(v for v in files.values() if v), path)
 
 

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from reacgan_jax import models
+from reacgan_jax import errors, models
 from reacgan_jax.ops import spectral_norm
+from reacgan_jax.platform import workdir_lock
 from reacgan_jax.studiogan import convert as convert_studiogan
 
 FIXTURE = np.load(pathlib.Path(__file__).resolve().parents[1] / 'fixtures' / 'studiogan_models.npz')
@@ -359,3 +360,21 @@ def test_write_checkpoint_keeps_g_emas_own_sn_vectors(tmp_path):
   sampler = sampling.Sampler(config, model)
   np.testing.assert_allclose(sampler.sample_fn(state)(z, y), want, rtol=0, atol=ATOL_G)
   assert np.abs(np.asarray(sampler.sample_fn(state, use_ema=False)(z, y)) - want).max() > 1e-3
+
+
+def test_conversion_refuses_a_workdir_with_checkpoints_and_changes_nothing(tmp_path):
+  # Issue 26: converting into a run's workdir rotated (deleted) its older checkpoints, or kept an
+  # earlier conversion while saying it converted the new files.
+  run = tmp_path / 'run'
+  (run / 'checkpoints' / '120').mkdir(parents=True)
+  (run / 'checkpoints' / '120' / 'state').write_text('a run of the user')
+  before = sorted(p.relative_to(run) for p in run.rglob('*'))
+  with pytest.raises(errors.InputError, match=r'already holds checkpoints.*new --workdir'):
+    convert_studiogan.write_checkpoint(None, str(run), None, None)
+  assert sorted(p.relative_to(run) for p in run.rglob('*')) == before  # no lock file left either
+
+
+def test_conversion_takes_the_workdir_lock(tmp_path):
+  with workdir_lock.WorkdirLock(str(tmp_path), 'train', process_index=0, process_count=1):
+    with pytest.raises(errors.WorkdirLockedError):
+      convert_studiogan.write_checkpoint(None, str(tmp_path), None, None)
