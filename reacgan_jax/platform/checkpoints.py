@@ -31,11 +31,21 @@ from absl import logging
 from etils import epath
 
 from reacgan_jax import errors
-from reacgan_jax.platform import checkpoint_meta
+from reacgan_jax.platform import checkpoint_meta, paths
 
 # Config sections that define what a checkpoint *is*; resuming with different values would
 # silently train another model (or fail on shapes), so resume refuses.
 RESUME_CRITICAL_SECTIONS = ('model', 'data', 'loss')
+# Keys of those sections that say how the data is read, not which data or in what order: a
+# resumed run may change them (issue 26). The data's content (source, files, splits, size,
+# classes, crop, flips, limited-data subset) and order (the seed; the shuffle buffer of a
+# streamed TFDS split) must stay.
+HOW_READ_KEYS = frozenset({'data.cache_dir', 'data.prefetch', 'data.tfds_download',
+                           'data.tfds_data_dir', 'data.tfds_manual_dir'})
+# Paths compared as the files they name (a relative and an absolute path to one file are equal).
+PATH_KEYS = frozenset({'data.npz_path', 'data.folder', 'data.root', 'data.offline_npz'})
+# data.shuffle_buffer orders only a streamed TFDS split; other sources are shuffled in memory.
+IN_MEMORY_SOURCES = frozenset({'npz', 'folder', 'tiny_imagenet', 'cifar_binary'})
 # Numbers the TrainState pytree: bump it whenever the state's structure changes. Layout 1 is
 # the state of commit checkpoint_meta.LAYOUT1_LAST_COMMIT and earlier (no `meta` item); 2 kept
 # one SN vector u per leaf and no EMA SN state (before issue 17's {'u', 'v'} and EmaState.sn).
@@ -48,17 +58,53 @@ def config_to_dict(config):
   return json.loads(config.to_json_best_effort())
 
 
+def _resolved(path: str) -> str:
+  """`path` as the data pipeline finds it (as given, else under the checkout), made real."""
+  p = os.path.expanduser(path)
+  root = paths.checkout_root()
+  if not os.path.isabs(p) and not os.path.exists(p) and root is not None:
+    p = os.path.join(root, p)
+  return os.path.realpath(p)
+
+
+def _same_path(a, b) -> bool:
+  if not (isinstance(a, str) and isinstance(b, str)) or not a or not b:
+    return a == b
+  ra, rb = _resolved(a), _resolved(b)
+  try:
+    return ra == rb or os.path.samefile(ra, rb)
+  except OSError:
+    return False
+
+
+def _ignored(key, saved, current) -> bool:
+  if key in HOW_READ_KEYS:
+    return True
+  if key == 'data.shuffle_buffer':
+    sources = {c.get('data', {}).get('source') for c in (saved, current)}
+    loads = {c.get('data', {}).get('load') for c in (saved, current)}
+    return sources <= IN_MEMORY_SOURCES or loads == {'memory'}
+  return False
+
+
 def config_differences(saved, current, sections=RESUME_CRITICAL_SECTIONS):
-  """Dotted keys whose values differ between two config dicts, within `sections`."""
+  """Dotted keys whose values differ between two config dicts, within `sections`.
+
+  Keys that only say how the data is read (HOW_READ_KEYS, the shuffle buffer of in-memory
+  sources) are not differences; paths (PATH_KEYS) differ only when they name different files.
+  """
   diffs = []
 
   def walk(a, b, prefix):
     for k in sorted(set(a) | set(b)):
       va, vb = a.get(k, '<missing>'), b.get(k, '<missing>')
+      key = f'{prefix}{k}'
       if isinstance(va, dict) and isinstance(vb, dict):
-        walk(va, vb, f'{prefix}{k}.')
+        walk(va, vb, f'{key}.')
+      elif _ignored(key, saved, current) or (key in PATH_KEYS and _same_path(va, vb)):
+        continue
       elif va != vb:
-        diffs.append(f'{prefix}{k}: saved {va!r}, now {vb!r}')
+        diffs.append(f'{key}: saved {va!r}, now {vb!r}')
 
   for s in sections:
     walk(saved.get(s, {}), current.get(s, {}), f'{s}.')

@@ -1,5 +1,6 @@
 """Checkpoints: exact round trip, optax structure, corrupt fallback, config guard, best FID."""
 
+import json
 import logging
 import pathlib
 
@@ -10,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import tiny
+from configs import default, tiny
 from reacgan_jax.platform import checkpoints, parallel
 
 
@@ -134,3 +135,28 @@ def test_list_checkpoint_steps(tmp_path):
   ck.close()
   assert checkpoints.list_checkpoint_steps(str(tmp_path)) == [3]
   assert pathlib.Path(tmp_path, 'checkpoints', '3', 'config').exists()
+
+
+def test_resume_compares_what_changes_the_run_not_how_it_is_read(tmp_path, monkeypatch):
+  # Issue 26: the same npz by another path, the cache and prefetch knobs and (for in-memory
+  # sources) the shuffle buffer were each refused as "a different configuration".
+  npz = tmp_path / 'data.npz'
+  npz.write_bytes(b'x')
+  (tmp_path / 'other.npz').write_bytes(b'y')
+  monkeypatch.chdir(tmp_path)
+  saved = checkpoints.config_to_dict(default.get_config())
+  saved['data'].update(source='npz', npz_path=str(npz))
+  now = json.loads(json.dumps(saved))
+  now['data'].update(npz_path='data.npz', cache_dir='none', prefetch=0, shuffle_buffer=7,
+                     tfds_data_dir='/elsewhere')
+  assert checkpoints.config_differences(saved, now) == []
+  now['data']['npz_path'] = 'other.npz'  # another file: other data
+  now['model']['z_dim'] += 1
+  assert checkpoints.config_differences(saved, now) == [
+      f"model.z_dim: saved {saved['model']['z_dim']!r}, now {now['model']['z_dim']!r}",
+      f"data.npz_path: saved {str(npz)!r}, now 'other.npz'"]
+  # A streamed TFDS split is ordered by its shuffle buffer: that one stays.
+  saved['data'].update(source='tfds', npz_path=''), now['data'].update(source='tfds', npz_path='')
+  now['model']['z_dim'] -= 1
+  assert checkpoints.config_differences(saved, now) == [
+      "data.shuffle_buffer: saved 10000, now 7"]
