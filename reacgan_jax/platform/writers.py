@@ -22,19 +22,39 @@ class JsonlWriter:
   def __init__(self, path, resume_step=None):
     self._path = path
     if resume_step is not None and os.path.exists(path):
-      keep = []
-      with open(path) as f:
-        for line in f:
-          try:
-            if json.loads(line)['step'] <= resume_step:
-              keep.append(line)
-          except (ValueError, KeyError):  # a line cut short by a crash mid-write
-            continue
-      tmp = path + '.tmp'
-      with open(tmp, 'w') as f:
-        f.writelines(keep)
-      os.replace(tmp, path)
+      self._truncate(path, resume_step)
     self._file = open(path, 'a')  # noqa: SIM115 (closed in close())
+
+  @staticmethod
+  def _truncate(path, resume_step):
+    """Keeps the records up to `resume_step`; a damaged line is set aside with a warning.
+
+    Damaged: cut short by a crash mid-write, not UTF-8, not a JSON object, or no integer
+    "step". Such lines go to <path>.damaged (appended), never silently dropped; the last line
+    cut short by a crash is the usual one.
+    """
+    keep, damaged = [], []
+    with open(path, 'rb') as f:
+      for number, raw in enumerate(f, start=1):
+        try:
+          record = json.loads(raw.decode('utf-8'))
+          step = record['step'] if isinstance(record, dict) else None
+          if not isinstance(step, int) or isinstance(step, bool):
+            raise ValueError('no integer "step"')
+        except (ValueError, KeyError) as e:  # UnicodeDecodeError / JSONDecodeError included
+          logging.warning('%s line %d is damaged (%s); set aside in %s.damaged.', path, number,
+                          type(e).__name__ if not str(e) else str(e)[:80], path)
+          damaged.append(raw if raw.endswith(b'\n') else raw + b'\n')
+          continue
+        if step <= resume_step:
+          keep.append(raw if raw.endswith(b'\n') else raw + b'\n')
+    if damaged:
+      with open(path + '.damaged', 'ab') as f:
+        f.writelines(damaged)
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
 
   def write_scalars(self, step, scalars):
     record = {'step': int(step)}
