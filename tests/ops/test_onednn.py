@@ -222,12 +222,28 @@ def test_a_missing_wheel_says_what_to_install(monkeypatch):
     onednn.build()
 
 
-def test_the_build_is_cached_by_source_and_versions(tmp_path, monkeypatch):
+def test_the_build_is_cached_by_source_and_versions(tmp_path, monkeypatch, caplog):
   monkeypatch.setenv('REACGAN_JAX_CACHE', str(tmp_path))
   first = onednn.build()
   assert first.parent == tmp_path / 'onednn' and first.exists()
   mtime = first.stat().st_mtime_ns
   assert onednn.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
+  # Issue 26: the cache is checked before the compiler (a verified build needs none) ...
+  monkeypatch.delenv('CXX', raising=False)
+  which = onednn.shutil.which
+  monkeypatch.setattr(onednn.shutil, 'which', lambda name: None)
+  assert onednn.build() == first
+  # ... and a damaged one (truncated: loading it crashed every run with SIGBUS; zero bytes) is
+  # never returned: without a compiler one line says so, with one it is rebuilt.
+  good = first.read_bytes()
+  for damage in (good[:len(good) // 2], b''):
+    first.write_bytes(damage)
+    with pytest.raises(onednn.OneDNNUnavailable, match=r'no C\+\+ compiler.*to build .*dnnl_conv'):
+      onednn.build()
+  monkeypatch.setattr(onednn.shutil, 'which', which)
+  with caplog.at_level('WARNING'):
+    assert onednn.build() == first
+  assert 'is damaged or unverified' in caplog.text and len(first.read_bytes()) == len(good)
 
 
 def test_inception_features_match_the_xla_path():

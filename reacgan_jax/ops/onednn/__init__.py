@@ -24,6 +24,7 @@ import subprocess
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from reacgan_jax.platform import paths
 
@@ -61,17 +62,42 @@ def _cache_dir() -> pathlib.Path:
   return paths.cache_root() / 'onednn'
 
 
+def _digest(path: pathlib.Path) -> str:
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verified(out: pathlib.Path) -> bool:
+  """Whether the cached extension is the file this process's build wrote (size and sha256).
+
+  A truncated .so crashes the process that loads it (SIGBUS), so nothing unverified is loaded.
+  """
+  sidecar = out.with_name(out.name + '.sha256')
+  try:
+    size, digest = sidecar.read_text().split()
+    return out.stat().st_size == int(size) and _digest(out) == digest
+  except (OSError, ValueError):
+    return False
+
+
 def build() -> pathlib.Path:
-  """Compiles dnnl_conv.cc (once per source / jaxlib / oneDNN version) and returns the .so path."""
+  """Compiles dnnl_conv.cc (once per source / jaxlib / oneDNN version) and returns the .so path.
+
+  The cache is checked first (a verified build needs no compiler); a damaged cached file (size or
+  sha256 not the ones written beside it at build time) is rebuilt, with a warning.
+  """
   lib, include = _paths()
-  cxx = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
-  if not cxx:
-    raise OneDNNUnavailable(f'oneDNN: no C++ compiler found (g++ / c++ / $CXX): {_INSTALL_HINT}')
   tag = hashlib.sha256(_SRC.read_bytes() + jax.lib.__version__.encode()
                        + importlib.metadata.version(_DIST).encode() + str(lib).encode())
   out = _cache_dir() / f'dnnl_conv_{tag.hexdigest()[:16]}.so'
-  if out.exists():
+  if _verified(out):
     return out
+  if out.exists():
+    logging.warning('oneDNN: the cached extension %s is damaged or unverified (its size/sha256 '
+                    'differ from %s.sha256): rebuilding it.', out, out.name)
+  cxx = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
+  if not cxx:
+    raise OneDNNUnavailable(f'oneDNN: no C++ compiler found (g++ / c++ / $CXX) to build {out}: '
+                            f'{_INSTALL_HINT}')
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_suffix(f'.{os.getpid()}.tmp')
   cmd = [cxx, '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{jax.ffi.include_dir()}',
@@ -80,7 +106,10 @@ def build() -> pathlib.Path:
   if proc.returncode != 0:
     raise OneDNNUnavailable(f'oneDNN: compiling {_SRC.name} failed ({" ".join(cmd)}):\n'
                             f'{proc.stderr[-3000:]}')
+  sidecar_tmp = out.with_name(f'{out.name}.sha256.{os.getpid()}.tmp')
+  sidecar_tmp.write_text(f'{tmp.stat().st_size} {_digest(tmp)}\n')
   os.replace(tmp, out)   # atomic: a concurrent build of the same key writes the same file
+  os.replace(sidecar_tmp, out.with_name(out.name + '.sha256'))
   return out
 
 
