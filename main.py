@@ -33,6 +33,9 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'],
                           'newest checkpoint), sample (grid, interpolation and an npz).')
 _ALL_CHECKPOINTS = flags.DEFINE_bool('all_checkpoints', False,
                                      '--mode=eval: evaluate every checkpoint, not only the newest.')
+_OUTPUT_DIR = flags.DEFINE_string(
+    'output_dir', '', '--mode=eval|sample: write the results here instead of into --workdir '
+    '(needed for samples when the workdir is read-only; the checkpoints are only read).')
 _NUM_SAMPLES = flags.DEFINE_integer(
     'num_samples', -1, '--mode=sample: images in the npz (-1: config.eval.num_samples).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', '',
@@ -95,13 +98,14 @@ def _run(config, workdir):
   from reacgan_jax.train import modes  # noqa: PLC0415 (eval/sample never import the trainer)
 
   if _MODE.value == 'eval':
-    results = modes.evaluate_checkpoints(config, workdir, _ALL_CHECKPOINTS.value)
+    results = modes.evaluate_checkpoints(config, workdir, _ALL_CHECKPOINTS.value,
+                                         _OUTPUT_DIR.value or None)
     if jax.process_index() == 0:
       for step, metrics in sorted(results.items()):
         print(f'step {step}: {metrics if metrics is not None else "evaluation unavailable"}')
   else:
     n = _NUM_SAMPLES.value if _NUM_SAMPLES.value >= 0 else None
-    paths = modes.sample_checkpoint(config, workdir, n)
+    paths = modes.sample_checkpoint(config, workdir, n, _OUTPUT_DIR.value or None)
     if jax.process_index() == 0:
       for name, path in paths.items():
         print(f'{name}: {path}')

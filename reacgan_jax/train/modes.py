@@ -8,6 +8,7 @@
 
 import json
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -26,7 +27,7 @@ def fmt_metrics(m):
 
 
 def run_evaluation(config, sample_fn, step, workdir, *, strict=False, cache=None):
-  """Evaluator on `sample_fn`; writes workdir/eval/step_<n>.json.
+  """Evaluator on `sample_fn`; writes workdir/eval/step_<n>.json (nothing when workdir is None).
 
   Returns the metrics. With strict=False (inside training) any evaluation failure is a warning
   and None is returned, so a long run never dies in its evaluation; --mode=eval is strict: a
@@ -50,7 +51,7 @@ def run_evaluation(config, sample_fn, step, workdir, *, strict=False, cache=None
     return None
   results = {k: float(v) if np.ndim(v) == 0 and not isinstance(v, str) else v
              for k, v in results.items()}
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and workdir is not None:
     os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
     with open(os.path.join(workdir, 'eval', f'step_{step}.json'), 'w') as f:
       json.dump(dict(results, step=step, bn_eval=config.model.bn_eval), f, indent=2)
@@ -75,49 +76,94 @@ def load_state(config, workdir, mesh, adapter, step=None):
     ckpt.close()
 
 
-def evaluate_checkpoints(config, workdir, all_checkpoints=False):
-  """--mode=eval: evaluates the EMA G of the newest (or every) checkpoint (under the lock).
+def writable(path) -> bool:
+  """Whether files can be created in `path` (a real probe: root ignores permission bits, and a
+  read-only mount or bucket says so only when written to)."""
+  try:
+    with tempfile.TemporaryFile(dir=path):
+      return True
+  except OSError:
+    return False
+
+
+def _results_dir(workdir, output_dir, mode):
+  """Where eval/sample write: output_dir, else the workdir; None when neither can be written.
+
+  Reading checkpoints needs no lock; the folder written into is locked by the caller.
+  """
+  if output_dir:
+    os.makedirs(output_dir, exist_ok=True)
+    return output_dir
+  if writable(workdir):
+    return workdir
+  if mode == 'sample':
+    raise errors.InputError(f'--workdir={workdir} is read-only: add --output_dir=DIR for the '
+                            'samples (the checkpoints are only read).')
+  logging.warning('--workdir=%s is read-only: evaluating without writing (results printed '
+                  'only); add --output_dir=DIR to keep eval/step_<n>.json and metrics.jsonl.',
+                  workdir)
+  return None
+
+
+def evaluate_checkpoints(config, workdir, all_checkpoints=False, output_dir=None):
+  """--mode=eval: evaluates the EMA G of the newest (or every) checkpoint.
+
+  Results go to output_dir (else the workdir), under that folder's lock; a read-only workdir
+  without output_dir is evaluated without a lock and the results are only returned (printed by
+  main.py).
 
   Returns:
     dict step -> metrics.
   """
-  with workdir_lock.WorkdirLock(workdir, 'eval'):
-    return _evaluate_checkpoints(config, workdir, all_checkpoints)
+  if not os.path.isdir(workdir):
+    raise errors.MissingFileError(f'--workdir={workdir} does not exist: train first.')
+  out = _results_dir(workdir, output_dir, 'eval')
+  if out is None:
+    return _evaluate_checkpoints(config, workdir, all_checkpoints, None)
+  with workdir_lock.WorkdirLock(out, 'eval'):
+    return _evaluate_checkpoints(config, workdir, all_checkpoints, out)
 
 
-def _evaluate_checkpoints(config, workdir, all_checkpoints):
+def _evaluate_checkpoints(config, workdir, all_checkpoints, out):
   mesh = parallel.create_mesh()
   adapter = adapter_lib.build(config, mesh)
   steps = checkpoints.list_checkpoint_steps(workdir)
   if not steps:
     raise errors.MissingFileError(f'No checkpoint in {workdir}/checkpoints: train first.')
   sampler = sampling.Sampler(config, adapter, mesh)
-  out, cache = {}, {}
-  writer = writers.create_writer(workdir)  # appends: the training records stay
+  results, cache = {}, {}
+  writer = writers.create_writer(out) if out else None  # appends: the training records stay
   for s in (steps if all_checkpoints else [None]):
     state, at = load_state(config, workdir, mesh, adapter, step=s)
-    out[at] = run_evaluation(config, sampler.sample_fn(state), at, workdir, strict=True,
-                             cache=cache)
-    if out[at]:
-      writer.write_scalars(at, {f'eval/{k}': v for k, v in out[at].items()
+    results[at] = run_evaluation(config, sampler.sample_fn(state), at, out, strict=True,
+                                 cache=cache)
+    if results[at] and writer:
+      writer.write_scalars(at, {f'eval/{k}': v for k, v in results[at].items()
                                 if isinstance(v, float)})
-  writer.close()
-  return out
+  if writer:
+    writer.close()
+  return results
 
 
-def sample_checkpoint(config, workdir, num_samples=None):
+def sample_checkpoint(config, workdir, num_samples=None, output_dir=None):
   """--mode=sample: grid, latent interpolation (and StyleGAN2's in w space) and an npz of samples
   from the newest checkpoint.
 
+  Written under output_dir (else the workdir; a read-only workdir needs output_dir), while that
+  folder's lock is held.
+
   Returns:
-    dict name -> path (under workdir/samples/final_<step>/).
+    dict name -> path (under <output_dir or workdir>/samples/final_<step>/).
   """
+  if not os.path.isdir(workdir):
+    raise errors.MissingFileError(f'--workdir={workdir} does not exist: train first.')
+  out = _results_dir(workdir, output_dir, 'sample')
   mesh = parallel.create_mesh()
   adapter = adapter_lib.build(config, mesh)
-  with workdir_lock.WorkdirLock(workdir, 'sample'):
+  with workdir_lock.WorkdirLock(out, 'sample'):
     state, at = load_state(config, workdir, mesh, adapter)
-  sampler = sampling.Sampler(config, adapter, mesh)
-  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
-  return sampling.write_samples(config, sampler.sample_fn(state),
-                                os.path.join(workdir, 'samples', f'final_{at}'), rng, num_samples,
-                                w_interpolation=sampler.w_interpolation_fn(state))
+    sampler = sampling.Sampler(config, adapter, mesh)
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
+    return sampling.write_samples(config, sampler.sample_fn(state),
+                                  os.path.join(out, 'samples', f'final_{at}'), rng, num_samples,
+                                  w_interpolation=sampler.w_interpolation_fn(state))
