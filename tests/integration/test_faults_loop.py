@@ -76,7 +76,7 @@ def test_a_bad_value_is_one_line_without_traceback(npz, tmp_path, cache):
   assert 'train.batch_size' in out.stderr and 'main.py: error:' in out.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # issue 24: 20 restarts, past CI time (CI keeps test_faults kill -9)
 def test_kill_9_at_20_random_moments_loses_nothing(npz, tmp_path, cache):
   steps = 24
   straight = str(tmp_path / 'straight')
