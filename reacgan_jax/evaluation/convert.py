@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from reacgan_jax.evaluation import inception_weights
+from reacgan_jax.platform import paths
 
 TORCHSCRIPT_FILE = 'default_1.pt'
 TORCHSCRIPT_SHA256 = '7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34'
@@ -271,7 +272,7 @@ def main(argv=None):
   if args.download:
     if args.source != 'pytorch_fid':
       parser.error('--download is for --source pytorch_fid')
-    input_path = download_pytorch_fid(inception_weights.cache_dir())
+    input_path = download_pytorch_fid(paths.cache_root())
   out = convert(args.source, input_path, args.output, check_hash=not args.no_check_hash)
   print(f'Wrote {out}')
 

@@ -20,13 +20,8 @@ PYTORCH_FID_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fi
 
 
 
-def cache_dir() -> pathlib.Path:
-  """The cache root (platform.paths.cache_root: $REACGAN_JAX_CACHE, else ~/.cache/reacgan_jax)."""
-  return paths.cache_root()
-
-
 def default_weights_path() -> pathlib.Path:
-  return cache_dir() / DEFAULT_FILENAME
+  return paths.cache_root() / DEFAULT_FILENAME
 
 
 def how_to_get_weights(path) -> str:
