@@ -17,5 +17,8 @@ def get_config(variant=''):
   config.optim.g_lr = 2e-4
   config.optim.d_lr = 2e-4
   config.train.batch_size = 64
+  # StudioGAN's evaluation protocol (worker.evaluate): labels i.i.d. uniform, IS over 1 split,
+  # as many samples as the reference split holds; the result's protocol line names it.
+  config.eval.protocol = 'studiogan'
   return variants.apply(config, variant, {'small': cifar10_reacgan.apply_small},
                         'cifar10_biggan_pd')

@@ -4,6 +4,15 @@ Numbers: shared/SPEC.md section 4, row "CIFAR10 ReACGAN" (StudioGAN
 src/configs/CIFAR10/ReACGAN.yaml): batch 128, lr 2.8284e-4 for G and D, Adam
 betas (0.5, 0.999), 5 D steps, 100k steps, z 80, ch 96, embed 512, lambda 0.5,
 T 0.5, m_p 0.98, EMA 0.9999 from step 1000. Reported: IS 9.97 / FID 7.79 (10k test).
+Evaluated under StudioGAN's protocol (eval.protocol='studiogan': 10k samples, labels i.i.d.
+uniform, IS over 1 split, vs the 10k test split).
+
+Data as StudioGAN's src/data_util.py presents CIFAR-10 (tests/parity/test_data_reference.py runs
+its Dataset_ beside ours): no crop or resize, random horizontal flip, [-1, 1] by
+Normalize(0.5, 0.5), pixel-exact. What differs: the order and the flip draws. StudioGAN's
+DataLoader(shuffle=True, drop_last=True) permutes each epoch and skips the last
+len % basket_size images of it; ours is the stream of per-epoch permutations without a drop
+(every image once per epoch in both); flips come from (seed, step) here, from torch's RNG there.
 
 Variant ``small`` (``--config=configs/cifar10_reacgan.py:small``): the same code
 and architecture family at CPU size (narrow channels, batch 32, no D repeats
@@ -33,6 +42,9 @@ def get_config(variant=''):
   config.train.d_updates_per_step = 5
   config.train.steps = 100_000
   config.train.ema_start = 1000
+  # StudioGAN's evaluation protocol (worker.evaluate): labels i.i.d. uniform, IS over 1 split,
+  # as many samples as the reference split holds; the result's protocol line names it.
+  config.eval.protocol = 'studiogan'
   return variants.apply(config, variant, {'small': apply_small}, 'cifar10_reacgan')
 
 
@@ -60,6 +72,9 @@ def apply_small(config):
   config.eval.num_ref = 500
   config.eval.batch_size = 50
   config.eval.is_splits = 1
+  # Class-balanced labels: at 500 samples an i.i.d. draw (protocol 'studiogan') adds the noise
+  # of its class counts to a smoke test.
+  config.eval.protocol = 'ours'
   config.eval.metrics = 'fid,prdc'
   config.data.offline_npz = '../shared/data/cifar10.npz'
   return config

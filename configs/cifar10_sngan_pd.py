@@ -30,4 +30,7 @@ def get_config():
   config.train.batch_size = 64
   config.train.d_updates_per_step = 5
   config.train.ema = False
+  # StudioGAN's evaluation protocol (worker.evaluate): labels i.i.d. uniform, IS over 1 split,
+  # as many samples as the reference split holds; the result's protocol line names it.
+  config.eval.protocol = 'studiogan'
   return config

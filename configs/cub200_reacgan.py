@@ -48,4 +48,7 @@ def get_config():
   config.train.ema_start = 4000
   config.eval.num_samples = 5994  # = len(train split), StudioGAN's protocol
   config.eval.num_ref = -1  # the whole train split
+  # StudioGAN's evaluation protocol (worker.evaluate): labels i.i.d. uniform, IS over 1 split,
+  # as many samples as the reference split holds; the result's protocol line names it.
+  config.eval.protocol = 'studiogan'
   return config

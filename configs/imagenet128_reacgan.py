@@ -38,4 +38,7 @@ def get_config():
   config.train.steps = 500_000
   config.train.ema_start = 20_000
   config.eval.num_samples = 50_000
+  # StudioGAN's evaluation protocol (worker.evaluate): labels i.i.d. uniform, IS over 1 split,
+  # as many samples as the reference split holds; the result's protocol line names it.
+  config.eval.protocol = 'studiogan'
   return config

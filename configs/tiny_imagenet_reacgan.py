@@ -44,4 +44,7 @@ def get_config():
   config.train.ema_start = 20_000
   config.eval.num_samples = 10_000
   config.eval.num_ref = -1
+  # StudioGAN's evaluation protocol (worker.evaluate): labels i.i.d. uniform, IS over 1 split,
+  # as many samples as the reference split holds; the result's protocol line names it.
+  config.eval.protocol = 'studiogan'
   return config

@@ -16,7 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import artbench10_reacgan_diffaug, cub200_reacgan, default, tiny_imagenet_reacgan
+from configs import (
+    artbench10_reacgan_diffaug,
+    cifar10_biggan_pd,
+    cifar10_reacgan,
+    cifar10_sngan_pd,
+    cub200_reacgan,
+    default,
+    imagenet128_reacgan,
+    tiny_imagenet_reacgan,
+)
 from reacgan_jax.data import datasets
 from reacgan_jax.data import pipeline as input_pipeline
 from reacgan_jax.data import sources as data_sources
@@ -330,3 +339,19 @@ def test_protocols_in_the_configs():
   assert (tiny.data.eval_split, tiny.eval.num_samples) == ('valid', 10_000)
   assert cub.data.crop == 'center' and tiny.data.source == 'tiny_imagenet'
   assert set(default.get_config().data.keys()) >= {'root'}
+
+
+# The configs that reproduce StudioGAN's published numbers, with the size of their reference split.
+PUBLISHED = [(cifar10_reacgan, 10_000), (cifar10_biggan_pd, 10_000), (cifar10_sngan_pd, 10_000),
+             (imagenet128_reacgan, 50_000), (tiny_imagenet_reacgan, 10_000),
+             (cub200_reacgan, 5994)]
+
+
+@pytest.mark.parametrize('module,reference', PUBLISHED, ids=lambda m: getattr(m, '__name__', m))
+def test_published_configs_use_studiogans_protocol(module, reference):
+  config = module.get_config()
+  assert config.eval.protocol == 'studiogan'
+  assert config.eval.num_samples == reference  # StudioGAN: num_eval = len(reference split)
+  assert config.eval.get('num_ref', -1) in (-1, reference)
+  # The CPU-sized smoke test keeps class-balanced labels (its 500 samples).
+  assert cifar10_reacgan.get_config('small').eval.protocol == 'ours'
