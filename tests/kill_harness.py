@@ -23,6 +23,8 @@ import signal
 import subprocess
 import time
 
+from train_helpers import HANG_S
+
 
 @dataclasses.dataclass
 class Round:
@@ -43,7 +45,7 @@ def set_aside(workdir) -> list:
   return sorted(n for n in os.listdir(d) if n.startswith('corrupt-')) if os.path.isdir(d) else []
 
 
-def run_once(cmd, *, delay_s: float | None, env=None, timeout_s: float = 600) -> tuple:
+def run_once(cmd, *, delay_s: float | None, env=None, timeout_s: float | None = None) -> tuple:
   """Runs cmd; SIGKILLs it after delay_s (None: let it finish). -> (killed, rc, stderr tail)."""
   with open(os.devnull, 'w') as devnull:
     p = subprocess.Popen(cmd, env=env, stdout=devnull, stderr=subprocess.PIPE, text=True,
@@ -56,7 +58,7 @@ def run_once(cmd, *, delay_s: float | None, env=None, timeout_s: float = 600) ->
         except subprocess.TimeoutExpired:
           os.killpg(p.pid, signal.SIGKILL)  # the writer and anything it started
           killed = True
-      _, err = p.communicate(timeout=timeout_s)
+      _, err = p.communicate(timeout=timeout_s or HANG_S)
     finally:
       if p.poll() is None:
         os.killpg(p.pid, signal.SIGKILL)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from train_helpers import HANG_S
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 YAML = REPO / 'tests' / 'fixtures' / 'studiogan_configs' / 'SNGAN.yaml'
@@ -20,7 +21,7 @@ ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
 
 def _run(*args):
   return subprocess.run([sys.executable, '-m', *args], capture_output=True, text=True,
-                        env=ENV, cwd=REPO, timeout=300)
+                        env=ENV, cwd=REPO, timeout=HANG_S)
 
 
 def test_old_yaml_import_command_runs_the_new_one():

@@ -4,6 +4,10 @@ import numpy as np
 
 from configs import tiny
 
+# The hang guard of every subprocess a test waits on: long enough that only a hang trips it,
+# on a loaded machine too (no test may depend on machine speed); CI's own limit ends a real hang.
+HANG_S = 3600
+
 
 def write_npz(path, n=64, size=32, classes=10, seed=0):
   """Random uint8 images [n, size, size, 3] (nhwc layout) with labels; returns the path."""

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / 'experiments'))
 import gpu_check  # noqa: E402
 import gpu_pack  # noqa: E402
 import gpu_report  # noqa: E402
+from train_helpers import HANG_S  # noqa: E402
 
 # ---- pack / receive / assemble ------------------------------------------------------------------
 
@@ -346,7 +347,7 @@ def test_end_to_end_tiny_race_then_sigterm_mid_curve(tmp_path, cifar10_npz):
   # 1. The race only, no StudioGAN: ours in fp32 and bf16, StudioGAN recorded as skipped.
   p = _script(tmp_path, cache, '--phases', 'race', '--budget_s', '900', '--out', str(out1),
               '--tag', 'a', '--studiogan_src', '', *_TINY)
-  log1, _ = p.communicate(timeout=1200)
+  log1, _ = p.communicate(timeout=HANG_S)
   assert p.returncode == 0, log1[-3000:]
   recs = json.loads((out1 / 'a.json').read_text())['records']
   race = {r['precision']: r for r in recs if r['kind'] == 'race'}
@@ -365,7 +366,7 @@ def test_end_to_end_tiny_race_then_sigterm_mid_curve(tmp_path, cifar10_npz):
         break
     time.sleep(0.5)
   p.send_signal(signal.SIGTERM)
-  log2, _ = p.communicate(timeout=300)
+  log2, _ = p.communicate(timeout=HANG_S)
   assert p.returncode == 0, log2[-3000:]
   recs = json.loads((out2 / 'b.json').read_text())['records']
   evals = [r for r in recs if r['kind'] == 'eval']

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 from kill_harness import complete_steps
-from train_helpers import tiny_config, write_npz
+from train_helpers import HANG_S, tiny_config, write_npz
 
 from reacgan_jax.models import adapter
 from reacgan_jax.platform import checkpoints, parallel
@@ -55,7 +55,7 @@ def _cmd(workdir, npz):
 
 
 def _run(workdir, npz, env):
-  out = subprocess.run(_cmd(workdir, npz), env=env, capture_output=True, text=True, timeout=900)
+  out = subprocess.run(_cmd(workdir, npz), env=env, capture_output=True, text=True, timeout=HANG_S)
   assert out.returncode == 0, out.stderr[-3000:]
 
 

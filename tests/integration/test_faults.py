@@ -25,6 +25,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 from PIL import Image
+from train_helpers import HANG_S
 
 import configs
 from configs import default, from_workdir, tiny
@@ -419,7 +420,7 @@ def test_second_writer_is_refused_naming_the_owner_and_lock_is_released(tmp_path
     assert f'pid {holder.pid} on host {socket.gethostname()}' in msg and 'another --workdir' in msg
     # As a command: exit 1, one line, no traceback.
     r = subprocess.run([sys.executable, '-c', _HOLDER, str(wd), '0'], env=ENV,
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=HANG_S)
     assert r.returncode == 1 and 'Traceback' not in r.stderr
     assert r.stderr.count('\n') == 1 and f'pid {holder.pid}' in r.stderr
     # kill -9: the lock stays behind, stale; the next run takes it over.
@@ -488,7 +489,7 @@ def test_concurrent_takeover_of_a_stale_lock_has_one_winner(tmp_path):
   for p in procs:  # all imported and polling for the go file, however long imports take
     assert p.stdout.readline().strip() == 'ready'
   (tmp_path / 'run.go').write_text('')
-  outs = [p.communicate(timeout=60) for p in procs]
+  outs = [p.communicate(timeout=HANG_S) for p in procs]
   winners = [o for o, _ in outs if 'held' in o]
   assert len(winners) == 1, outs
   assert sum('in use by another run' in e for _, e in outs) == 5
@@ -507,7 +508,7 @@ def _stats(path, description='', nan=False, seed=0):
 
 def _fid_cli(*args):
   return subprocess.run([sys.executable, '-m', 'reacgan_jax.fid', *map(str, args)], cwd=REPO,
-                        env=ENV, capture_output=True, text=True, timeout=120)
+                        env=ENV, capture_output=True, text=True, timeout=HANG_S)
 
 
 def _assert_user_error(r, *needles):

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 from kill_harness import complete_steps, kill_loop
-from train_helpers import tiny_config, write_npz
+from train_helpers import HANG_S, tiny_config, write_npz
 
 from reacgan_jax.models import adapter
 from reacgan_jax.platform import checkpoints, parallel
@@ -70,7 +70,7 @@ def _equal(a, b):
 
 def test_a_bad_value_is_one_line_without_traceback(npz, tmp_path, cache):
   out = subprocess.run(_cmd(tmp_path, npz, 2, '--config.train.batch_size=0'), env=_env(cache),
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=HANG_S)
   assert out.returncode == 1
   assert 'Traceback' not in out.stderr
   assert 'train.batch_size' in out.stderr and 'main.py: error:' in out.stderr
@@ -80,7 +80,7 @@ def test_a_bad_value_is_one_line_without_traceback(npz, tmp_path, cache):
 def test_kill_9_at_20_random_moments_loses_nothing(npz, tmp_path, cache):
   steps = 24
   straight = str(tmp_path / 'straight')
-  subprocess.run(_cmd(straight, npz, steps), env=_env(cache), check=True, timeout=900,
+  subprocess.run(_cmd(straight, npz, steps), env=_env(cache), check=True, timeout=HANG_S,
                  capture_output=True)
   killed = str(tmp_path / 'killed')
   rounds = kill_loop(_cmd(killed, npz, steps), killed, rounds=20, keep=100, min_delay_s=4.0,
@@ -103,11 +103,11 @@ def test_ctrl_c_saves_and_stops_and_a_second_writer_is_refused(npz, tmp_path, ca
     assert proc.poll() is None and time.time() - t0 < 600
     time.sleep(0.2)
   second = subprocess.run(_cmd(workdir, npz, 400), env=_env(cache), capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=HANG_S)
   assert second.returncode == 1 and 'Traceback' not in second.stderr
   assert 'reacgan.lock' in second.stderr or 'in use' in second.stderr, second.stderr
   proc.send_signal(signal.SIGINT)
-  out, _ = proc.communicate(timeout=300)
+  out, _ = proc.communicate(timeout=HANG_S)
   assert proc.returncode == 0, out[-3000:]
   assert 'SIGINT received' in out and 'Traceback' not in out and 'KeyboardInterrupt' not in out
   stopped = max(complete_steps(workdir))
@@ -116,6 +116,6 @@ def test_ctrl_c_saves_and_stops_and_a_second_writer_is_refused(npz, tmp_path, ca
   # --mode=eval without the Inception weights fails, naming them (it used to exit 0).
   ev = subprocess.run(_cmd(workdir, npz, 400, '--mode=eval',
                            '--config.eval.inception_weights=/nonexistent/inception.msgpack'),
-                      env=_env(cache), capture_output=True, text=True, timeout=600)
+                      env=_env(cache), capture_output=True, text=True, timeout=HANG_S)
   assert ev.returncode == 1 and 'Traceback' not in ev.stderr
   assert '/nonexistent/inception.msgpack' in ev.stderr

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from train_helpers import write_npz
+from train_helpers import HANG_S, write_npz
 
 REPO = str(pathlib.Path(__file__).resolve().parents[2])
 
@@ -21,7 +21,7 @@ def _main(*args, cwd=None, cache=None):
     env['REACGAN_JAX_CACHE'] = str(cache)
     env.pop('REACGAN_JAX_XLA_CACHE', None)  # the suite's shared XLA cache (conftest): not here
   return subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), *args], env=env,
-                        cwd=cwd, capture_output=True, text=True, timeout=600)
+                        cwd=cwd, capture_output=True, text=True, timeout=HANG_S)
 
 
 def test_unknown_or_mistyped_config_key_is_named(tmp_path):

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from train_helpers import write_npz
+from train_helpers import HANG_S, write_npz
 
 from reacgan_jax.evaluation import inception_weights
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.exhaustive
 def _main(*args, cwd):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
   return subprocess.run([sys.executable, str(REPO / 'main.py'), *args], env=env, cwd=cwd,
-                        capture_output=True, text=True, timeout=900)
+                        capture_output=True, text=True, timeout=HANG_S)
 
 
 @pytest.fixture

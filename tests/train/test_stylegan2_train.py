@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_helpers import write_npz
+from train_helpers import HANG_S, write_npz
 
 from configs import (
   cifar10_stylegan2,
@@ -265,7 +265,7 @@ def _cli(workdir, npz, steps, wait=True):
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
   if wait:
-    out, _ = proc.communicate(timeout=900)
+    out, _ = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, out[-3000:]
   return proc
 
@@ -286,7 +286,7 @@ def test_killed_and_resumed_stylegan2_ada_run_is_bit_identical(npz, tmp_path):
   while 4 not in checkpoints.list_checkpoint_steps(resumed):
     assert proc.poll() is None, proc.communicate()[0][-3000:]
   proc.send_signal(signal.SIGKILL)
-  proc.communicate(timeout=300)
+  proc.communicate(timeout=HANG_S)
   assert max(checkpoints.list_checkpoint_steps(resumed)) < 12
   _cli(resumed, npz, 12)
   (a, step_a), (b, step_b) = _final(straight, npz), _final(resumed, npz)

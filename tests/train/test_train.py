@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from train_helpers import tiny_config, write_npz
+from train_helpers import HANG_S, tiny_config, write_npz
 
 from reacgan_jax.losses import registry as objectives
 from reacgan_jax.models import adapter
@@ -194,7 +194,7 @@ def _run_cli(workdir, npz, steps, extra=(), wait=True):
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
   if wait:
-    out, _ = proc.communicate(timeout=600)
+    out, _ = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, out[-3000:]
   return proc
 
@@ -205,7 +205,7 @@ def _final(workdir, config):
   return parallel.to_host(s), at
 
 
-def _wait_for_checkpoint(workdir, step, proc, timeout=300):
+def _wait_for_checkpoint(workdir, step, proc, timeout=HANG_S):
   t0 = time.time()
   while step not in checkpoints.list_checkpoint_steps(workdir):
     assert proc.poll() is None, proc.communicate()[0][-3000:]
@@ -229,7 +229,7 @@ def test_killed_and_resumed_run_is_bit_identical(npz, tmp_path, sig, straight_ru
   proc = _run_cli(resumed, npz, 20, wait=False)
   _wait_for_checkpoint(resumed, 10, proc)
   proc.send_signal(sig)
-  out, _ = proc.communicate(timeout=300)
+  out, _ = proc.communicate(timeout=HANG_S)
   if sig == signal.SIGTERM:
     assert proc.returncode == 0, out[-3000:]
     assert 'after SIGTERM' in out
