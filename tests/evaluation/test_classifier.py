@@ -68,7 +68,7 @@ def test_save_load_round_trip(tiny, tmp_path):
     classifier.load_classifier(tmp_path / 'bad.msgpack')
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # a real epoch of training: beyond CI's budget (issue 24)
 def test_train_script_on_cifar10(cifar10_npz, tmp_path):
   """The real script, shortened (1 epoch on 10k images): beats chance clearly."""
   out = tmp_path / 'clf.msgpack'

@@ -340,7 +340,7 @@ _TINY = ['--race_config', 'tiny', '--race_batch', '8', '--race_steps', '2', '--r
          '--eval_ref', '100', '--log_every', '2']
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # the runbook's rehearsal: run before a GPU session (CI budget)
 def test_end_to_end_tiny_race_then_sigterm_mid_curve(tmp_path, cifar10_npz):
   cache = tmp_path / 'cache'
   out1, out2 = tmp_path / 'out1', tmp_path / 'out2'

@@ -123,8 +123,8 @@ def _model_outputs(config, params=None):
 
 @pytest.mark.parametrize('backbone,cond', [
     pytest.param('biggan', 'reacgan', marks=pytest.mark.slow),  # slow since issue 24 (CI time)
-    pytest.param('resnet', 'pd', marks=pytest.mark.slow),
-    pytest.param('deep_conv', 'acgan', marks=pytest.mark.slow),   # 4x4 stride-2 convs
+    pytest.param('resnet', 'pd', marks=pytest.mark.exhaustive),  # exhaustive: CI budget
+    pytest.param('deep_conv', 'acgan', marks=pytest.mark.exhaustive),   # 4x4 stride-2 convs
     ('dcgan', 'acgan'),                                           # 3x3 stride-2 convs
 ])
 def test_models_match_the_xla_path_on_the_same_weights(backbone, cond):

@@ -278,7 +278,7 @@ def _final(workdir, npz):
   return parallel.to_host(s), at
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # CI's budget (issue 24); the BigGAN family's kill -9 test is slow
 def test_killed_and_resumed_stylegan2_ada_run_is_bit_identical(npz, tmp_path):
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   _cli(straight, npz, 12)
