@@ -91,10 +91,11 @@ def _check_installed(root, venv, outside):
   assert module.stdout == help_.stdout
   probe = subprocess.run(
       [bin_dir / 'python', '-c', 'import importlib.util, reacgan_jax; print(reacgan_jax.__file__); '
-       'print(importlib.util.find_spec("configs"))'], cwd=outside, env=_env(),
-      capture_output=True, text=True, timeout=300)
-  where, configs_spec = probe.stdout.split()
-  assert configs_spec == 'None'  # no top-level `configs` to collide with another project's
+       'spec = importlib.util.find_spec("configs"); print(spec and spec.origin)'], cwd=outside,
+      env=_env(), capture_output=True, text=True, timeout=300)
+  where, configs_origin = probe.stdout.splitlines()
+  # No top-level `configs` to collide with another project's.
+  assert configs_origin == 'None', f'`import configs` finds {configs_origin}'
   return pathlib.Path(where)
 
 
