@@ -130,7 +130,9 @@ def test_installed_command_trains_a_built_in_config(wheel_install, tmp_path):
        '--config.train.steps=2', '--config.train.d_updates_per_step=1',
        '--config.train.eval_every=-1', '--config.eval.num_samples=12'],
       cwd=tmp_path, capture_output=True, text=True, timeout=1200,
+      # The arguments, device count and (inherited) XLA cache of tests/integration/test_main.py:
+      # the same compiled train step, so a cache hit when that test ran first.
       env=_env(REACGAN_JAX_CACHE=str(tmp_path / 'cache'),
-               XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+               XLA_FLAGS='--xla_force_host_platform_device_count=2'))
   assert r.returncode == 0, r.stderr[-3000:]
   assert (workdir / 'checkpoints' / '2').is_dir()
