@@ -16,6 +16,8 @@ import importlib
 import sys
 import textwrap
 
+from absl import flags
+
 from reacgan_jax import errors
 from reacgan_jax.cli import builtin_configs
 
@@ -80,5 +82,16 @@ def main(argv=None) -> int:
   if command.takes_config:
     with errors.exit_on_user_error(sys.argv[0]):
       sys.argv = builtin_configs.prepare(sys.argv)
-  getattr(importlib.import_module(command.module), command.function)()
+  module = importlib.import_module(command.module)
+  _show_in_absl_help(module, sys.argv[0])
+  getattr(module, command.function)()
   return 0
+
+
+def _show_in_absl_help(module, prog):
+  """absl's --help prints __main__'s docstring and the flags of the module named argv[0]: here,
+  the command's module's (argparse commands ignore both). The lists themselves are shared, so
+  a flag the command defines when it runs (convert-studiogan's --config) is listed too."""
+  for by_module in (flags.FLAGS.flags_by_module_dict(), flags.FLAGS.key_flags_by_module_dict()):
+    by_module[prog] = by_module.setdefault(module.__name__, [])
+  sys.modules['__main__'].__doc__ = module.__doc__

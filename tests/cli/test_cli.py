@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -63,6 +64,7 @@ def test_no_command_prints_the_help_and_fails(capsys):
 def test_every_command_runs_its_own_help(name, tmp_path):
   # Each command in its own process: the commands define absl flags of the same names.
   r = _module(name, '--help', cwd=tmp_path)
-  assert r.returncode == 0, r.stderr[-2000:]
   out = r.stdout + r.stderr
-  assert 'Traceback' not in out and ('usage' in out.lower() or 'flags:' in out)
+  assert r.returncode in (0, 1), out[-2000:]  # absl exits 1 after --help, argparse 0
+  assert 'Traceback' not in out
+  assert re.search(r'--[a-z]', out.replace('--helpfull', '')), out  # its own flags are listed
