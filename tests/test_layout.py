@@ -9,12 +9,15 @@
     ops/         spectral norm, convolutions, oneDNN           leaves: ops/, platform/, errors
     platform/    mesh, checkpoints, lock, writers, paths       leaves: platform/, errors
     studiogan/   YAML import, checkpoint conversion            nothing else imports it
+    cli/         the `reacgan-jax` command (main.py's code)    the top: nothing imports it
     errors.py validate.py sampling.py
 
 Every import of our own modules is at the top of its module (one list of what a module needs);
 an import inside a function is allowed only for an optional heavy dependency (OPTIONAL). The
 module graph has no circles. `test_the_rules_see_*` plant a breaking module in a copy of the
-package and check that the rules name it.
+package and check that the rules name it. One exception to "at the top": cli/ names each
+command's module as a string (cli.COMMANDS) and imports only the one that runs, by importlib,
+since the commands define absl flags of the same names; tests/cli/ runs every one.
 """
 
 import ast
@@ -45,7 +48,7 @@ RULES = [
     ('evaluation', TRAINER, 'evaluation never imports the trainer'),
     ('sampling', TRAINER, 'sampling never imports the trainer'),
     ('augment', TRAINER + ('models', 'data', 'evaluation'), 'augmentations act on arrays'),
-    ('', ('configs',), 'the library never imports configs/ (main.py hands the defaults in)'),
+    ('', ('configs',), 'the library never imports configs/ (cli/ hands the defaults in)'),
 ]
 
 
@@ -112,6 +115,8 @@ def _rule_breaks(graph):
     for dep in deps:
       if _under(dep, 'studiogan') and not _under(mod, 'studiogan') and mod not in COMPAT:
         out.append(f'{mod} imports {dep}: nothing in the library imports studiogan/')
+      if _under(dep, 'cli') and not _under(mod, 'cli') and mod != '__main__':
+        out.append(f'{mod} imports {dep}: the command line is the top, nothing imports cli/')
   return out
 
 
@@ -183,6 +188,7 @@ def package_copy(tmp_path):
     ('sampling2.py', 'from configs import default\n', 'sampling2 imports configs'),
     ('evaluation/bad.py', 'from reacgan_jax.studiogan import keys\n',
      'nothing in the library imports studiogan/'),
+    ('train/bad.py', 'from reacgan_jax.cli import builtin_configs\n', 'nothing imports cli/'),
     ('errors2.py', 'def f():\n  from reacgan_jax import errors\n', 'import inside a function'),
     ('losses/bad.py', 'def f():\n  import scipy\n', 'import inside a function'),
 ])
