@@ -57,6 +57,8 @@ class ArchiveError(errors.InputError):
 class _StorageType:
   """Marker for `torch.<X>Storage`: only its dtype is used."""
 
+  __slots__ = ('name', 'dtype')  # slots: a pickle's BUILD cannot set fields on these records
+
   def __init__(self, name: str):
     self.name, self.dtype = name, STORAGE_DTYPES[name]
 
@@ -65,6 +67,8 @@ class _Storage:
   """A storage named by a persistent id. `data` (1-D numpy, its own dtype) is filled in once the
   bytes are known (zip: from its record; legacy: from the bytes after the pickle)."""
 
+  __slots__ = ('dtype', 'key', 'numel', 'data')
+
   def __init__(self, dtype: str, key: str, numel: int):
     self.dtype, self.key, self.numel = dtype, key, numel
     self.data: np.ndarray | None = None
@@ -72,6 +76,8 @@ class _Storage:
 
 class _Tensor:
   """`torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`, resolved later."""
+
+  __slots__ = ('storage', 'offset', 'size', 'stride')
 
   def __init__(self, storage, offset, size, stride, *_ignored):
     if not isinstance(storage, _Storage):

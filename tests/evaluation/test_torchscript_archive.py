@@ -254,9 +254,13 @@ def test_truncated_corrupt_and_foreign_files_give_one_line(tmp_path):
   with zipfile.ZipFile(tmp_path / 'other.zip', 'w') as z:
     z.writestr('readme.txt', 'hello')
   _one_line_error(tmp_path / 'other.zip', 'not a torch archive')
-  # A tensor reaching past its storage is refused, never read out of bounds.
+  # A tensor reaching past its storage is refused, never read out of bounds; nor can a pickle
+  # rewrite a checked tensor record afterwards (BUILD on it).
   _write_zip(tmp_path / 'oob.pt', storages, {'a': ('0', 20, (2, 3), (6, 1))})
   _one_line_error(tmp_path / 'oob.pt', 'outside its storage')
+  rewrite = _state_pickle(storages, tensors)[:-2] + b'}' + _s('stride') + _ints((0,)) + b'sbu.'
+  _write_zip(tmp_path / 'rewrite.pt', storages, tensors, data_pkl=rewrite)
+  _one_line_error(tmp_path / 'rewrite.pt', 'corrupt')
 
 
 # --------------------------------------------------------------------------------------------
