@@ -145,13 +145,14 @@ def _same(a, b) -> bool:
   return a == b
 
 
-def studiogan_yaml(src, base_yaml, config) -> dict:
-  """--studiogan_yaml with every key our config maps to; refuses keys StudioGAN lacks."""
+def studiogan_yaml(base: dict, config) -> dict:
+  """A StudioGAN YAML dict (base: --studiogan_yaml, loaded) with every key our config maps to
+  set to our value; refuses a config with settings StudioGAN cannot express."""
   sg, missing = yaml_import.to_studiogan(config)
   if missing:
     raise HarnessError('our config has settings StudioGAN cannot express: ' + '; '.join(
         f'{"/".join(keys)}: {why}' for keys, why in missing))
-  cfg = yaml_import.load_yaml(os.path.join(src, 'configs', base_yaml))
+  cfg = {section: dict(values) for section, values in base.items()}
   for dotted, value in sg.items():
     section, key = dotted.split('.')
     cfg.setdefault(section, {})[key] = value
@@ -509,7 +510,8 @@ def convert_checkpoint(config, ckpt_dir, workdir, step):
 
 def prepare_studiogan(args, config):
   """The StudioGAN YAML of our config, checked, written once; returns (cfg dict, path)."""
-  sg_cfg = studiogan_yaml(args.studiogan_src, args.studiogan_yaml, config)
+  base = yaml_import.load_yaml(os.path.join(args.studiogan_src, 'configs', args.studiogan_yaml))
+  sg_cfg = studiogan_yaml(base, config)
   check_same_keys(sg_cfg, config)
   name = os.path.basename(args.studiogan_yaml).removesuffix('.yaml')
   path = os.path.join(args.out, 'studiogan', f'{name}.same_budget.yaml')
