@@ -615,7 +615,11 @@ def check_args(args):
 
 
 def setup_jax(args):
-  """What main.py sets before training: platform, threefry, the compilation cache."""
+  """What main.py sets before training: platform, threefry, the compilation cache. On CUDA,
+  JAX allocates as it goes (read when its backend starts): its default, 75% of the GPU at
+  start, would leave StudioGAN's torch in the same process short of memory."""
+  if args.device == 'cuda':
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   if (jax.config.jax_platforms or '') != args.device:  # (a test's process may have set it)
     jax.config.update('jax_platforms', args.device)
   jax.config.update('jax_threefry_partitionable', True)

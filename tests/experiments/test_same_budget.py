@@ -310,3 +310,18 @@ except same_budget.HarnessError as e:
   assert any(x.startswith('same {') for x in lines), proc.stdout
   refused = [x for x in lines if x.startswith('refused')]
   assert refused and 'parameter counts differ' in refused[0], proc.stdout
+
+
+def test_prepare_reference_caches_the_test_split_once(tmp_path, capsys, cifar10_npz):
+  argv = ['--out', str(tmp_path), '--systems', 'ours', '--features', 'toy', '--steps', '4',
+          '--data', str(cifar10_npz), '--prepare_reference', *TINY]
+  same_budget.main(argv)
+  assert 'reference statistics ready' in capsys.readouterr().out
+  stats = tmp_path / 'ref_cache' / 'cifar10_test.npz'
+  with np.load(stats) as d:
+    description = json.loads(str(d['description']))
+  assert description['n'] == 10000 and description['inception'] == 'toy-random-projection'
+  assert 'cifar10:test' in description['source']
+  mtime = stats.stat().st_mtime_ns
+  same_budget.main(argv)  # a second time reads the cache
+  assert stats.stat().st_mtime_ns == mtime
