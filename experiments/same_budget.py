@@ -6,6 +6,17 @@
   python experiments/same_budget.py --out DIR --prepare_reference ...   # reference stats only
   python experiments/same_budget.py --out DIR --summary                  # the table only
 
+The full curves on a 2-core CPU (2 seeds x 2 systems x 2000 steps, FID/KID of 2000 samples vs
+the 10k test split at 1000 and 2000): the reference once, then one process per seed and core
+(each runs both systems; --systems splits by system instead), then the table:
+
+  A="--studiogan_src /work/studiogan/src --config configs/cifar10_reacgan.py:small --steps 2000
+     --eval_at 1000,2000 --eval_samples 2000 --out runs/same_budget"
+  python experiments/same_budget.py $A --seeds 0 --prepare_reference
+  taskset -c 0 python experiments/same_budget.py $A --seeds 0 > runs/same_budget_s0.log 2>&1 &
+  taskset -c 1 python experiments/same_budget.py $A --seeds 1 > runs/same_budget_s1.log 2>&1 &
+  python experiments/same_budget.py --out runs/same_budget --summary
+
 For each system and seed the config is trained to each step of --eval_at (and to --steps), the
 EMA generator of that step is scored by OUR evaluator under one protocol, and one JSON record per
 (system, seed, step) is appended to DIR/results.jsonl as soon as it is measured; DIR/summary.md
