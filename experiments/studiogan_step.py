@@ -24,13 +24,19 @@ Patches, applied at run time only (StudioGAN's files are never changed):
 - `wandb` (imported by worker.py and loader.py, unused by the train step; WORKER.__init__ calls
   `wandb.init`) is replaced by a stub when it is not installed; so are any of `sklearn`,
   `kornia`, `timm`, `seaborn`, `prdc`, `torchvision` that are missing (imported at module
-  level by StudioGAN's analysis code, never called by the train step);
+  level by StudioGAN's analysis code, never called by the train step); worker.py's `wandb` is
+  that stub even when wandb is installed (a real one asks for a login in wandb.init, and its
+  wandb.Image refuses the image batches visualize_fake_images logs): nothing goes to wandb;
 - `pkg_resources` (gone from setuptools >= 81; StudioGAN's style_ops import its
   `parse_version`) is provided as packaging's `parse` when missing;
 - `utils.misc.download_data_if_possible` is a no-op (the device has no network);
 - without CUDA (CPU rehearsal): `torch.cuda.device_count`/`current_device` answer 1/0 so main.py's
   setup runs, the device is 'cpu', and the conditional loss's `master_rank` ('cuda' in
-  WORKER.__init__) is 'cpu'.
+  WORKER.__init__) is 'cpu', and while a checkpoint is loaded (`build_worker(resume_dir=...)`,
+  experiments/same_budget.py) `torch.Tensor.cuda` is the identity (utils/ckpt.py moves the
+  optimiser state with `.cuda()`).
+`build_worker` is shared with experiments/same_budget.py, which brings its own train loader (the
+CIFAR-10 npz as StudioGAN's loader presents it), a seed, and resumes from StudioGAN checkpoints.
 Float32 runs allow TF32 for cuDNN convolutions and cuBLAS matmuls (`--tf32`, default on; torch's
 own defaults are TF32 convs, float32 matmuls); `--amp` is StudioGAN's `-mpc` (autocast float16
 plus GradScaler). Writes one JSON: settings, every step's seconds, median, img/s.
@@ -125,44 +131,37 @@ def install_stubs() -> list[str]:
   return missing
 
 
-def build_worker(src, yaml_rel, batch, amp, save_dir):
+def build_worker(src, yaml_rel, batch, amp, save_dir, *, seed=None, cuda=None, make_loader=None,
+                 resume_dir=None, run_name=None):
   """StudioGAN's config, models, optimisers and WORKER, as main.py + loader.load_worker build them.
 
-  Returns (worker, cfgs, device, patches).
+  yaml_rel: a config under src/configs/ (or an absolute path). batch: overrides the YAML's
+  batch size (None keeps it). seed: main.py's --seed (None: its default -1, a random seed and
+  cudnn.benchmark on). cuda: None = when available. make_loader(cfgs, device) -> the train
+  loader (default: one random basket, for timing). resume_dir: a StudioGAN checkpoint folder
+  loaded as load_worker does with -ckpt (utils.ckpt.load_StudioGAN_ckpts, 'current' files).
+  run_name: replaces the timestamped name main.py makes (folders under save_dir use it).
+
+  Returns a namespace: worker, cfgs, device, patches, step and epoch (0, or the checkpoint's).
   """
   import torch  # noqa: PLC0415
 
-  sys.path.insert(0, src)
-  patches = [f'stub:{m}' for m in install_stubs()]
-  cuda = torch.cuda.is_available()
-  if not cuda:
-    torch.cuda.device_count = lambda: 1
-    torch.cuda.current_device = lambda: 0
-    patches.append('cpu: torch.cuda.device_count/current_device -> 1/0')
-  import utils.misc as misc  # noqa: PLC0415 (StudioGAN's, from --src)
-
-  misc.download_data_if_possible = lambda **kwargs: None
-  patches.append('utils.misc.download_data_if_possible: no-op')
-  import models.model as sg_model  # noqa: PLC0415
+  cuda = torch.cuda.is_available() if cuda is None else cuda
+  cfgs, made_name, patches = load_cfgs(src, yaml_rel, save_dir, amp=amp, seed=seed, cuda=cuda)
+  run_name = run_name or made_name
+  import models.model as sg_model  # noqa: PLC0415 (StudioGAN's, from --src)
   import utils.log as sg_log  # noqa: PLC0415
+  import utils.misc as misc  # noqa: PLC0415
+  import worker as sg_worker  # noqa: PLC0415
   from torch.backends import cudnn  # noqa: PLC0415
-  from worker import WORKER  # noqa: PLC0415
 
-  import main as sg_main  # noqa: PLC0415
-
-  cfg_file = os.path.join(src, 'configs', yaml_rel)
-  argv = ['main.py', '-cfg', cfg_file, '-t', '-metrics', 'none', '-save', save_dir,
-          '-data', os.path.join(save_dir, 'data')]  # never read: the basket is random
-  if amp:
-    argv.append('-mpc')
-  old_argv, sys.argv = sys.argv, argv
-  try:
-    cfgs, _, run_name, _, _ = sg_main.load_configs_initialize_training()
-  finally:
-    sys.argv = old_argv
-  cfgs.OPTIMIZATION.batch_size = batch
+  if not isinstance(sg_worker.wandb, _StubModule):
+    sg_worker.wandb = _StubModule('wandb')
+    patches.append('worker.wandb -> stub (installed wandb unused)')
+  if batch is not None:
+    cfgs.OPTIMIZATION.batch_size = batch
   device = 0 if cuda else 'cpu'
-  # loader.load_worker, in its order (single device, no DDP, no checkpoint):
+  # loader.load_worker, in its order (single device, no DDP):
   if cfgs.RUN.fix_seed:
     cudnn.benchmark, cudnn.deterministic = False, True
   else:
@@ -171,28 +170,98 @@ def build_worker(src, yaml_rel, batch, amp, save_dir):
   logger = sg_log.make_logger(cfgs.RUN.save_dir, run_name, None)
   o = cfgs.OPTIMIZATION
   o.basket_size = o.batch_size * o.acml_steps * o.d_updates_per_step
-  Gen, Gen_mapping, Gen_synthesis, Dis, Gen_ema, Gen_ema_mapping, Gen_ema_synthesis, ema = (
-      sg_model.load_generator_discriminator(
-          DATA=cfgs.DATA, OPTIMIZATION=o, MODEL=cfgs.MODEL, STYLEGAN=cfgs.STYLEGAN,
-          MODULES=cfgs.MODULES, RUN=cfgs.RUN, device=device, logger=logger))
+  loader = (make_loader or _random_basket)(cfgs, 'cuda' if cuda else 'cpu')
+  nets = sg_model.load_generator_discriminator(
+      DATA=cfgs.DATA, OPTIMIZATION=o, MODEL=cfgs.MODEL, STYLEGAN=cfgs.STYLEGAN,
+      MODULES=cfgs.MODULES, RUN=cfgs.RUN, device=device, logger=logger)
+  Gen, Gen_mapping, Gen_synthesis, Dis, Gen_ema, Gen_ema_mapping, Gen_ema_synthesis, ema = nets
   cfgs.define_optimizer(Gen, Dis)
-  loader = _RandomBasket(o.basket_size, cfgs.DATA.img_size, cfgs.DATA.num_classes,
-                         'cuda' if cuda else 'cpu')
-  worker = WORKER(
+  r = _resume(cfgs, resume_dir, Gen, Dis, Gen_ema, ema, run_name, logger, device, patches)
+  worker = sg_worker.WORKER(
       cfgs=cfgs, run_name=run_name, Gen=Gen, Gen_mapping=Gen_mapping, Gen_synthesis=Gen_synthesis,
       Dis=Dis, Gen_ema=Gen_ema, Gen_ema_mapping=Gen_ema_mapping,
       Gen_ema_synthesis=Gen_ema_synthesis, ema=ema, eval_model=None, train_dataloader=loader,
       eval_dataloader=None, global_rank=device if cuda else 0, local_rank=device, mu=None,
-      sigma=None, real_feats=None, logger=logger, aa_p=cfgs.AUG.ada_initial_augment_p,
-      best_step=0, best_fid=None, best_ckpt_path=None, lecam_emas=None, num_eval={},
-      loss_list_dict={'gen_loss': [], 'dis_loss': [], 'cls_loss': []},
+      sigma=None, real_feats=None, logger=logger, aa_p=r['aa_p'], best_step=r['best_step'],
+      best_fid=r['best_fid'], best_ckpt_path=r['best_ckpt_path'], lecam_emas=r['lecam_emas'],
+      num_eval={}, loss_list_dict={'gen_loss': [], 'dis_loss': [], 'cls_loss': []},
       metric_dict_during_train={})
   if not cuda and hasattr(getattr(worker, 'cond_loss', None), 'master_rank'):
     worker.cond_loss.master_rank = 'cpu'  # WORKER builds D2D-CE / 2C with master_rank='cuda'
     patches.append("cpu: worker.cond_loss.master_rank 'cuda' -> 'cpu'")
-  worker.training, worker.topk = True, o.batch_size
-  worker.prepare_train_iter(epoch_counter=0)
-  return worker, cfgs, device, patches
+  worker.training, worker.topk = True, r['topk']
+  worker.prepare_train_iter(epoch_counter=r['epoch'])
+  return types.SimpleNamespace(worker=worker, cfgs=cfgs, device=device, patches=patches,
+                               step=r['step'], epoch=r['epoch'])
+
+
+def load_cfgs(src, yaml_rel, save_dir, *, amp=False, seed=None, cuda=True):
+  """StudioGAN's `main.load_configs_initialize_training()` on the argv of a training run
+  (`-cfg <yaml> -t -metrics none -save <save_dir> -data <save_dir>/data [-mpc] [--seed S]`),
+  after the patches of the module docstring. Returns (cfgs, run_name, patches)."""
+  import torch  # noqa: PLC0415
+
+  if src not in sys.path:
+    sys.path.insert(0, src)
+  patches = [f'stub:{m}' for m in install_stubs()]
+  if not cuda:
+    torch.cuda.device_count = lambda: 1
+    torch.cuda.current_device = lambda: 0
+    patches.append('cpu: torch.cuda.device_count/current_device -> 1/0')
+  import utils.misc as misc  # noqa: PLC0415 (StudioGAN's, from --src)
+
+  misc.download_data_if_possible = lambda **kwargs: None
+  patches.append('utils.misc.download_data_if_possible: no-op')
+  import main as sg_main  # noqa: PLC0415
+
+  cfg_file = os.path.join(src, 'configs', yaml_rel)
+  argv = ['main.py', '-cfg', cfg_file, '-t', '-metrics', 'none', '-save', save_dir,
+          '-data', os.path.join(save_dir, 'data')]  # never read: the harness brings the loader
+  if amp:
+    argv.append('-mpc')
+  if seed is not None:
+    argv += ['--seed', str(seed)]
+  old_argv, sys.argv = sys.argv, argv
+  try:
+    cfgs, _, run_name, _, _ = sg_main.load_configs_initialize_training()
+  finally:
+    sys.argv = old_argv
+  return cfgs, run_name, patches
+
+
+def _resume(cfgs, resume_dir, Gen, Dis, Gen_ema, ema, run_name, logger, device, patches):
+  """loader.load_worker's checkpoint branch (-ckpt, 'current' files); the fresh values without."""
+  o = cfgs.OPTIMIZATION
+  fresh = {'step': 0, 'epoch': 0, 'topk': o.batch_size, 'aa_p': cfgs.AUG.ada_initial_augment_p,
+           'best_step': 0, 'best_fid': None, 'best_ckpt_path': None, 'lecam_emas': None}
+  if resume_dir is None:
+    return fresh
+  import torch  # noqa: PLC0415
+  import utils.ckpt as sg_ckpt  # noqa: PLC0415
+
+  cfgs.RUN.ckpt_dir, cfgs.RUN.load_best = resume_dir, False
+  cuda_method = torch.Tensor.cuda
+  if device == 'cpu':
+    # load_ckpt moves the optimiser state with .cuda(); on CPU it stays where it is.
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    patches.append('cpu: torch.Tensor.cuda -> identity while loading the checkpoint')
+  try:
+    (_, step, epoch, topk, aa_p, best_step, best_fid, best_ckpt_path, lecam_emas,
+     _) = sg_ckpt.load_StudioGAN_ckpts(
+        ckpt_dir=resume_dir, load_best=False, Gen=Gen, Dis=Dis, g_optimizer=o.g_optimizer,
+        d_optimizer=o.d_optimizer, run_name=run_name, apply_g_ema=cfgs.MODEL.apply_g_ema,
+        Gen_ema=Gen_ema, ema=ema, is_train=True, RUN=cfgs.RUN, logger=logger, global_rank=0,
+        device=device, cfg_file=cfgs.RUN.cfg_file)
+  finally:
+    torch.Tensor.cuda = cuda_method
+  return {'step': step, 'epoch': epoch, 'topk': o.batch_size if topk == 'initialize' else topk,
+          'aa_p': aa_p, 'best_step': best_step, 'best_fid': best_fid,
+          'best_ckpt_path': best_ckpt_path, 'lecam_emas': lecam_emas}
+
+
+def _random_basket(cfgs, device):
+  o = cfgs.OPTIMIZATION
+  return _RandomBasket(o.basket_size, cfgs.DATA.img_size, cfgs.DATA.num_classes, device)
 
 
 class _RandomBasket:
@@ -218,8 +287,8 @@ def run(args) -> dict:
     torch.backends.cudnn.allow_tf32 = True
   save_dir = tempfile.mkdtemp(prefix='studiogan_step_')
   t0 = time.perf_counter()
-  worker, cfgs, device, patches = build_worker(args.src, args.yaml, args.batch, args.amp,
-                                               save_dir)
+  built = build_worker(args.src, args.yaml, args.batch, args.amp, save_dir)
+  worker, cfgs, patches = built.worker, built.cfgs, built.patches
   build_s = time.perf_counter() - t0
   sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
   o = cfgs.OPTIMIZATION
