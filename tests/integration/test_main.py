@@ -15,8 +15,25 @@ from train_helpers import HANG_S, write_npz
 REPO = str(pathlib.Path(__file__).resolve().parents[2])
 
 
-def _main(*args, cwd=None, cache=None):
+# A stand-in `torch` first on the path: importing it leaves a mark and fails, so a run that
+# reaches for torch anywhere (even under `try: import torch`) is seen (issue 27: torch-free path).
+_TORCH_TRAP = '''import os
+open(os.environ['TORCH_TRAP_MARK'], 'a').write('imported\\n')
+raise ImportError('torch imported on the torch-free path')
+'''
+
+
+def _torch_trap(tmp_path):
+  trap = tmp_path / 'torch_trap'
+  (trap / 'torch').mkdir(parents=True)
+  (trap / 'torch' / '__init__.py').write_text(_TORCH_TRAP)
+  path = os.pathsep.join(p for p in (str(trap), os.environ.get('PYTHONPATH', '')) if p)
+  return {'PYTHONPATH': path, 'TORCH_TRAP_MARK': str(tmp_path / 'torch_imported')}
+
+
+def _main(*args, cwd=None, cache=None, extra_env=None):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env.update(extra_env or {})
   if cache is not None:
     env['REACGAN_JAX_CACHE'] = str(cache)
     env.pop('REACGAN_JAX_XLA_CACHE', None)  # the suite's shared XLA cache (conftest): not here
@@ -50,8 +67,12 @@ def test_train_then_sample_then_eval(tmp_path):
   weights = weights / 'inception_fid_2015-12-05.msgpack'
   if weights.exists():
     (cache / weights.name).symlink_to(weights)
-  r = _main(*common, cwd=str(tmp_path), cache=cache)
+  # Train with torch unreachable; the evaluation below too (and converts the Inception weights
+  # when the cache has none).
+  trap = _torch_trap(tmp_path)
+  r = _main(*common, cwd=str(tmp_path), cache=cache, extra_env=trap)
   assert r.returncode == 0, r.stderr[-3000:]
+  assert not os.path.exists(trap['TORCH_TRAP_MARK']), 'training imported torch'
   assert 'img/s' in r.stderr
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '2'))
   # train.compilation_cache (default on): the compiled step is kept under the cache dir.
@@ -69,8 +90,9 @@ def test_train_then_sample_then_eval(tmp_path):
     assert f['labels'].shape == (12,) and f['labels'].max() < 10
     assert f['images'].std() > 0  # not a constant image
 
-  r = _main(*common, '--mode=eval', cwd=str(tmp_path), cache=cache)
+  r = _main(*common, '--mode=eval', cwd=str(tmp_path), cache=cache, extra_env=trap)
   assert r.returncode == 0, r.stderr[-3000:]
+  assert not os.path.exists(trap['TORCH_TRAP_MARK']), 'evaluation imported torch'
   assert 'step 2:' in r.stdout
   # The metrics also go to tensorboard and metrics.jsonl, after the training records.
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
