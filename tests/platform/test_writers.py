@@ -79,6 +79,11 @@ def _offline_env(monkeypatch, tmp_path):
   monkeypatch.delenv('WANDB_API_KEY', raising=False)
   monkeypatch.setenv('WANDB_DIR', str(tmp_path / 'wandb_dir'))
   (tmp_path / 'wandb_dir').mkdir()
+  # wandb reads its environment once per process (its setup singleton); a run reads it at its
+  # start, so each test starts wandb afresh as a new process would.
+  import wandb  # noqa: PLC0415 (the wandb extra)
+
+  wandb.teardown()
 
 
 @pytest.mark.slow  # wandb starts its wandb-core service: ~10-100 s
