@@ -159,6 +159,9 @@ def get_config():
   config.train.eval_every = 0  # steps between evaluations; 0 = at the end only; -1 = never
   config.train.grid_classes = 10  # rows of the sample grid (classes shown)
   config.train.grid_per_class = 10  # columns of the sample grid
+  # Weights & Biases project that also gets the metrics.jsonl scalars and sample grids; '' = off.
+  # Needs the `wandb` extra; no login needed (WANDB_MODE respected, else offline without one).
+  config.train.wandb = ''
 
   # ---- adaptive augmentation (train.augment='ada'; keys and comments: ada_heuristic.py) ----
   config.ada = ada_heuristic.default_config()

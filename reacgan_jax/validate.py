@@ -20,6 +20,7 @@ from reacgan_jax.losses import gan
 from reacgan_jax.losses import registry as objectives
 from reacgan_jax.models import layers
 from reacgan_jax.ops import lerp, spectral_norm
+from reacgan_jax.platform import writers
 from reacgan_jax.train import state
 
 MODES = ('train', 'eval', 'sample')
@@ -126,6 +127,10 @@ def validate_config(config, *, mode: str = 'train', defaults=None):
     if v is not _MISSING and v not in allowed:
       raise ConfigError(f'config.{key}={v!r}: expected one of {", ".join(allowed)}.')
   _check_lists(config)
+  project = _get(config, 'train.wandb')
+  if mode != 'sample' and project and not writers.wandb_available():
+    raise ConfigError(f'config.train.wandb={project!r} needs the wandb package: '
+                      f"{writers.WANDB_INSTALL}, or set --config.train.wandb=''.")
   for key, ok, allowed in (('train.ema_decay', lambda v: 0.0 <= v <= 1.0, 'in [0, 1]'),
                            ('optim.beta1', lambda v: 0.0 <= v < 1.0, 'in [0, 1)'),
                            ('optim.beta2', lambda v: 0.0 <= v < 1.0, 'in [0, 1)'),

@@ -29,7 +29,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'reacgan_jax'
 
 # Imports allowed inside functions: optional or heavy (TensorFlow-backed) dependencies.
-OPTIONAL = {'torch', 'tensorflow', 'tensorflow_datasets', 'clu', 'fcntl'}
+OPTIONAL = {'torch', 'tensorflow', 'tensorflow_datasets', 'clu', 'fcntl', 'wandb'}
 # Old module names kept as `python -m` commands (they forward to studiogan/).
 COMPAT = {'convert_studiogan', 'from_studiogan', 'fid'}
 TRAINER = ('train',)

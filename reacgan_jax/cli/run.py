@@ -35,6 +35,15 @@ _OUTPUT_DIR = flags.DEFINE_string(
     '(needed for samples when the workdir is read-only; the checkpoints are only read).')
 _NUM_SAMPLES = flags.DEFINE_integer(
     'num_samples', -1, '--mode=sample: images in the npz (-1: config.eval.num_samples).')
+_SEEDS = flags.DEFINE_string(
+    'seeds', '', '--mode=sample: one image per seed and class, e.g. 1-8 or 0,3,7 (a seed gives '
+    'the same image on any device count); with --classes alone: 0-7.')
+_CLASSES = flags.DEFINE_string(
+    'classes', '', '--mode=sample: class ids for --seeds, e.g. 0,3,7 or 0-9 (default: every '
+    'class).')
+_TRUNCATION = flags.DEFINE_float(
+    'truncation', None, '--mode=sample: truncation as StudioGAN samples: StyleGAN2 psi in [0, 1] '
+    '(w towards its average), other backbones z from a normal truncated to [-t, t] (t > 0).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', '',
                                    'Multi-host: HOST:PORT of process 0 (jax.distributed).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', -1, 'Multi-host: number of processes.')
@@ -136,7 +145,9 @@ def _run(config, workdir):
         print(f'step {step}: {metrics if metrics is not None else "evaluation unavailable"}')
   else:
     n = _NUM_SAMPLES.value if _NUM_SAMPLES.value >= 0 else None
-    written = modes.sample_checkpoint(config, workdir, n, _OUTPUT_DIR.value or None)
+    written = modes.sample_checkpoint(config, workdir, n, _OUTPUT_DIR.value or None,
+                                      seeds=_SEEDS.value, classes=_CLASSES.value,
+                                      truncation=_TRUNCATION.value)
     if jax.process_index() == 0:
       for name, path in written.items():
         print(f'{name}: {path}')

@@ -1,14 +1,19 @@
-"""Metric writers of a run: clu's (tensorboard + text log) when importable, and metrics.jsonl.
+"""Metric writers of a run: clu's (tensorboard + text log) when importable, metrics.jsonl, and
+Weights & Biases when config.train.wandb names a project.
 
-`create_writer(workdir, resume_step)` is what the trainer and --mode=eval write through;
-`progress_action` is clu's ReportProgress (steps/s and ETA), a no-op without clu.
+`create_writer(workdir, resume_step, wandb_project=...)` is what the trainer and --mode=eval
+write through; `progress_action` is clu's ReportProgress (steps/s and ETA), a no-op without clu.
 """
 
+import hashlib
+import importlib.util
 import json
 import os
 
 import jax
 from absl import logging
+
+from reacgan_jax import errors
 
 
 class JsonlWriter:
@@ -75,6 +80,70 @@ class JsonlWriter:
     self._file.close()
 
 
+WANDB_INSTALL = "pip install 'reacgan-jax[wandb]' (or pip install wandb)"
+
+
+def wandb_available() -> bool:
+  """Whether `import wandb` can work (a module set to None in sys.modules counts as absent)."""
+  try:
+    return importlib.util.find_spec('wandb') is not None
+  except ValueError:  # a module in sys.modules without a __spec__
+    return True
+
+
+def _import_wandb(project):
+  try:
+    import wandb  # noqa: PLC0415 (optional: the `wandb` extra)
+  except ImportError:
+    raise errors.ConfigError(f'config.train.wandb={project!r} needs the wandb package: '
+                             f"{WANDB_INSTALL}, or set --config.train.wandb=''.") from None
+  return wandb
+
+
+class WandbWriter:
+  """The scalars metrics.jsonl gets (and the sample grids) sent to a Weights & Biases run.
+
+  Never asks for a login: WANDB_MODE is respected (offline, disabled); online without
+  credentials (no WANDB_API_KEY, no `wandb login`) the run is logged offline, with one warning
+  line (`wandb sync <dir>` uploads it later). The run id is a hash of the workdir, so a resumed
+  run continues the same wandb run; each record carries "step" (the x axis), so records
+  written again after a resume sit beside the earlier ones, as wandb cannot drop history.
+  Files go to $WANDB_DIR, else <workdir>/wandb.
+  """
+
+  def __init__(self, project, workdir, config=None):
+    wandb = self._wandb = _import_wandb(project)
+    kwargs = {}
+    mode = os.environ.get('WANDB_MODE', '').lower()
+    if mode not in ('offline', 'disabled', 'dryrun') and not wandb.login(prompt=False,
+                                                                           verify=False):
+      logging.warning('wandb: not logged in (no WANDB_API_KEY, no `wandb login`): logging '
+                      'offline; `wandb sync` uploads the run later.')
+      kwargs['mode'] = 'offline'
+    run_id = hashlib.sha256(os.path.abspath(workdir).encode()).hexdigest()[:16]
+    self._run = wandb.init(project=project, dir=os.environ.get('WANDB_DIR') or workdir,
+                           id=run_id, resume='allow', config=config, **kwargs)
+    self._run.define_metric('step')
+    self._run.define_metric('*', step_metric='step')
+
+  def write_scalars(self, step, scalars):
+    self._run.log({'step': int(step), **{k: float(v) for k, v in scalars.items()}})
+
+  def write_images(self, step, images):
+    """images: name -> uint8 [N, H, W, 3] (the trainer's sample grid: N = 1)."""
+    self._run.log({'step': int(step), **{k: [self._wandb.Image(x) for x in v]
+                                         for k, v in images.items()}})
+
+  def write_hparams(self, hparams):
+    self._run.config.update(hparams, allow_val_change=True)
+
+  def flush(self):
+    pass  # wandb sends in the background; finish() in close() waits for it
+
+  def close(self):
+    self._run.finish()
+
+
 class Writers:
   """Forwards each call to several metric writers (clu's, when importable, and the JSONL one)."""
 
@@ -88,8 +157,9 @@ class Writers:
     return call
 
 
-def create_writer(workdir, resume_step=None):
-  """clu's default writer (tensorboard + text log) plus metrics.jsonl on process 0.
+def create_writer(workdir, resume_step=None, *, wandb_project='', wandb_config=None):
+  """clu's default writer (tensorboard + text log) plus metrics.jsonl on process 0, and a
+  WandbWriter there when `wandb_project` is set (`wandb_config`: the run config it shows).
 
   clu's writers import TensorFlow; where it is not installed (a bare GPU/TPU image) training
   still runs and logs to the text log and metrics.jsonl, with a warning saying so.
@@ -107,6 +177,8 @@ def create_writer(workdir, resume_step=None):
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     writers.append(JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), resume_step))
+    if wandb_project:
+      writers.append(WandbWriter(wandb_project, workdir, wandb_config))
   return Writers(writers)
 
 

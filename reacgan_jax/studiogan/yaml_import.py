@@ -6,7 +6,7 @@ prints (or writes) a config file that starts from `configs/default.py` and sets 
 YAML maps to, and lists every StudioGAN key it maps and every one it cannot, by name. Omitted
 YAML keys take StudioGAN's defaults (PyTorch-StudioGAN src/config.py), as StudioGAN itself does;
 the key table is `reacgan_jax.studiogan.keys`. `to_studiogan(config)` maps a config back (the
-test round-trips StudioGAN's own CIFAR10 YAMLs through both).
+test round-trips StudioGAN's own CIFAR10 YAMLs through both: the BigGAN family and StyleGAN2*.yaml).
 """
 
 import dataclasses
@@ -66,7 +66,7 @@ def convert(yaml_cfg: dict) -> Conversion:
     if flat[k] == value:
       mapped.add(k)
     else:
-      unmapped[k] = f'reacgan-jax implements {k}={value!r} only'
+      unmapped[k] = keys.FIXED_WHY.get(k, f'reacgan-jax implements {k}={value!r} only')
   for k in named:
     if k not in mapped and k not in unmapped:
       unmapped[k] = 'no reacgan-jax equivalent'
@@ -80,18 +80,31 @@ def apply(overrides: dict, config: ml_collections.ConfigDict) -> ml_collections.
   """Sets each dotted key on (a copy of) `config`; ints stay ints where the key is a float."""
   config = ml_collections.ConfigDict(config.to_dict())
   for dotted, value in overrides.items():
-    section, name = dotted.split('.')
-    old = config[section][name]
+    *path, name = dotted.split('.')
+    node = config
+    for part in path:
+      node = node[part]
+    old = node[name]
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
-    config[section][name] = value
+    node[name] = value
   return config
+
+
+def _flat(tree, prefix=''):
+  """{'section.key': v, 'model.stylegan2.w_dim': v, ...}: every leaf by its dotted path."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
 
 
 def to_studiogan(config) -> tuple[dict, list]:
   """Our config -> ({'SECTION.key': value} for every mapped StudioGAN key, [(rule keys, why)])."""
-  flat = {f'{s}.{k}': v for s, sec in config.to_dict().items() if isinstance(sec, dict)
-          for k, v in sec.items()}
+  flat = _flat(config.to_dict())
   out, missing = {}, []
   for rule in keys.RULES:
     try:

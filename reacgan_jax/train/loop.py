@@ -92,7 +92,9 @@ class _Run:
     self.state = self._restore_or_init()
     self.start_step = int(parallel.to_host(self.state.step))
     self.last_good = self.ckpt.path(self.start_step) if self.start_step else None
-    self.writer = writers.create_writer(workdir, self.start_step)
+    self.writer = writers.create_writer(workdir, self.start_step,
+                                        wandb_project=config.train.wandb,
+                                        wandb_config=checkpoints.config_to_dict(config))
     if self.start_step == 0:
       self.writer.write_hparams(checkpoints.config_to_dict(config)['train'])
     self.sampler = sampling.Sampler(config, self.adapter, self.mesh)

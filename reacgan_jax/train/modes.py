@@ -132,7 +132,8 @@ def _evaluate_checkpoints(config, workdir, all_checkpoints, out):
     raise errors.MissingFileError(f'No checkpoint in {workdir}/checkpoints: train first.')
   sampler = sampling.Sampler(config, adapter, mesh)
   results, cache = {}, {}
-  writer = writers.create_writer(out) if out else None  # appends: the training records stay
+  # Appends: the training records stay.
+  writer = writers.create_writer(out, wandb_project=config.train.wandb) if out else None
   for s in (steps if all_checkpoints else [None]):
     state, at = load_state(config, workdir, mesh, adapter, step=s)
     results[at] = run_evaluation(config, sampler.sample_fn(state), at, out, strict=True,
@@ -145,9 +146,14 @@ def _evaluate_checkpoints(config, workdir, all_checkpoints, out):
   return results
 
 
-def sample_checkpoint(config, workdir, num_samples=None, output_dir=None):
-  """--mode=sample: grid, latent interpolation (and StyleGAN2's in w space) and an npz of samples
-  from the newest checkpoint.
+def sample_checkpoint(config, workdir, num_samples=None, output_dir=None, *, seeds='',
+                      classes='', truncation=None):
+  """--mode=sample from the newest checkpoint.
+
+  Without seeds/classes: grid, latent interpolation (and StyleGAN2's in w space) and an npz of
+  samples. With them (flag text, e.g. '1-8' and '0,3,7'; one alone takes seeds 0-7 or every
+  class): one PNG per (seed, class), a grid and an npz, under .../seeds/. `truncation` (None =
+  off): sampling.truncation_plan (StyleGAN2 psi, else a truncated-normal z).
 
   Written under output_dir (else the workdir; a read-only workdir needs output_dir), while that
   folder's lock is held.
@@ -155,6 +161,12 @@ def sample_checkpoint(config, workdir, num_samples=None, output_dir=None):
   Returns:
     dict name -> path (under <output_dir or workdir>/samples/final_<step>/).
   """
+  aimed = bool(seeds or classes)
+  if aimed:  # bad ids fail before any checkpoint is read
+    seeds = sampling.parse_ids(seeds or '0-7', 'seeds')
+    classes = sampling.parse_ids(classes or f'0-{config.data.num_classes - 1}', 'classes',
+                                 upper=config.data.num_classes)
+  sample_config, z_threshold = sampling.truncation_plan(config, truncation)
   if not os.path.isdir(workdir):
     raise errors.MissingFileError(f'--workdir={workdir} does not exist: train first.')
   out = _results_dir(workdir, output_dir, 'sample')
@@ -162,8 +174,15 @@ def sample_checkpoint(config, workdir, num_samples=None, output_dir=None):
   adapter = adapter_lib.build(config, mesh)
   with workdir_lock.WorkdirLock(out, 'sample'):
     state, at = load_state(config, workdir, mesh, adapter)
-    sampler = sampling.Sampler(config, adapter, mesh)
+    if sample_config is not config:  # StyleGAN2's psi is a module attribute: G built with it
+      adapter = adapter_lib.build(sample_config, mesh)
+    sampler = sampling.Sampler(sample_config, adapter, mesh)
+    outdir = os.path.join(out, 'samples', f'final_{at}')
+    if aimed:
+      return sampling.write_seed_samples(sample_config, sampler.seeded_fn(state),
+                                         os.path.join(outdir, 'seeds'), seeds, classes,
+                                         z_threshold)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
-    return sampling.write_samples(config, sampler.sample_fn(state),
-                                  os.path.join(out, 'samples', f'final_{at}'), rng, num_samples,
-                                  w_interpolation=sampler.w_interpolation_fn(state))
+    return sampling.write_samples(sample_config, sampler.sample_fn(state), outdir, rng,
+                                  num_samples, w_interpolation=sampler.w_interpolation_fn(state),
+                                  z_threshold=z_threshold)

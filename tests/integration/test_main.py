@@ -51,6 +51,14 @@ def test_unknown_or_mistyped_config_key_is_named(tmp_path):
   assert r.returncode != 0 and 'steps' in r.stderr and 'many' in r.stderr
 
 
+def test_sampling_a_class_the_model_lacks_is_one_line(tmp_path):
+  r = _main('--config=configs/tiny.py', f'--workdir={tmp_path}', '--mode=sample',
+            '--classes=0,12', cwd=REPO)
+  assert r.returncode == 1 and 'Traceback' not in r.stderr
+  assert ("main.py: error: --classes='0,12': 12 is out of range: this model has 10 classes "
+          '(ids 0-9).') in r.stderr
+
+
 @pytest.mark.slow
 def test_train_then_sample_then_eval(tmp_path):
   npz = write_npz(tmp_path / 'toy.npz')
@@ -89,6 +97,18 @@ def test_train_then_sample_then_eval(tmp_path):
     assert f['images'].shape == (12, 32, 32, 3) and f['images'].dtype == np.uint8
     assert f['labels'].shape == (12,) and f['labels'].max() < 10
     assert f['images'].std() > 0  # not a constant image
+
+  # Aimed: one PNG per (seed, class), named by both, and their npz (issue 27).
+  r = _main(*common, '--mode=sample', '--seeds=3,1', '--classes=0,9', '--truncation=0.5',
+            cwd=str(tmp_path))
+  assert r.returncode == 0, r.stderr[-3000:]
+  aimed = os.path.join(out, 'seeds')
+  assert sorted(p for p in os.listdir(aimed) if p.startswith('seed')) == [
+      'seed0001_class000.png', 'seed0001_class009.png', 'seed0003_class000.png',
+      'seed0003_class009.png']
+  with np.load(os.path.join(aimed, 'samples.npz')) as f:
+    assert f['images'].shape == (4, 32, 32, 3)
+    assert list(f['seeds']) == [3, 1, 3, 1] and list(f['labels']) == [0, 0, 9, 9]
 
   r = _main(*common, '--mode=eval', cwd=str(tmp_path), cache=cache, extra_env=trap)
   assert r.returncode == 0, r.stderr[-3000:]
