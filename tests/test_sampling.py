@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from train_helpers import HANG_S
 
 from configs import tiny, tiny_stylegan2
 from reacgan_jax import errors, sampling
@@ -145,7 +146,7 @@ def _seeded_run(family, devices, **jobs):
              JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
   args = [f'{seeds}={outdir}' for outdir, seeds in jobs.items()]
   r = subprocess.run([sys.executable, '-c', SEEDED_SCRIPT, family, *args], env=env, cwd=REPO,
-                     capture_output=True, text=True, timeout=900)
+                     capture_output=True, text=True, timeout=HANG_S)
   assert r.returncode == 0, r.stderr[-3000:]
   assert r.stdout.split()[-1] == str(devices)
   out = []

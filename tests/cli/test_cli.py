@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from train_helpers import HANG_S
 
 from reacgan_jax import cli
 
@@ -19,7 +20,7 @@ EXPECTED = ('train', 'eval', 'sample', 'fid', 'convert-inception', 'convert-stud
 
 def _module(*args, cwd):
   return subprocess.run([sys.executable, '-m', 'reacgan_jax', *args], env=ENV, cwd=cwd,
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=HANG_S)
 
 
 def command_lines(help_text):

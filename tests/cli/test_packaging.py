@@ -16,7 +16,7 @@ import zipfile
 
 import jax
 import pytest
-from train_helpers import write_npz
+from train_helpers import HANG_S, write_npz
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SITE_PACKAGES = pathlib.Path(jax.__file__).resolve().parents[1]  # where the dependencies are
@@ -32,7 +32,7 @@ def _env(**extra):
 def _pip(*args, cwd):
   r = subprocess.run([sys.executable, '-m', 'pip', *args, '--no-deps', '--no-index',
                       '--no-build-isolation', '--disable-pip-version-check', '-q'],
-                     cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+                     cwd=cwd, env=_env(), capture_output=True, text=True, timeout=HANG_S)
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
 
 
@@ -82,17 +82,17 @@ def test_the_package_list_names_every_folder_of_the_package():
 def _check_installed(root, venv, outside):
   bin_dir = venv / 'bin'
   help_ = subprocess.run([bin_dir / 'reacgan-jax', '--help'], cwd=outside, env=_env(),
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
   assert help_.returncode == 0, help_.stderr[-2000:]
   assert all(f'\n  {name} ' in help_.stdout for name in EXPECTED)
   assert 'cifar10_reacgan, ' in help_.stdout  # the built-in configs were found
   module = subprocess.run([bin_dir / 'python', '-m', 'reacgan_jax', '--help'], cwd=outside,
-                          env=_env(), capture_output=True, text=True, timeout=300)
+                          env=_env(), capture_output=True, text=True, timeout=HANG_S)
   assert module.stdout == help_.stdout
   probe = subprocess.run(
       [bin_dir / 'python', '-c', 'import importlib.util, reacgan_jax; print(reacgan_jax.__file__); '
        'spec = importlib.util.find_spec("configs"); print(spec and spec.origin)'], cwd=outside,
-      env=_env(), capture_output=True, text=True, timeout=300)
+      env=_env(), capture_output=True, text=True, timeout=HANG_S)
   where, configs_origin = probe.stdout.splitlines()
   # No top-level `configs` to collide with another project's.
   assert configs_origin == 'None', f'`import configs` finds {configs_origin}'
@@ -129,7 +129,7 @@ def test_installed_command_trains_a_built_in_config(wheel_install, tmp_path):
        f'--config.data.npz_path={npz}', '--config.data.npz_layout=nhwc',
        '--config.train.steps=2', '--config.train.d_updates_per_step=1',
        '--config.train.eval_every=-1', '--config.eval.num_samples=12'],
-      cwd=tmp_path, capture_output=True, text=True, timeout=1200,
+      cwd=tmp_path, capture_output=True, text=True, timeout=HANG_S,
       # The arguments, device count and (inherited) XLA cache of tests/integration/test_main.py:
       # the same compiled train step, so a cache hit when that test ran first.
       env=_env(REACGAN_JAX_CACHE=str(tmp_path / 'cache'),

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from train_helpers import HANG_S
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
@@ -13,7 +14,7 @@ ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
 
 def _run(*args, cwd):
   return subprocess.run([sys.executable, *args], env=ENV, cwd=cwd, capture_output=True,
-                        text=True, timeout=300)
+                        text=True, timeout=HANG_S)
 
 
 @pytest.mark.parametrize('entry', [['-m', 'reacgan_jax', 'train'], [str(REPO / 'main.py')]])

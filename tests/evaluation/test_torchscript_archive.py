@@ -17,6 +17,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from train_helpers import HANG_S
 
 from reacgan_jax.evaluation import convert, fid, inception, inception_weights
 from reacgan_jax.evaluation import torchscript_archive as ta
@@ -324,6 +325,6 @@ def test_a_fresh_process_converts_and_loads_without_ever_importing_torch(tmp_pat
   _torchscript_file()
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
   run = subprocess.run([sys.executable, '-c', _NO_TORCH, str(tmp_path / 'w.msgpack')],
-                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=HANG_S)
   assert run.returncode == 0, run.stderr[-3000:]
   assert 'tried to import: [] torch loaded: False' in run.stdout

@@ -19,6 +19,7 @@ import types
 
 import numpy as np
 import pytest
+from train_helpers import HANG_S
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'experiments'))
@@ -230,7 +231,7 @@ def test_records_skip_cut_lines_and_the_summary_keeps_every_seed(tmp_path, capsy
 # ---- end to end (StudioGAN checkout) ------------------------------------------------------------
 
 
-def _harness(out, *argv, timeout=1500):
+def _harness(out, *argv, timeout=HANG_S):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # one CPU device, as a user
   env['JAX_PLATFORMS'] = 'cpu'
   cmd = [sys.executable, str(ROOT / 'experiments' / 'same_budget.py'), '--out', str(out),
@@ -304,7 +305,7 @@ except same_budget.HarnessError as e:
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env['JAX_PLATFORMS'] = 'cpu'
   proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                        timeout=900, env=env, cwd=str(ROOT))
+                        timeout=HANG_S, env=env, cwd=str(ROOT))
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert any(x.startswith('same {') for x in lines), proc.stdout

@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
-from train_helpers import write_npz
+from train_helpers import HANG_S, write_npz
 
 from reacgan_jax.platform import writers
 
@@ -136,7 +136,7 @@ runpy.run_path('main.py', run_name='__main__')
 def _main_without_wandb(*args, cwd):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
   return subprocess.run([sys.executable, '-c', NO_WANDB, *args], env=env, cwd=cwd,
-                        capture_output=True, text=True, timeout=900)
+                        capture_output=True, text=True, timeout=HANG_S)
 
 
 def test_asking_for_wandb_without_it_says_what_to_install(tmp_path):
