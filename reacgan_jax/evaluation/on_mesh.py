@@ -127,6 +127,11 @@ def _host_resize(u8, resize):
   return jax.make_array_from_single_device_arrays(shape, u8.sharding, arrays)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _zeros(shape, dtype, sharding):
+  return jax.lax.with_sharding_constraint(jnp.zeros(shape, dtype), sharding)
+
+
 @functools.partial(jax.jit, donate_argnums=0)
 def _write(buffer, x, i):
   return jax.lax.dynamic_update_index_in_dim(buffer, x, i, 0)
@@ -146,12 +151,8 @@ class Rows:
     """Stores batch number len(self) (its first `keep` rows are real)."""
     if self._buffers is None:
       sharding = NamedSharding(self.mesh, P(None, parallel.DATA_AXIS))
-
-      def empty(a):
-        shape, dtype = (self.num_batches, *a.shape), a.dtype
-        return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
-
-      self._buffers = jax.tree.map(empty, tree)
+      self._buffers = jax.tree.map(
+          lambda a: _zeros((self.num_batches, *a.shape), a.dtype, sharding), tree)
     i = np.int32(len(self._kept))
     self._buffers = jax.tree.map(lambda b, a: _write(b, a, i), self._buffers, tree)
     self._kept.append(keep)

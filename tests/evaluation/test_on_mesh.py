@@ -21,12 +21,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 from multihost_eval_worker import evaluate_tiny
 from multihost_helpers import cpu_env, free_port
 
 from configs import tiny
-from reacgan_jax.evaluation import evaluator, on_mesh
+from reacgan_jax.evaluation import evaluator, inception, on_mesh
 from reacgan_jax.platform import parallel
 
 METRICS = ('fid', 'is_mean', 'is_std', 'precision', 'recall', 'density', 'coverage',
@@ -41,7 +40,7 @@ def _meshes():
 
 def _row_shards(x):
   """[(device, shard shape)] of a global array, checking it is split by rows."""
-  assert x.sharding.spec == P(parallel.DATA_AXIS) or x.sharding.spec[0] == parallel.DATA_AXIS
+  assert tuple(x.sharding.spec)[:1] == (parallel.DATA_AXIS,), x.sharding
   return sorted((s.device.id, s.data.shape) for s in x.addressable_shards)
 
 
@@ -63,6 +62,15 @@ def test_rows_are_padded_split_and_gathered_without_padding():
   out = rows.gather()
   np.testing.assert_array_equal(out['a'], np.concatenate([x, x[:5] + 1]))
   assert out['b'] is None
+
+
+def test_host_resize_keeps_each_devices_rows_on_that_device():
+  # 'friendly'/'clean' resize with PIL on the host: each process resizes only its devices' rows.
+  _, mesh = _meshes()
+  u8 = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3)).astype(np.uint8)
+  g = on_mesh._host_resize(on_mesh.put_rows(u8, mesh), 'friendly')
+  assert _row_shards(g) == [(d, (1, 299, 299, 3)) for d in range(8)]
+  np.testing.assert_array_equal(np.asarray(g), np.asarray(inception.preprocess(u8, 'friendly')))
 
 
 def _toy_features(u8):
