@@ -9,6 +9,12 @@ imports the trainer. Samples are generated in batches of config.eval.batch_size 
 padded, so sample_fn sees one shape), quantised to uint8 as if saved as PNG, and passed through
 the Inception network once; every metric reuses those features.
 
+Both are split over the mesh (every device of every process; on_mesh.py): each batch is padded
+with zero rows to a multiple of the device count and given to sample_fn as global arrays
+sharded on B, so each device generates and embeds its own rows; the features stay on device and
+are gathered once. z and labels are drawn as on one device, so the samples, and the metrics up
+to float32 summation order, do not depend on the device count.
+
 Metrics (config.eval.metrics, comma list) and result keys:
   fid       'fid'            vs cached statistics of config.data.eval_split (SPEC 5)
   is        'is_mean', 'is_std'  config.eval.is_splits splits (1 under protocol 'studiogan');
@@ -59,6 +65,7 @@ from reacgan_jax.evaluation import (
   fid_protocol,
   inception,
   inception_weights,
+  on_mesh,
   registry,
 )
 from reacgan_jax.ops import conv as conv_ops
@@ -121,12 +128,16 @@ class Evaluator:
     cache_dir: where reference statistics/features are cached; default: the Inception cache dir.
     reference: optional (images uint8 [M, H, W, 3], labels [M]) instead of loading
       config.data.eval_split through the input pipeline.
+    mesh: the data mesh generation and the Inception are split over (default: every device of
+      every process, parallel.create_mesh()); sample_fn must accept arrays sharded on it.
   """
 
   def __init__(self, config, *, features_fn: FeaturesFn | None = None,
                features_tag: str | None = None, classifier_variables=None,
-               cache_dir=None, reference: tuple[np.ndarray, np.ndarray] | None = None):
+               cache_dir=None, reference: tuple[np.ndarray, np.ndarray] | None = None,
+               mesh=None):
     self.config = config
+    self.mesh = parallel.create_mesh() if mesh is None else mesh
     self.metrics = parse_metrics(config.eval.metrics)
     if features_fn is not None and not features_tag:
       raise ValueError('Evaluator: features_tag must name the network passed as features_fn')
@@ -139,29 +150,48 @@ class Evaluator:
     self._loaded_arrays = None  # reference arrays as used (num_ref applied), once loaded
     self._tfds_fallback = None  # '' = TFDS readable, else the offline npz read instead
     self._reference = None  # {'pool', 'labels', 'n'} once computed/loaded
+    self._mesh_features = None  # the Inception split over the mesh (on_mesh.features_fn)
+    self._warned_unsplit = False
 
   # ---- networks -------------------------------------------------------------------------------
 
   def _inception(self):
-    """Loads the Inception network once (lazily: FID-free configs need no weights)."""
-    if self._features_fn is None:
+    """Loads the Inception network once (lazily: FID-free configs need no weights), split over
+    the mesh. Returns the host features_fn given to the constructor, else None."""
+    if self._features_fn is None and self._mesh_features is None:
       path = self.config.eval.inception_weights or None
       _, params = inception.load_inception(path)
-      bs, resize = self.config.eval.batch_size, self.config.eval.resize
       backend = self.config.eval.get('conv_backend', 'xla')
       conv_ops.check_backend(backend, 'config.eval.conv_backend')
-      self._features_fn = lambda x: inception.extract_batched(
-          params, x, batch_size=bs, resize=resize, conv_backend=backend)
+      self._mesh_features = on_mesh.features_fn(params, self.mesh, self.config.eval.resize,
+                                                backend)
       self._features_tag = str(pathlib.Path(path).expanduser() if path
                                else inception_weights.default_weights_path())
     return self._features_fn
 
   def features(self, images_uint8: np.ndarray) -> dict:
-    """Feature-network outputs {'pool': [B, D] float32, 'logits': [B, K] or None} (numpy)."""
-    out = self._inception()(images_uint8)
+    """Feature-network outputs {'pool': [B, D] float32, 'logits': [B, K] or None} (numpy).
+
+    The Inception runs over the mesh in batches of config.eval.batch_size rows, each device its
+    share, gathered once; a features_fn given to the constructor runs on the host instead.
+    """
+    host_fn = self._inception()
+    out = host_fn(images_uint8) if host_fn is not None else self._features_on_mesh(images_uint8)
     logits = out.get('logits')
     return {'pool': np.asarray(out['pool'], np.float32),
             'logits': None if logits is None else np.asarray(logits, np.float32)}
+
+  def _features_on_mesh(self, images) -> dict:
+    bs, n = self.config.eval.batch_size, images.shape[0]
+    if n < 1 or bs < 1:
+      raise ValueError(f'{n} images and config.eval.batch_size={bs}: both must be >= 1')
+    starts = range(0, n, bs)
+    rows = on_mesh.padded_rows(bs, self.mesh)
+    out = on_mesh.Rows(self.mesh, len(starts))
+    for i in starts:
+      part = np.asarray(images[i:i + bs])
+      out.add(self._mesh_features(on_mesh.put_rows(part, self.mesh, rows)), part.shape[0])
+    return out.gather()
 
   def _classifier_variables(self):
     if self._classifier is None:
@@ -279,6 +309,11 @@ class Evaluator:
                classifier_variables=None) -> dict:
     """Samples num_samples images (labels as config.eval.protocol draws them), their features.
 
+    Batches of config.eval.batch_size (z drawn per batch from rng, the last batch's labels
+    padded), each padded with zero rows to a multiple of the device count and split over the
+    mesh: every device generates and embeds its rows; padding rows are dropped. The samples are
+    the same on any number of devices and processes.
+
     Returns:
       {'labels': [N] int32, 'pool': [N, D], 'logits': [N, K] | None, 'images': uint8 [N, H, W, 3]
        (keep_images only), 'correct': [N] bool (with classifier_variables)}.
@@ -289,28 +324,41 @@ class Evaluator:
       raise ValueError(f'num_samples={num_samples} and config.eval.batch_size={bs} must be >= 1')
     k_z, k_y = jax.random.split(rng)
     labels = LABEL_DRAWS[registry.protocol(c).labels](num_samples, c.data.num_classes, k_y)
+    host_fn = self._inception() if self._needs_features() else None
+    starts = range(0, num_samples, bs)
+    on_device = on_mesh.Rows(self.mesh, len(starts)) if (
+        self._needs_features() and host_fn is None) else None
+    on_host = host_fn is not None or keep_images or classifier_variables is not None
+    rows = self._generation_rows(bs)
     pools, logits, images, correct = [], [], [], []
     t0 = time.time()
-    for b, i in enumerate(range(0, num_samples, bs)):
+    for b, i in enumerate(starts):
       y = labels[i:i + bs]
       n = y.shape[0]
       y_full = np.concatenate([y, np.zeros(bs - n, np.int32)]) if n < bs else y
-      z = jax.random.normal(jax.random.fold_in(k_z, b), (bs, c.model.z_dim), jnp.float32)
-      x = _to_host(sample_fn(z, jnp.asarray(y_full)))[:n]
-      if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f'sample_fn returned shape {x.shape}; expected [B, H, W, 3]')
-      u8 = inception.quantize(x)
-      out = self.features(u8) if self._needs_features() else None
+      z = np.asarray(jax.random.normal(jax.random.fold_in(k_z, b), (bs, c.model.z_dim),
+                                       jnp.float32))
+      x = self._sample(sample_fn, z, y_full, rows)
+      if on_device is not None:
+        on_device.add(self._mesh_features(x), n)
+      if not on_host:
+        continue
+      u8 = inception.quantize(_to_host(x)[:n])
+      out = host_fn(u8) if host_fn is not None else None
       if out is not None:
-        pools.append(out['pool'])
-        if out['logits'] is not None:
-          logits.append(out['logits'])
+        pools.append(np.asarray(out['pool'], np.float32))
+        if out.get('logits') is not None:
+          logits.append(np.asarray(out['logits'], np.float32))
       if keep_images:
         images.append(u8)
       if classifier_variables is not None:
         pred = classifier.predict(classifier_variables, u8, batch_size=bs).argmax(axis=1)
         correct.append(pred == y)
-    logging.info('Generated %d samples in %.1f s', num_samples, time.time() - t0)
+    if on_device is not None:
+      feats = on_device.gather()
+      pools, logits = [feats['pool']], [feats['logits']] if feats['logits'] is not None else []
+    logging.info('Generated %d samples in %.1f s on %d devices', num_samples, time.time() - t0,
+                 self.mesh.devices.size)
     return {
         'labels': labels,
         'pool': np.concatenate(pools) if pools else None,
@@ -318,6 +366,36 @@ class Evaluator:
         'images': np.concatenate(images) if keep_images else None,
         'correct': np.concatenate(correct) if correct else None,
     }
+
+  def _generation_rows(self, bs: int) -> int | None:
+    """Rows of each generation batch on the mesh: bs padded to a multiple of the device count;
+    None (the batch whole on every device) under bn_eval='batch' when padding rows would enter
+    G's batch statistics."""
+    rows = on_mesh.padded_rows(bs, self.mesh)
+    if rows == bs or self.config.model.bn_eval != 'batch':
+      return rows
+    if not self._warned_unsplit:
+      logging.warning('config.eval.batch_size=%d is not a multiple of the %d devices: under '
+                      "bn_eval='batch' every device generates the whole batch (padding rows "
+                      'would change the batch statistics); only the Inception is split. Use a '
+                      'multiple of %d to split generation too.', bs, self.mesh.devices.size,
+                      self.mesh.devices.size)
+      self._warned_unsplit = True
+    return None
+
+  def _sample(self, sample_fn, z: np.ndarray, y: np.ndarray, rows: int | None) -> jax.Array:
+    """One batch through sample_fn with z, y as global arrays of `rows` rows sharded on the mesh
+    (replicated when rows is None); returns the images sharded by rows (padded)."""
+    if rows is None:
+      zs, ys = on_mesh.replicate((z, y), self.mesh)
+      rows = on_mesh.padded_rows(z.shape[0], self.mesh)
+    else:
+      zs, ys = on_mesh.put_rows(z, self.mesh, rows), on_mesh.put_rows(y, self.mesh, rows)
+    x = sample_fn(zs, ys)
+    if x.ndim != 4 or x.shape[-1] != 3 or x.shape[0] < z.shape[0]:
+      raise ValueError(f'sample_fn returned shape {x.shape} for {z.shape[0]} latents; expected '
+                       '[B, H, W, 3]')
+    return on_mesh.to_rows(x, self.mesh, rows)
 
   def _needs_features(self) -> bool:
     return registry.needs(self.metrics, 'features')

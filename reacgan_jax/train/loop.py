@@ -162,7 +162,7 @@ class _Run:
 
   def evaluate(self, step):
     results = modes.run_evaluation(self.config, self.sampler.sample_fn(self.state), step,
-                                   self.workdir, cache=self.eval_cache)
+                                   self.workdir, cache=self.eval_cache, mesh=self.mesh)
     if results:
       self.writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()
                                        if isinstance(v, float)})

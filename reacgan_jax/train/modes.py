@@ -1,6 +1,7 @@
 """--mode=eval and --mode=sample, and the evaluation the trainer runs: nothing here trains.
 
-  run_evaluation(config, sample_fn, step, workdir)     metrics -> eval/step_<n>.json
+  run_evaluation(config, sample_fn, step, workdir)     metrics -> eval/step_<n>.json (split
+                                                       over the mesh: Evaluator(mesh=))
   load_state(config, workdir, mesh, adapter, step)     a checkpoint's TrainState
   evaluate_checkpoints(config, workdir, all)           --mode=eval
   sample_checkpoint(config, workdir, n)                --mode=sample
@@ -26,18 +27,20 @@ def fmt_metrics(m):
                    for k, v in sorted(m.items()))
 
 
-def run_evaluation(config, sample_fn, step, workdir, *, strict=False, cache=None):
+def run_evaluation(config, sample_fn, step, workdir, *, strict=False, cache=None, mesh=None):
   """Evaluator on `sample_fn`; writes workdir/eval/step_<n>.json (nothing when workdir is None).
 
   Returns the metrics. With strict=False (inside training) any evaluation failure is a warning
   and None is returned, so a long run never dies in its evaluation; --mode=eval is strict: a
   failure raises (missing Inception weights as errors.MissingFileError, one clear message).
   `cache` (a dict) keeps the Evaluator, its Inception network and reference statistics.
+  `mesh`: the mesh sample_fn's generator lives on (default: every device); generation and the
+  Inception are split over it.
   """
   cache = {} if cache is None else cache
   try:
     if 'evaluator' not in cache:
-      cache['evaluator'] = Evaluator(config)
+      cache['evaluator'] = Evaluator(config, mesh=mesh)
     evaluator = cache['evaluator']
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     results = evaluator.evaluate(sample_fn, config.eval.num_samples, rng)
@@ -137,7 +140,7 @@ def _evaluate_checkpoints(config, workdir, all_checkpoints, out):
   for s in (steps if all_checkpoints else [None]):
     state, at = load_state(config, workdir, mesh, adapter, step=s)
     results[at] = run_evaluation(config, sampler.sample_fn(state), at, out, strict=True,
-                                 cache=cache)
+                                 cache=cache, mesh=mesh)
     if results[at] and writer:
       writer.write_scalars(at, {f'eval/{k}': v for k, v in results[at].items()
                                 if isinstance(v, float)})

@@ -149,9 +149,11 @@ def test_class_balance_batches_and_determinism(small_cifar, tmp_path):
   gen = ev.generate(sampler, 250, jax.random.PRNGKey(3))
   counts = collections.Counter(gen['labels'].tolist())
   assert sorted(counts.values()) == [25] * 10
-  # Every call sees one shape (last batch padded: 100 + 100 + 50 -> 3 calls of 100).
-  assert [s for s, _, _ in sampler.seen] == [(100, 8)] * 3
-  np.testing.assert_array_equal(np.concatenate([lab for _, lab, _ in sampler.seen])[:250],
+  # Every call sees one shape (last batch padded: 100 + 100 + 50 -> 3 calls of 100), padded
+  # again with zero rows to a multiple of the devices it is split over (8 here: 104).
+  rows = -(-100 // jax.device_count()) * jax.device_count()
+  assert [s for s, _, _ in sampler.seen] == [(rows, 8)] * 3
+  np.testing.assert_array_equal(np.concatenate([lab[:100] for _, lab, _ in sampler.seen])[:250],
                                 gen['labels'])
   assert gen['pool'].shape == (250, 64)
   # Labels are shuffled (no single-class batch) and reproducible from the key.
@@ -212,8 +214,8 @@ def test_msssim_and_accuracy_need_no_inception(small_cifar, tmp_path):
   assert 'MS-SSIM 10 pairs/class' in res['protocol']
   # The evaluator's accuracy is the classifier's on the very images it was given, under the
   # labels they were generated for (the sample_fn above returns real uint8-exact images).
-  labels = np.concatenate([lab for _, lab, _ in sampler.seen])[:300]
-  images = np.concatenate([im for _, _, im in sampler.seen])[:300]
+  labels = np.concatenate([lab[:100] for _, lab, _ in sampler.seen])[:300]  # padding rows off
+  images = np.concatenate([im[:100] for _, _, im in sampler.seen])[:300]
   assert res['accuracy'] == pytest.approx(classifier.accuracy(clf, images, labels))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reacgan_jax.evaluation import fid, inception, inception_weights
+from reacgan_jax.evaluation import fid, inception
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -109,12 +109,10 @@ def test_statistics_file_round_trip_and_errors(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_inception):
   """A random width-1/16 Inception weights file and three small image sets on disk."""
   root = tmp_path_factory.mktemp('fid')
-  weights = inception_weights.save_params(root / 'tiny.msgpack',
-                                          inception_weights.random_params(width=1 / 16, seed=0),
-                                          'test: random')
+  weights = tiny_inception()
   rng = np.random.default_rng(4)
   # Smooth random images (upsampled 4x4 noise) so the sets have visible structure.
   base = rng.integers(0, 256, (2 * 24, 4, 4, 3)).astype(np.uint8)

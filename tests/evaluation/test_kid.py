@@ -165,13 +165,9 @@ def test_registry_and_eval_mode_compute_kid_on_the_tiny_config(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def tiny_weights(tmp_path_factory):
-  from reacgan_jax.evaluation import inception_weights  # noqa: PLC0415
-
+def tiny_weights(tmp_path_factory, tiny_inception):
   root = tmp_path_factory.mktemp('kid_cli')
-  weights = inception_weights.save_params(root / 'tiny.msgpack',
-                                          inception_weights.random_params(width=1 / 16, seed=0),
-                                          'test: random')
+  weights = tiny_inception()
   rng = np.random.default_rng(4)
   base = rng.integers(0, 256, (40, 4, 4, 3)).astype(np.uint8)
   imgs = np.repeat(np.repeat(base, 4, axis=1), 4, axis=2)

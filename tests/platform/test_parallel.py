@@ -67,14 +67,6 @@ def test_distributed_needs_complete_flags():
     parallel.maybe_initialize_distributed('127.0.0.1:1234', -1, -1)
 
 
-def _free_port():
-  import socket  # noqa: PLC0415
-
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_run_equals_one_process_four_devices(tmp_path):
   # 2 CPU processes x 2 fake devices joined by jax.distributed on 127.0.0.1, 5 steps of the
@@ -84,27 +76,21 @@ def test_two_process_run_equals_one_process_four_devices(tmp_path):
   import subprocess  # noqa: PLC0415
   import sys  # noqa: PLC0415
 
+  from multihost_helpers import cpu_env, free_port  # noqa: PLC0415
   from train_helpers import HANG_S, write_npz  # noqa: PLC0415
 
   repo = str(pathlib.Path(__file__).resolve().parents[2])
   worker = os.path.join(repo, 'tests', 'multihost_worker.py')
   npz = write_npz(tmp_path / 'toy.npz')
 
-  def env(n_dev):
-    e = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={n_dev}')
-    for k in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
-      e.pop(k, None)
-    return e
-
-  addr = f'127.0.0.1:{_free_port()}'
+  addr = f'127.0.0.1:{free_port()}'
   procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / f'p{i}.npz'),
                              str(tmp_path / 'multi'), npz, '5', addr, '2', str(i)],
-                            env=env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=cpu_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True) for i in range(2)]
   try:
     single = subprocess.run([sys.executable, worker, str(tmp_path / 'single.npz'),
-                             str(tmp_path / 'single'), npz, '5'], env=env(4),
+                             str(tmp_path / 'single'), npz, '5'], env=cpu_env(4),
                             capture_output=True, text=True, timeout=HANG_S)
     assert single.returncode == 0, single.stderr[-3000:]
     for p in procs:
