@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from reacgan_jax.errors import ConfigError, InputError
 from reacgan_jax.models import adapter as adapter_lib
 from reacgan_jax.platform import parallel
 
@@ -76,6 +77,21 @@ def sample_latents(config, rng, n):
 BN_EVAL_MODES = ('running', 'batch', 'standing')  # config.model.bn_eval
 
 
+def check_classes(y, num_classes: int):
+  """InputError when a class id is outside [0, num_classes): the generator would index its class
+  embedding out of range (NaN images above it, another class below 0: jnp clamps or wraps)."""
+  if isinstance(y, jax.core.Tracer) or (isinstance(y, jax.Array) and not y.is_fully_addressable):
+    return  # traced or spread over hosts: the caller's values, checked where they are made
+  y = np.asarray(y)
+  if not np.issubdtype(y.dtype, np.integer):
+    raise InputError(f'Sampler: class ids must be integers, got {y.dtype}.')
+  bad = np.unique(y[(y < 0) | (y >= num_classes)])
+  if bad.size:
+    raise InputError(f'Sampler: class id(s) {", ".join(str(int(b)) for b in bad[:5])} outside '
+                     f'[0, {num_classes}) (config.data.num_classes={num_classes}); use 0..'
+                     f'{num_classes - 1}.')
+
+
 class Sampler:
   """Builds sample functions from TrainStates; the jitted G forward is compiled once.
 
@@ -88,7 +104,7 @@ class Sampler:
   def __init__(self, config, adapter, mesh=None):
     mode = config.model.bn_eval
     if mode not in BN_EVAL_MODES:
-      raise ValueError(f"config.model.bn_eval={mode!r}: expected one of running, batch, standing")
+      raise ConfigError(f"config.model.bn_eval={mode!r}: expected one of running, batch, standing")
     self.config, self.adapter, self.mesh = config, adapter, mesh
     # Parameters are arguments, not closed-over constants (those would be baked into the HLO
     # and recompiled for every state).
@@ -117,6 +133,7 @@ class Sampler:
     calls = [0]
 
     def sample_fn(z, y):
+      check_classes(y, config.data.num_classes)
       if mesh is not None and z.shape[0] % mesh.devices.size == 0 and jax.process_count() == 1:
         sh = parallel.batch_sharding(mesh, 0)
         z, y = jax.device_put(z, sh), jax.device_put(y, sh)

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from reacgan_jax import sampling
+from reacgan_jax import errors, sampling
+from reacgan_jax.models import adapter
+from reacgan_jax.platform import parallel
+from reacgan_jax.train import state
 
 
 def test_make_grid_places_images_row_major_with_separators():
@@ -46,3 +49,17 @@ def test_interpolation_is_linear_between_endpoints():
   mid = 0.5 * (z[:, 0] + z[:, 4])
   np.testing.assert_allclose(z[:, 2], mid, rtol=1e-5, atol=1e-6)
   assert len(set(np.asarray(y).reshape(-1, 5)[:, 0])) == z.shape[0]
+
+
+def test_sampler_refuses_a_class_id_out_of_range():
+  """Issue 26: class 10 of a 10-class G gave NaN images, -1 silently another class."""
+  config = tiny.get_config()
+  config.model.g_attn_block = config.model.d_attn_block = 0
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  model = adapter.build(config, mesh)
+  fn = sampling.Sampler(config, model, mesh).sample_fn(state.init_state(config, model, mesh))
+  z = jax.random.normal(jax.random.PRNGKey(0), (2, config.model.z_dim))
+  assert np.isfinite(np.asarray(fn(z, np.array([0, 9], np.int32)))).all()
+  for bad in ([0, 10], [-1, 3], [1000, 2]):
+    with pytest.raises(errors.InputError, match=r'outside \[0, 10\)'):
+      fn(z, np.array(bad, np.int32))
