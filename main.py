@@ -18,11 +18,17 @@ _REPO = os.path.dirname(os.path.abspath(__file__))
 if _REPO not in sys.path:
   sys.path.insert(0, _REPO)
 
-import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+INTERRUPTED = ('main.py: interrupted (Ctrl-C); nothing after the last saved checkpoint was kept. '
+               'Rerun the same command to resume.\n')
+try:
+  import jax
+  from absl import app, flags, logging
+  from ml_collections import config_flags
 
-from reacgan_jax import errors  # noqa: E402 (light: no jax work at import)
+  from reacgan_jax import errors  # light: no jax work at import
+except KeyboardInterrupt:  # Ctrl-C during the imports: one line, the shell's 130
+  sys.stderr.write(INTERRUPTED)
+  sys.exit(130)
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/cifar10_reacgan.py:small; override any key with '
@@ -111,5 +117,18 @@ def _run(config, workdir):
         print(f'{name}: {path}')
 
 
+def run():
+  """app.run(main); Ctrl-C outside the training loop's own handler (imports, flags, data
+  loading, compilation, restore, a second Ctrl-C) is one line and exit status 130; the workdir
+  lock is released and only complete checkpoints exist (--verbosity=1 keeps the traceback)."""
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:
+    if logging.get_verbosity() >= logging.DEBUG:
+      raise
+    sys.stderr.write(INTERRUPTED)
+    sys.exit(130)
+
+
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  run()
