@@ -69,6 +69,13 @@ def parse_flags(argv):
     sys.stderr.write(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see '
                      'help on flags.\n')
     sys.exit(1)
+  except Exception as e:  # noqa: BLE001 -- raised by the user's config file (SyntaxError too)
+    if any(a in ('--verbosity=1', '-v=1', '--verbosity=debug') for a in argv):
+      raise
+    where = f' in {e.filename}' if isinstance(e, SyntaxError) else ''
+    sys.stderr.write(f'FATAL --config: the config file failed to load: {type(e).__name__}: '
+                     f'{e}{where}. Fix it (--verbosity=1 shows the traceback).\n')
+    sys.exit(1)
 
 
 def main(argv):
@@ -76,7 +83,17 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   verbose = logging.get_verbosity() >= logging.DEBUG  # --verbosity=1 keeps tracebacks
   with errors.exit_on_user_error('main.py', verbose=verbose):
-    _run(_CONFIG.value, _WORKDIR.value)
+    _run(_loaded_config(), _WORKDIR.value)
+
+
+def _loaded_config():
+  config = _CONFIG.value
+  try:
+    getattr(config, 'train', None)
+  except OSError as e:  # config_flags defers a missing or unreadable file to the first access
+    cause = ' '.join(str(e.__cause__ or e).split())
+    raise errors.InputError(f'--config: {cause}') from e
+  return config
 
 
 def _run(config, workdir):
