@@ -96,7 +96,11 @@ def _results_dir(workdir, output_dir, mode):
   Reading checkpoints needs no lock; the folder written into is locked by the caller.
   """
   if output_dir:
-    os.makedirs(output_dir, exist_ok=True)
+    try:
+      os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:  # a file of that name, no permission, a read-only disk
+      raise errors.InputError(f'--output_dir={output_dir} cannot be used ({e}): name a folder '
+                              'this user can write (it is created if missing).') from e
     return output_dir
   if writable(workdir):
     return workdir

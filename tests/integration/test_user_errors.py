@@ -8,6 +8,7 @@ or a compiled step are `slow` / `exhaustive`.
 """
 
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -44,8 +45,9 @@ def files(tmp_path_factory):
   (t / 'syntax.py').write_text('def get_config(:\n')
   weights = inception_weights.save_params(
       t / 'tiny.msgpack', inception_weights.random_params(width=1 / 16, seed=0), 'test: random')
-  fid.save_statistics(t / 'lsun_stats.npz', np.zeros(4), np.eye(4), 10, fid.describe(
-      'lsun:test', 10, 'legacy', 'w', dataset='lsun', split='test', image_size=32, num_ref=-1))
+  fid.save_statistics(t / 'lsun_stats.npz', np.zeros(4), np.eye(4), 10, json.dumps(
+      {'source': 'lsun:test', 'n': 10, 'resize': 'legacy', 'dataset': 'lsun', 'split': 'test',
+       'image_size': 32, 'num_ref': -1}))
   (t / 'cache').mkdir()
   return {'dir': t, 'npz': npz, 'weights': str(weights)}
 
