@@ -102,6 +102,9 @@ def _run(config, workdir):
   from reacgan_jax import validate  # noqa: PLC0415
   from reacgan_jax.platform import parallel, paths  # noqa: PLC0415
 
+  if _MODE.value == 'sample' and (_NUM_SAMPLES.value == 0 or _NUM_SAMPLES.value < -1):
+    raise errors.ConfigError(f'--num_samples={_NUM_SAMPLES.value}: must be >= 1 (images in the '
+                             'npz), or -1 for config.eval.num_samples.')
   validate.validate_config(config, mode=_MODE.value, defaults=default.get_config())
 
   parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
