@@ -128,7 +128,8 @@ def validate_config(config, *, mode: str = 'train', defaults=None):
   for key, allowed in _choices().items():
     v = _get(config, key)
     if v is not _MISSING and v not in allowed:
-      raise ConfigError(f'config.{key}={v!r}: expected one of {", ".join(allowed)}.')
+      names = ', '.join(repr(a) if a == '' else a for a in allowed)
+      raise ConfigError(f'config.{key}={v!r}: expected one of {names}.')
   _check_lists(config)
   if _get(config, 'ada') is not _MISSING:
     ada_heuristic.check_config(config.ada)
