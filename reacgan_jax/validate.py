@@ -36,6 +36,7 @@ MINIMUM = {
     'eval.msssim_pairs': 1, 'eval.kid_subsets': 1, 'eval.kid_subset_size': 2,
     'data.image_size': 1, 'data.num_classes': 1, 'data.shuffle_buffer': 1, 'data.prefetch': 0,
     'model.z_dim': 1, 'model.standing_batches': 1, 'model.sn_power_iterations': 1,
+    'loss.r1_interval': 1, 'loss.pl_interval': 1, 'loss.pl_batch_shrink': 1,
 }
 WHY = {
     'train.keep_checkpoints': ' (0 would delete every checkpoint right after saving it)',
@@ -121,7 +122,9 @@ def validate_config(config, *, mode: str = 'train', defaults=None):
     raise ConfigError(f'config.train.steps={steps!r}: must be an integer > 0 (generator updates '
                       'to train).')
   for key, what in (('eval.num_ref', 'the whole eval split'),
-                    ('data.train_per_class', 'every training image')):
+                    ('data.train_per_class', 'every training image'),
+                    ('optim.g_lazy_interval', "G's lazy term's interval"),
+                    ('optim.d_lazy_interval', "D's lazy term's interval")):
     v = _get(config, key)
     if v is not _MISSING and (isinstance(v, bool) or not isinstance(v, int) or v == 0 or v < -1):
       raise ConfigError(f'config.{key}={v!r}: must be -1 ({what}) or > 0.')
@@ -137,7 +140,9 @@ def validate_config(config, *, mode: str = 'train', defaults=None):
                            ('optim.beta1', lambda v: 0.0 <= v < 1.0, 'in [0, 1)'),
                            ('optim.beta2', lambda v: 0.0 <= v < 1.0, 'in [0, 1)'),
                            ('optim.g_lr', lambda v: v > 0.0, '> 0'),
-                           ('optim.d_lr', lambda v: v > 0.0, '> 0')):
+                           ('optim.d_lr', lambda v: v > 0.0, '> 0'),
+                           ('optim.eps', lambda v: v > 0.0, '> 0'),
+                           ('loss.temperature', lambda v: v > 0.0, '> 0')):
     v = _get(config, key)
     if v is not _MISSING and (isinstance(v, bool) or not isinstance(v, int | float)
                               or not ok(float(v))):
