@@ -11,7 +11,13 @@ same command on every host with --coordinator_address=HOST:PORT --num_processes=
 --process_id=i (auto-detected on TPU pods and SLURM).
 """
 
-from reacgan_jax.cli import run
+import sys
+
+try:
+  from reacgan_jax.cli import run
+except KeyboardInterrupt:  # Ctrl-C during the imports (jax, the trainer): one line, the shell's 130
+  sys.stderr.write('main.py: interrupted (Ctrl-C) while starting; nothing was written.\n')
+  sys.exit(130)
 
 if __name__ == '__main__':
   run.run()

@@ -186,7 +186,11 @@ def get_config():
   # reference images: > 0 = that many of the eval split, class-balanced, in file order (quick
   # FIDs: biased, compare only runs with the same value); -1 = the whole split (SPEC 5)
   config.eval.num_ref = -1
-  config.eval.ref_stats = ''  # cached reference statistics; '' = <cache>/<dataset>_<split>.npz
+  # FID reference statistics: '' = computed once and cached at <cache>/<dataset>_<split>.npz;
+  # FILE = read FILE, which must exist and be of this dataset, split, image_size and num_ref
+  # (else one error line); ref_stats_create=True computes a missing FILE and writes it there.
+  config.eval.ref_stats = ''
+  config.eval.ref_stats_create = False
   # 'accuracy' classifier; '' = <cache>/cifar10_classifier.msgpack
   config.eval.classifier_weights = ''
   config.eval.msssim_pairs = 100  # 'msssim': random same-class pairs per class (ACGAN paper)

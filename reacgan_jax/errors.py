@@ -39,6 +39,10 @@ class CheckpointLayoutError(UserError, RuntimeError):
   """A checkpoint written with another TrainState layout (not corrupt: never set aside)."""
 
 
+class EvaluationError(UserError, RuntimeError):
+  """An evaluation inside training failed (after the checkpoint of that step was saved)."""
+
+
 class NonFiniteError(UserError, FloatingPointError):
   """Training went NaN/Inf: the message names the step and the last good checkpoint."""
 

@@ -95,6 +95,21 @@ def sample_latents(config, rng, n, z_threshold=None):
 BN_EVAL_MODES = ('running', 'batch', 'standing')  # config.model.bn_eval
 
 
+def check_classes(y, num_classes: int):
+  """InputError when a class id is outside [0, num_classes): the generator would index its class
+  embedding out of range (NaN images above it, another class below 0: jnp clamps or wraps)."""
+  if isinstance(y, jax.core.Tracer) or (isinstance(y, jax.Array) and not y.is_fully_addressable):
+    return  # traced or spread over hosts: the caller's values, checked where they are made
+  y = np.asarray(y)
+  if not np.issubdtype(y.dtype, np.integer):
+    raise errors.InputError(f'Sampler: class ids must be integers, got {y.dtype}.')
+  bad = np.unique(y[(y < 0) | (y >= num_classes)])
+  if bad.size:
+    ids = ', '.join(str(int(b)) for b in bad[:5])
+    raise errors.InputError(f'Sampler: class id(s) {ids} outside [0, {num_classes}) '
+                            f'(config.data.num_classes={num_classes}); use 0..{num_classes - 1}.')
+
+
 class Sampler:
   """Builds sample functions from TrainStates; the jitted G forward is compiled once.
 
@@ -107,7 +122,8 @@ class Sampler:
   def __init__(self, config, adapter, mesh=None):
     mode = config.model.bn_eval
     if mode not in BN_EVAL_MODES:
-      raise ValueError(f"config.model.bn_eval={mode!r}: expected one of running, batch, standing")
+      raise errors.ConfigError(f'config.model.bn_eval={mode!r}: expected one of running, batch, '
+                               'standing')
     self.config, self.adapter, self.mesh = config, adapter, mesh
     # Parameters are arguments, not closed-over constants (those would be baked into the HLO
     # and recompiled for every state).
@@ -150,6 +166,7 @@ class Sampler:
     calls = [0]
 
     def sample_fn(z, y):
+      check_classes(y, self.config.data.num_classes)
       z, y = self._shard(z, y)
       key = None
       if self.adapter.g_needs_key:

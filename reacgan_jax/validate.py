@@ -12,7 +12,8 @@ from __future__ import annotations
 from absl import logging
 
 from reacgan_jax import models, sampling
-from reacgan_jax.augment import diffaug
+from reacgan_jax.augment import ada_heuristic, diffaug
+from reacgan_jax.augment import registry as augmentations
 from reacgan_jax.data import datasets, pipeline, sources
 from reacgan_jax.errors import ConfigError
 from reacgan_jax.evaluation import evaluator, inception, registry
@@ -36,6 +37,7 @@ MINIMUM = {
     'eval.msssim_pairs': 1, 'eval.kid_subsets': 1, 'eval.kid_subset_size': 2,
     'data.image_size': 1, 'data.num_classes': 1, 'data.shuffle_buffer': 1, 'data.prefetch': 0,
     'model.z_dim': 1, 'model.standing_batches': 1, 'model.sn_power_iterations': 1,
+    'loss.r1_interval': 1, 'loss.pl_interval': 1, 'loss.pl_batch_shrink': 1,
 }
 WHY = {
     'train.keep_checkpoints': ' (0 would delete every checkpoint right after saving it)',
@@ -67,6 +69,7 @@ def _choices() -> dict:
       'optim.schedule': state.SCHEDULES,
       'eval.resize': tuple(inception.RESIZE_MODES),
       'eval.protocol': tuple(registry.PROTOCOLS),
+      'train.augment': ('', *augmentations.AUGMENTATIONS),
   }
 
 
@@ -119,27 +122,39 @@ def validate_config(config, *, mode: str = 'train', defaults=None):
   if mode == 'train' and steps is not _MISSING and (not isinstance(steps, int) or steps <= 0):
     raise ConfigError(f'config.train.steps={steps!r}: must be an integer > 0 (generator updates '
                       'to train).')
-  num_ref = _get(config, 'eval.num_ref')
-  if num_ref is not _MISSING and (not isinstance(num_ref, int) or num_ref == 0 or num_ref < -1):
-    raise ConfigError(f'config.eval.num_ref={num_ref!r}: must be -1 (the whole eval split) or > 0.')
+  for key, what in (('eval.num_ref', 'the whole eval split'),
+                    ('data.train_per_class', 'every training image'),
+                    ('optim.g_lazy_interval', "G's lazy term's interval"),
+                    ('optim.d_lazy_interval', "D's lazy term's interval")):
+    v = _get(config, key)
+    if v is not _MISSING and (isinstance(v, bool) or not isinstance(v, int) or v == 0 or v < -1):
+      raise ConfigError(f'config.{key}={v!r}: must be -1 ({what}) or > 0.')
   for key, allowed in _choices().items():
     v = _get(config, key)
     if v is not _MISSING and v not in allowed:
-      raise ConfigError(f'config.{key}={v!r}: expected one of {", ".join(allowed)}.')
+      names = ', '.join(repr(a) if a == '' else a for a in allowed)
+      raise ConfigError(f'config.{key}={v!r}: expected one of {names}.')
   _check_lists(config)
   project = _get(config, 'train.wandb')
   if mode != 'sample' and project and not writers.wandb_available():
     raise ConfigError(f'config.train.wandb={project!r} needs the wandb package: '
                       f"{writers.WANDB_INSTALL}, or set --config.train.wandb=''.")
+  if _get(config, 'ada') is not _MISSING:
+    ada_heuristic.check_config(config.ada)
   for key, ok, allowed in (('train.ema_decay', lambda v: 0.0 <= v <= 1.0, 'in [0, 1]'),
                            ('optim.beta1', lambda v: 0.0 <= v < 1.0, 'in [0, 1)'),
                            ('optim.beta2', lambda v: 0.0 <= v < 1.0, 'in [0, 1)'),
                            ('optim.g_lr', lambda v: v > 0.0, '> 0'),
-                           ('optim.d_lr', lambda v: v > 0.0, '> 0')):
+                           ('optim.d_lr', lambda v: v > 0.0, '> 0'),
+                           ('optim.eps', lambda v: v > 0.0, '> 0'),
+                           ('loss.temperature', lambda v: v > 0.0, '> 0')):
     v = _get(config, key)
     if v is not _MISSING and (isinstance(v, bool) or not isinstance(v, int | float)
                               or not ok(float(v))):
       raise ConfigError(f'config.{key}={v!r}: must be a number {allowed}.')
+  eval_every = _get(config, 'train.eval_every')
+  if mode == 'eval' or (mode == 'train' and eval_every is not _MISSING and eval_every >= 0):
+    evaluator.check_inputs(config)  # files the evaluation reads: a typo fails before training
   if defaults is not None:
     for message in models.unread_keys(config, defaults.model):
       logging.warning('%s', message)

@@ -12,6 +12,9 @@ from train_helpers import HANG_S
 
 from configs import tiny, tiny_stylegan2
 from reacgan_jax import errors, sampling
+from reacgan_jax.models import adapter
+from reacgan_jax.platform import parallel
+from reacgan_jax.train import state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,3 +180,17 @@ def test_a_seed_gives_the_same_pixels_on_1_and_8_devices(tmp_path, family):
   assert not (one['images'][3] == one['images'][11]).all()  # the class changes the image
   png = np.asarray(Image.open(tmp_path / 'one' / 'seed0003_class009.png'))
   np.testing.assert_array_equal(png, one['images'][8 + 3])
+
+
+def test_sampler_refuses_a_class_id_out_of_range():
+  """Issue 26: class 10 of a 10-class G gave NaN images, -1 silently another class."""
+  config = tiny.get_config()
+  config.model.g_attn_block = config.model.d_attn_block = 0
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  model = adapter.build(config, mesh)
+  fn = sampling.Sampler(config, model, mesh).sample_fn(state.init_state(config, model, mesh))
+  z = jax.random.normal(jax.random.PRNGKey(0), (2, config.model.z_dim))
+  assert np.isfinite(np.asarray(fn(z, np.array([0, 9], np.int32)))).all()
+  for bad in ([0, 10], [-1, 3], [1000, 2]):
+    with pytest.raises(errors.InputError, match=r'outside \[0, 10\)'):
+      fn(z, np.array(bad, np.int32))

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from reacgan_jax.augment import ada, ada_params
+from reacgan_jax.errors import ConfigError
 
 
 @flax.struct.dataclass
@@ -105,6 +106,29 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _number(v) -> bool:
+  return not isinstance(v, bool) and isinstance(v, int | float)
+
+
+def check_config(c: ml_collections.ConfigDict):
+  """ConfigError naming the first config.ada key that cannot work (validate.py calls it when the
+  config is read, make_fns again before building)."""
+  if c.preset not in ada_params.PRESETS:
+    raise ConfigError(f'config.ada.preset={c.preset!r}: expected one of '
+                      f'{", ".join(ada_params.PRESETS)}.')
+  if c.target is not None and (not _number(c.target) or c.target > 1):
+    raise ConfigError(f'config.ada.target={c.target!r}: expected a number in [0, 1] (the r_t that '
+                      'p steers to), or < 0 for a fixed p.')
+  if isinstance(c.interval, bool) or not isinstance(c.interval, int) or c.interval < 1:
+    raise ConfigError(f'config.ada.interval={c.interval!r}: must be an integer >= 1 (generator '
+                      'steps between adjustments of p).')
+  if not _number(c.kimg) or c.kimg <= 0:
+    raise ConfigError(f'config.ada.kimg={c.kimg!r}: must be a number > 0 (thousands of images '
+                      'for p to move by 1).')
+  if not _number(c.initial_p) or not 0 <= c.initial_p <= 1:
+    raise ConfigError(f'config.ada.initial_p={c.initial_p!r}: must be a number in [0, 1].')
+
+
 def make_fns(c: ml_collections.ConfigDict):
   """(augment, apa, update) for the trainer's augmentation seam, from `default_config()` keys.
 
@@ -114,13 +138,9 @@ def make_fns(c: ml_collections.ConfigDict):
   (target None: p fixed). Call update once per D update with D's adversarial logits on the
   reals it saw (after APA and augmentation) and the generator step counter (0 first).
   """
+  check_config(c)
   spec = ada_params.preset(c.preset, exact_blits=c.exact_blits)
   target = None if c.target is None or c.target < 0 else c.target  # < 0 (None): fixed p
-  if target is not None and not 0 <= target <= 1:
-    raise ValueError(f'config.ada.target={c.target}: expected a number in [0, 1], or < 0 for a '
-                     'fixed p')
-  if c.interval < 1 or c.kimg <= 0:
-    raise ValueError(f'config ada interval={c.interval}, kimg={c.kimg}: expected >= 1 and > 0')
 
   def augment(x, key, state):
     return ada.ada_augment(x, key, state.p, spec) if c.apply_ada else x

@@ -18,6 +18,8 @@ numbers are drawn per image, one key per op, so one call with one key is reprodu
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax.errors import ConfigError
+
 TRANSLATION_RATIO = 1 / 8  # DiffAugment-pytorch rand_translation default
 CUTOUT_RATIO = 1 / 2  # DiffAugment-pytorch rand_cutout default
 
@@ -119,7 +121,7 @@ def parse_policy(policy: str) -> tuple[str, ...]:
   names = tuple(p.strip() for p in policy.split(',') if p.strip())
   unknown = [p for p in names if p not in AUGMENT_FNS]
   if unknown:
-    raise ValueError(f'config.train.diffaug_policy={policy!r}: unknown op(s) {unknown}; '
+    raise ConfigError(f'config.train.diffaug_policy={policy!r}: unknown op(s) {unknown}; '
                      f'expected a comma list of {", ".join(AUGMENT_FNS)}')
   return names
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from reacgan_jax.augment import ada_heuristic
 from reacgan_jax.augment.diffaug import diff_augment, parse_policy
+from reacgan_jax.errors import ConfigError
 
 
 class Augmentation:
@@ -115,6 +116,6 @@ def build(config) -> Augmentation:
   name = config.train.augment or ('diffaug' if parse_policy(config.train.diffaug_policy)
                                   else 'none')
   if name not in AUGMENTATIONS:
-    raise ValueError(f'config.train.augment={name!r}: expected one of '
+    raise ConfigError(f'config.train.augment={name!r}: expected one of '
                      f'{", ".join(sorted(AUGMENTATIONS))} (or \'\' to follow diffaug_policy)')
   return AUGMENTATIONS[name](config)

@@ -82,7 +82,11 @@ def main(argv=None) -> int:
   if command.takes_config:
     with errors.exit_on_user_error(sys.argv[0]):
       sys.argv = builtin_configs.prepare(sys.argv)
-  module = importlib.import_module(command.module)
+  try:
+    module = importlib.import_module(command.module)
+  except KeyboardInterrupt:  # Ctrl-C during the imports (jax, the trainer): one line, 130
+    sys.stderr.write(f'{sys.argv[0]}: interrupted (Ctrl-C) while starting; nothing was written.\n')
+    return 130
   _show_in_absl_help(module, sys.argv[0])
   getattr(module, command.function)()
   return 0

@@ -19,6 +19,8 @@ from reacgan_jax.platform import parallel, paths
 from reacgan_jax.train import loop, modes
 
 MODES = ('train', 'eval', 'sample')
+INTERRUPTED = ('interrupted (Ctrl-C); nothing after the last saved checkpoint was kept. Rerun the '
+               'same command to resume.')
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A built-in config by name (cifar10_reacgan:small, tiny, ...) or a config file '
@@ -70,6 +72,13 @@ def parse_flags(argv):
     sys.stderr.write(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see '
                      'help on flags.\n')
     sys.exit(1)
+  except Exception as e:  # noqa: BLE001 -- raised by the user's config file (SyntaxError too)
+    if any(a in ('--verbosity=1', '-v=1', '--verbosity=debug') for a in argv):
+      raise
+    where = f' in {e.filename}' if isinstance(e, SyntaxError) else ''
+    sys.stderr.write(f'FATAL --config: the config file failed to load: {type(e).__name__}: '
+                     f'{e}{where}. Fix it (--verbosity=1 shows the traceback).\n')
+    sys.exit(1)
 
 
 def run(argv=None, mode=None):
@@ -90,7 +99,20 @@ def run(argv=None, mode=None):
     flags.FLAGS.register_key_flag_for_module(argv[0], flag)
   if mode is not None:
     sys.modules['__main__'].__doc__ = _command_doc(prog, mode)
-  app.run(main, argv, flags_parser=parse_flags)
+  # Ctrl-C outside the training loop's own handler (flags, data loading, compilation, restore,
+  # a second Ctrl-C) is one line and exit status 130; the workdir lock is released and only
+  # complete checkpoints exist (--verbosity=1 keeps the traceback).
+  try:
+    app.run(main, argv, flags_parser=parse_flags)
+  except KeyboardInterrupt:
+    if logging.get_verbosity() >= logging.DEBUG:
+      raise
+    interrupted(prog)
+
+
+def interrupted(prog):
+  sys.stderr.write(f'{prog}: {INTERRUPTED}\n')
+  sys.exit(130)
 
 
 def _command_doc(prog, mode):
@@ -119,10 +141,23 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   verbose = logging.get_verbosity() >= logging.DEBUG  # --verbosity=1 keeps tracebacks
   with errors.exit_on_user_error(os.path.basename(argv[0]), verbose=verbose):
-    _run(_CONFIG.value, _WORKDIR.value)
+    _run(_loaded_config(), _WORKDIR.value)
+
+
+def _loaded_config():
+  config = _CONFIG.value
+  try:
+    getattr(config, 'train', None)
+  except OSError as e:  # config_flags defers a missing or unreadable file to the first access
+    cause = ' '.join(str(e.__cause__ or e).split())
+    raise errors.InputError(f'--config: {cause}') from e
+  return config
 
 
 def _run(config, workdir):
+  if _MODE.value == 'sample' and (_NUM_SAMPLES.value == 0 or _NUM_SAMPLES.value < -1):
+    raise errors.ConfigError(f'--num_samples={_NUM_SAMPLES.value}: must be >= 1 (images in the '
+                             'npz), or -1 for config.eval.num_samples.')
   validate.validate_config(config, mode=_MODE.value, defaults=builtin_configs.default_config())
 
   parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,

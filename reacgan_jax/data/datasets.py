@@ -28,6 +28,7 @@ from absl import logging
 from PIL import Image
 
 from reacgan_jax.data import sources as ds
+from reacgan_jax.errors import ConfigError, InputError, MissingFileError
 
 SOURCES = ('tiny_imagenet', 'cifar_binary')
 CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte + R, G, B planes
@@ -47,7 +48,7 @@ def load(data, split: str, cache) -> ds.Arrays:
     return load_tiny_imagenet(data.root, split, data.image_size, data.crop, cache)
   if data.source == 'cifar_binary':
     return load_cifar_binary(data.root, split, data.image_size, data.crop, cache)
-  raise ValueError(f'config.data.source={data.source!r}: expected one of {SOURCES}')
+  raise ConfigError(f'config.data.source={data.source!r}: expected one of {SOURCES}')
 
 
 def describe(data, split: str) -> str:
@@ -64,14 +65,14 @@ class _Tree:
     p = ds.resolve_path(root)
     self.path, self.zip = p, None
     if not root or not p.exists():
-      raise FileNotFoundError(f'config.data.root={root!r} does not exist: point it at {what}')
+      raise MissingFileError(f'config.data.root={root!r} does not exist: point it at {what}')
     if p.is_file() and zipfile.is_zipfile(p):
       self.zip = zipfile.ZipFile(p)
       names = [n for n in self.zip.namelist() if not n.endswith('/')]
     elif p.is_dir():
       names = sorted(str(f.relative_to(p).as_posix()) for f in p.rglob('*') if f.is_file())
     else:
-      raise ValueError(f'config.data.root={root!r} is neither a directory nor a zip: expected '
+      raise ConfigError(f'config.data.root={root!r} is neither a directory nor a zip: expected '
                        f'{what}')
     tops = {n.split('/', 1)[0] for n in names}
     self.prefix = ''
@@ -99,7 +100,7 @@ def _decode(tree: _Tree, name: str, size: int, crop: str) -> np.ndarray:
       img.load()
       rgb = img.convert('RGB')  # Tiny-ImageNet has grayscale JPEGs; ImageFolder converts too
   except (OSError, SyntaxError, ValueError) as e:
-    raise ValueError(f'Cannot read image {tree.path}/{tree.prefix}{name}: {e}') from e
+    raise InputError(f'Cannot read image {tree.path}/{tree.prefix}{name}: {e}') from e
   return np.asarray(ds.resize_pil(rgb, size, crop), dtype=np.uint8)
 
 
@@ -140,16 +141,16 @@ def tiny_imagenet_files(tree: _Tree, split: str):
       train.setdefault(parts[1], []).append(n)
   wnids = sorted(train)
   if not wnids:
-    raise ValueError(f'{tree.path}: no train/<wnid>/images/*.JPEG; expected {TINY_LAYOUT}')
+    raise InputError(f'{tree.path}: no train/<wnid>/images/*.JPEG; expected {TINY_LAYOUT}')
   if split == 'train':
     ids = {w: i for i, w in enumerate(wnids)}
     return wnids, [(n, ids[w]) for w in wnids for n in sorted(train[w])]
   if split not in _VALID:
-    raise ValueError(f"split {split!r} of Tiny-ImageNet: expected train or valid (the official "
+    raise InputError(f"split {split!r} of Tiny-ImageNet: expected train or valid (the official "
                      'test/ images have no labels)')
   ann = 'val/val_annotations.txt'
   if ann not in tree.names:
-    raise ValueError(f'{tree.path}: no {ann}; expected {TINY_LAYOUT}')
+    raise InputError(f'{tree.path}: no {ann}; expected {TINY_LAYOUT}')
   ids = {w: i for i, w in enumerate(wnids)}
   files = []
   for line_no, line in enumerate(tree.read(ann).decode().splitlines(), 1):
@@ -157,12 +158,12 @@ def tiny_imagenet_files(tree: _Tree, split: str):
     if not line.strip():
       continue
     if len(fields) < 2 or fields[1] not in ids:
-      raise ValueError(f'{tree.path}/{tree.prefix}{ann} line {line_no}: {line!r} is not '
+      raise InputError(f'{tree.path}/{tree.prefix}{ann} line {line_no}: {line!r} is not '
                        '"<file>\\t<wnid of a train class>\\t<box>"')
     files.append((f'val/images/{fields[0]}', ids[fields[1]]))
   missing = sorted(set(f for f, _ in files) - set(tree.names))
   if missing:
-    raise ValueError(f'{tree.path}: {len(missing)} annotated images are missing, e.g. '
+    raise InputError(f'{tree.path}: {len(missing)} annotated images are missing, e.g. '
                      f'{missing[0]}; expected {TINY_LAYOUT}')
   return wnids, sorted(files)
 
@@ -173,12 +174,12 @@ def load_tiny_imagenet(root: str, split: str, size: int, crop: str, cache) -> ds
   official = any(re.fullmatch(r'train/[^/]+/images/[^/]+', n) for n in tree.names)
   if not official:  # class folders: root/<train|valid>/<wnid>/*.JPEG
     if tree.zip is not None:
-      raise ValueError(f'{tree.path}: a zip without train/<wnid>/images/; expected {TINY_LAYOUT}')
+      raise InputError(f'{tree.path}: a zip without train/<wnid>/images/; expected {TINY_LAYOUT}')
     base = tree.path / tree.prefix
     names = [split] + ([v for v in _VALID if v != split] if split in _VALID else [])
     sub = next((n for n in names if (base / n).is_dir()), None)
     if sub is None:
-      raise ValueError(f'{base}: neither the official layout nor {split}/<wnid>/ folders; '
+      raise InputError(f'{base}: neither the official layout nor {split}/<wnid>/ folders; '
                        f'expected {TINY_LAYOUT}')
     return ds.load_folder(str(base), sub, size, crop, cache)
   wnids, files = tiny_imagenet_files(tree, split)
@@ -197,7 +198,7 @@ def _batch_number(name: str) -> int:
 def read_cifar_binary(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
   """One CIFAR-10-style .bin -> (uint8 [N, 32, 32, 3], int32 [N]); pure bytes -> arrays."""
   if len(data) % CIFAR_RECORD:
-    raise ValueError(f'{name}: {len(data)} bytes is not a multiple of {CIFAR_RECORD} (1 label '
+    raise InputError(f'{name}: {len(data)} bytes is not a multiple of {CIFAR_RECORD} (1 label '
                      'byte + 3072 image bytes); CIFAR-100 binaries (2 label bytes) are not read')
   rec = np.frombuffer(data, np.uint8).reshape(-1, CIFAR_RECORD)
   images = rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -211,22 +212,22 @@ def load_cifar_binary(root: str, split: str, size: int, crop: str, cache) -> ds.
   if not bins:
     pickles = [n for n in tree.names if re.fullmatch(r'(data|test)_batch(_\d+)?', n)]
     if pickles:
-      raise ValueError(f'{tree.path} holds python pickles ({pickles[0]}, ...): they are not '
+      raise InputError(f'{tree.path} holds python pickles ({pickles[0]}, ...): they are not '
                        'unpickled (that can run code). Use the CIFAR-binary release or a folder '
                        f'export instead; expected {BINARY_LAYOUT}')
     base = tree.path / tree.prefix
     if tree.zip is None and (base / split).is_dir():
       return ds.load_folder(str(base), split, size, crop, cache)
-    raise ValueError(f'{tree.path}: no .bin batches and no {split}/<class>/ folders; expected '
+    raise InputError(f'{tree.path}: no .bin batches and no {split}/<class>/ folders; expected '
                      f'{BINARY_LAYOUT}')
   if split == 'train':
     files = sorted((n for n in bins if n.startswith('data_batch')), key=_batch_number)
   elif split == 'test':
     files = [n for n in bins if n.startswith('test_batch')]
   else:
-    raise ValueError(f'split {split!r} of a CIFAR-binary dataset: expected train or test')
+    raise InputError(f'split {split!r} of a CIFAR-binary dataset: expected train or test')
   if not files:
-    raise ValueError(f'{tree.path} has no {split} batches ({", ".join(bins)}); expected '
+    raise InputError(f'{tree.path} has no {split} batches ({", ".join(bins)}); expected '
                      f'{BINARY_LAYOUT}')
   parts = [read_cifar_binary(tree.read(n), f'{tree.path}/{n}') for n in files]
   images = ds.resize_images(np.concatenate([p[0] for p in parts]), size, crop)

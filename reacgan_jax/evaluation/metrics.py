@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
+from reacgan_jax.errors import InputError
 from reacgan_jax.evaluation import classifier, fid
 
 
@@ -152,10 +153,14 @@ def intra_class_fid(features, labels, ref_features, ref_labels, *, num_classes: 
   per_class = np.empty(num_classes)
   for c in range(num_classes):
     f, r = features[labels == c], ref_features[ref_labels == c]
-    if f.shape[0] < 2 or r.shape[0] < 2:
-      raise ValueError(f'intra_class_fid: class {c} has {f.shape[0]} samples and {r.shape[0]} '
-                       'reference images; each class needs at least 2 of each (raise '
-                       'config.eval.num_samples)')
+    if r.shape[0] < 2:
+      raise InputError(f'iFID: the reference split has {r.shape[0]} image(s) of class {c}; the '
+                       'per-class FID needs at least 2 of every class. Evaluate against a split '
+                       'with every class (config.data.eval_split, config.eval.num_ref), or drop '
+                       'ifid from config.eval.metrics.')
+    if f.shape[0] < 2:
+      raise InputError(f'iFID: {f.shape[0]} generated sample(s) of class {c}; the per-class FID '
+                       'needs at least 2 of every class: raise config.eval.num_samples.')
     mu1, s1 = fid.compute_statistics(f)
     mu2, s2 = fid.compute_statistics(r)
     per_class[c] = fid.frechet_distance(mu1, s1, mu2, s2)

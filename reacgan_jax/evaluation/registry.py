@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.evaluation import fid, kid, metrics, msssim
 
 NEEDS = ('features', 'images', 'classifier')
@@ -151,7 +152,7 @@ def parse_metrics(spec: str) -> tuple[str, ...]:
   names = tuple(m.strip().lower() for m in spec.split(',') if m.strip())
   bad = [m for m in names if m not in METRICS]
   if bad:
-    raise ValueError(f'config.eval.metrics={spec!r}: unknown {", ".join(bad)}; expected a comma '
+    raise ConfigError(f'config.eval.metrics={spec!r}: unknown {", ".join(bad)}; expected a comma '
                      f'list of {", ".join(METRICS)}')
   return tuple(dict.fromkeys(names))
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax.errors import ConfigError
+
 # Epsilon of the L2 normalisation in D2D-CE; torch.nn.CosineSimilarity's default, which is what
 # the reference's cosine similarities use.
 _NORMALIZE_EPS = 1e-8
@@ -67,7 +69,7 @@ def adversarial_losses(name: str) -> tuple[Callable, Callable]:
     ValueError: `name` is not hinge, logistic or wasserstein (config.loss.adv).
   """
   if name not in ADVERSARIAL:
-    raise ValueError(f'config.loss.adv={name!r}: expected one of {", ".join(ADVERSARIAL)}')
+    raise ConfigError(f'config.loss.adv={name!r}: expected one of {", ".join(ADVERSARIAL)}')
   return ADVERSARIAL[name]
 
 
@@ -137,7 +139,7 @@ def d2d_ce(embed, proxy, labels, *, temperature: float, margin_pos: float,
                      f'{embed.shape}, {proxy.shape}, {labels.shape} (the discriminator\'s '
                      'embed/proxy outputs and the batch labels)')
   if isinstance(temperature, int | float) and temperature <= 0:
-    raise ValueError(f'config.loss.temperature={temperature}: expected > 0')
+    raise ConfigError(f'config.loss.temperature={temperature}: expected > 0')
   if margin_neg is None:
     margin_neg = 1.0 - margin_pos
   dtype = _at_least_f32(embed.dtype)  # bf16 activations: the loss is still taken in float32

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.losses import gan as losses
 from reacgan_jax.losses import regularizers
 from reacgan_jax.losses.terms import Term
@@ -75,7 +76,7 @@ COND_LOSSES = {
 
 def check_cond_method(cond_method: str) -> None:
   if cond_method not in COND_LOSSES:
-    raise ValueError(f'config.model.cond_method={cond_method!r}: expected one of '
+    raise ConfigError(f'config.model.cond_method={cond_method!r}: expected one of '
                      f'{", ".join(COND_LOSSES)}')
 
 
@@ -129,12 +130,12 @@ def build_terms(config, which: str) -> tuple[Term, ...]:
   key = f'{which}_terms'
   for name in _names(config.loss[key]):
     if name not in TERMS:
-      raise ValueError(f'config.loss.{key}: unknown term {name!r}; registered: '
+      raise ConfigError(f'config.loss.{key}: unknown term {name!r}; registered: '
                        f'{", ".join(sorted(TERMS)) or "none"}')
     terms.append(TERMS[name](config, which))
   names = [t.name for t in terms]
   if len(set(names)) != len(names):
-    raise ValueError(f'config.loss.{key}: a term appears twice ({", ".join(names)})')
+    raise ConfigError(f'config.loss.{key}: a term appears twice ({", ".join(names)})')
   return tuple(terms)
 
 
@@ -154,7 +155,7 @@ def lazy_ratio(config, terms, which: str | None = None) -> float:
   fixed = config.optim[f'{which}_lazy_interval'] if which else -1
   if fixed > 0:
     if intervals and intervals != {fixed}:
-      raise ValueError(f'config.optim.{which}_lazy_interval={fixed} but the {which} lazy term '
+      raise ConfigError(f'config.optim.{which}_lazy_interval={fixed} but the {which} lazy term '
                        f'runs every {intervals.pop()} updates: set them equal (or -1)')
     return 1.0 if fixed == 1 else fixed / (fixed + 1)
   if not intervals:

@@ -16,13 +16,14 @@ With r1 (or pl) at interval 1 the term runs every update, unscaled, on its own f
 
 import jax.numpy as jnp
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.losses import stylegan2 as stylegan2_losses
 from reacgan_jax.losses.terms import Term
 
 
 def _only(which, expected, name):
   if which != expected:
-    raise ValueError(f"config.loss.{which}_terms: {name!r} is a {expected.upper()} term; list it "
+    raise ConfigError(f"config.loss.{which}_terms: {name!r} is a {expected.upper()} term; list it "
                      f"in config.loss.{expected}_terms")
 
 
@@ -43,11 +44,11 @@ def pl_term(config, which):
   """Path-length regularisation of a StyleGAN2 G (needs its mapping / synthesis split)."""
   _only(which, 'g', 'pl')
   if config.model.backbone != 'stylegan2':
-    raise ValueError(f"config.loss.g_terms: 'pl' needs backbone stylegan2 (its ws), not "
+    raise ConfigError(f"config.loss.g_terms: 'pl' needs backbone stylegan2 (its ws), not "
                      f"{config.model.backbone!r}")
   loss = config.loss
   if loss.pl_interval < 2:
-    raise ValueError(f'config.loss.pl_interval={loss.pl_interval}: the path-length term runs '
+    raise ConfigError(f'config.loss.pl_interval={loss.pl_interval}: the path-length term runs '
                      'on its own fresh batch every k >= 2 G updates (lazy), as in StyleGAN2')
 
   def fn(ctx):

@@ -19,6 +19,7 @@ Both modules take `bn_groups` (per-group BN statistics, see layers.BatchNorm).
 import dataclasses
 from collections.abc import Callable
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.models import biggan, dcgan, heads, layers, resnet, stylegan2
 from reacgan_jax.models.heads import DOutput
 from reacgan_jax.ops import conv as conv_ops
@@ -85,13 +86,13 @@ def _stylegan2(config, common):
   del common  # StyleGAN2 has its own init (equalised lr), no BN, no SN, no attention
   m = config.model
   if m.apply_g_sn or m.apply_d_sn:
-    raise ValueError('config.model.backbone=stylegan2 takes no spectral norm (StudioGAN refuses '
+    raise ConfigError('config.model.backbone=stylegan2 takes no spectral norm (StudioGAN refuses '
                      'it too): set config.model.apply_g_sn=False and config.model.apply_d_sn=False')
   if m.dtype != 'float32':
-    raise ValueError(f'config.model.dtype={m.dtype!r}: the stylegan2 backbone computes in float32 '
+    raise ConfigError(f'config.model.dtype={m.dtype!r}: the stylegan2 backbone computes in float32 '
                      'only for now (no bf16 path yet); set config.model.dtype=float32')
   if m.conv_backend != 'xla':
-    raise ValueError(f'config.model.conv_backend={m.conv_backend!r}: the stylegan2 backbone '
+    raise ConfigError(f'config.model.conv_backend={m.conv_backend!r}: the stylegan2 backbone '
                      "(modulated, grouped convolutions) runs on XLA only; set "
                      "config.model.conv_backend='xla'")
   return stylegan2.build(config)
@@ -136,10 +137,10 @@ def build_models(config):
   m = config.model
   heads.check_cond_method(m.cond_method)
   if m.backbone not in BACKBONES:
-    raise ValueError(f'config.model.backbone={m.backbone!r}: expected one of '
+    raise ConfigError(f'config.model.backbone={m.backbone!r}: expected one of '
                      f'{", ".join(BACKBONES)}')
   if m.cond_method not in BACKBONES[m.backbone].cond_methods:
-    raise ValueError(f'config.model.cond_method={m.cond_method!r}: backbone {m.backbone} takes '
+    raise ConfigError(f'config.model.cond_method={m.cond_method!r}: backbone {m.backbone} takes '
                      f'{", ".join(BACKBONES[m.backbone].cond_methods)}')
   conv_ops.check_backend(m.conv_backend, dtype=m.dtype)
   common = dict(num_classes=config.data.num_classes, cond_method=m.cond_method,

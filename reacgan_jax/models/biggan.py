@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.models import layers, resnet
 
 
@@ -24,7 +25,7 @@ def num_blocks(image_size: int) -> int:
 def check_z_dim(z_dim: int, image_size: int) -> None:
   n = num_blocks(image_size) + 1
   if z_dim % n:
-    raise ValueError(f'config.model.z_dim={z_dim}: BigGAN at {image_size}px splits z into {n} '
+    raise ConfigError(f'config.model.z_dim={z_dim}: BigGAN at {image_size}px splits z into {n} '
                      f'equal chunks, so z_dim must be a multiple of {n}')
 
 

@@ -23,12 +23,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.models import heads, layers
 
 
 def check_image_size(image_size: int, backbone: str) -> None:
   if image_size != 32:
-    raise ValueError(f'config.data.image_size={image_size}: config.model.backbone={backbone!r} '
+    raise ConfigError(f'config.data.image_size={image_size}: config.model.backbone={backbone!r} '
                      'is defined at 32x32 only; use resnet or biggan for other sizes')
 
 

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax.errors import ConfigError
+
 # Conditioning methods D can be built with (spd: StyleGAN2-ADA's projection, stylegan2_d.py).
 # Each has a conditional loss of the same name in losses/registry.py (a test checks the match).
 COND_METHODS = ('none', 'acgan', 'pd', 'spd', 'reacgan')
@@ -24,7 +26,7 @@ COND_METHODS = ('none', 'acgan', 'pd', 'spd', 'reacgan')
 
 def check_cond_method(cond_method: str) -> None:
   if cond_method not in COND_METHODS:
-    raise ValueError(f'config.model.cond_method={cond_method!r}: expected one of '
+    raise ConfigError(f'config.model.cond_method={cond_method!r}: expected one of '
                      f'{", ".join(COND_METHODS)}')
 
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.ops import conv as conv_ops
 
 Dtype = Any
@@ -30,7 +31,7 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}  # config.model.dtyp
 def get_dtype(name: str) -> Dtype:
   """Compute dtype from config.model.dtype ('float32' | 'bfloat16')."""
   if name not in DTYPES:
-    raise ValueError(f'config.model.dtype={name!r}: expected one of {", ".join(DTYPES)}')
+    raise ConfigError(f'config.model.dtype={name!r}: expected one of {", ".join(DTYPES)}')
   return DTYPES[name]
 
 
@@ -49,7 +50,7 @@ def get_init(name: str, which: str) -> Callable:
   uniform (fan_in = in*kh*kw, fan_out = out*kh*kw in both frameworks). Biases start at 0.
   """
   if name not in INITS:
-    raise ValueError(f'config.model.{which}_init={name!r}: expected one of {", ".join(INITS)}')
+    raise ConfigError(f'config.model.{which}_init={name!r}: expected one of {", ".join(INITS)}')
   return INITS[name]
 
 

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.models import heads, layers
 
 # Channel multipliers per resolution (StudioGAN g/d_in/out_dims_collection, also big_resnet's).
@@ -30,7 +31,7 @@ BOTTOM = 4  # G's first feature map is 4x4 at every resolution
 
 def check_image_size(image_size: int) -> None:
   if image_size not in G_IN:
-    raise ValueError(f'config.data.image_size={image_size}: the resnet/biggan backbones support '
+    raise ConfigError(f'config.data.image_size={image_size}: the resnet/biggan backbones support '
                      f'{", ".join(map(str, G_IN))}')
 
 

@@ -15,6 +15,7 @@ stylegan2_d.py (D + heads), stylegan2_layers.py (blocks), stylegan2_convert.py (
 
 import ml_collections
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.models import stylegan2_d, stylegan2_g
 
 
@@ -51,7 +52,7 @@ def build(config):
   size, classes = config.data.image_size, config.data.num_classes
   cond = config.model.cond_method
   if s.g_architecture not in stylegan2_d.ARCHITECTURES:
-    raise ValueError(f'model.stylegan2.g_architecture={s.g_architecture!r}: expected one of '
+    raise ConfigError(f'model.stylegan2.g_architecture={s.g_architecture!r}: expected one of '
                      f'{stylegan2_d.ARCHITECTURES}')
   g = stylegan2_g.Generator(
       z_dim=z_dim, w_dim=s.w_dim, num_classes=classes if cond != 'none' else 0,
@@ -68,7 +69,7 @@ def build(config):
       spd_mapping_layers=s.spd_mapping_layers, embed_mapping_layers=s.embed_mapping_layers)
   d.check()
   if s.noise_mode not in stylegan2_g.NOISE_MODES:
-    raise ValueError(f'model.stylegan2.noise_mode={s.noise_mode!r}: expected one of '
+    raise ConfigError(f'model.stylegan2.noise_mode={s.noise_mode!r}: expected one of '
                      f'{stylegan2_g.NOISE_MODES}')
   stylegan2_g.SynthesisNetwork(s.w_dim, size).block_args()  # raises on a bad image size
   return g, d

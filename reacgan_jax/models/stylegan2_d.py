@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.models import stylegan2_layers as L
 from reacgan_jax.models.heads import DOutput
 from reacgan_jax.models.stylegan2_g import MappingNetwork
@@ -97,11 +98,11 @@ class Discriminator(nn.Module):
 
   def check(self):
     if self.cond_method not in COND_METHODS:
-      raise ValueError(f'config.model.cond_method={self.cond_method!r}: the stylegan2 '
+      raise ConfigError(f'config.model.cond_method={self.cond_method!r}: the stylegan2 '
                        f'discriminator takes one of {", ".join(COND_METHODS)} (StudioGAN\'s '
                        'PD branch of this D does not run)')
     if self.architecture not in ARCHITECTURES:
-      raise ValueError(f'model.stylegan2.d_architecture={self.architecture!r}: expected one '
+      raise ConfigError(f'model.stylegan2.d_architecture={self.architecture!r}: expected one '
                        f'of {ARCHITECTURES}')
 
   @nn.compact

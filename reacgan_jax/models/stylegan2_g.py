@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.models import stylegan2_layers as L
 
 STATE = 'stylegan2_state'
@@ -179,7 +180,7 @@ class SynthesisNetwork(nn.Module):
     """[(res, in_channels, out_channels, is_last)] and num_ws, as the reference builds them."""
     log2 = int(math.log2(self.img_resolution))
     if self.img_resolution < 4 or 2 ** log2 != self.img_resolution:
-      raise ValueError(f'config.data.image_size={self.img_resolution}: StyleGAN2 needs a power '
+      raise ConfigError(f'config.data.image_size={self.img_resolution}: StyleGAN2 needs a power '
                        'of two >= 4')
     ch = lambda r: min(self.channel_base // r, self.channel_max)
     blocks, num_ws = [], 0

@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.ops import lerp
 
 Predicate = Callable[[tuple[str, ...], Any], bool]
@@ -75,10 +76,10 @@ def options(config) -> dict:
   m = config.model
   emb, ev = m.get('sn_embedding_u', 'classes'), m.get('sn_eval', 'stored')
   if emb not in EMBEDDING_U:
-    raise ValueError(f'config.model.sn_embedding_u={emb!r}: expected classes (torch / StudioGAN) '
+    raise ConfigError(f'config.model.sn_embedding_u={emb!r}: expected classes (torch / StudioGAN) '
                      'or width (legacy reacgan-jax)')
   if ev not in EVAL_MODES:
-    raise ValueError(f'config.model.sn_eval={ev!r}: expected stored (torch / StudioGAN) or '
+    raise ConfigError(f'config.model.sn_eval={ev!r}: expected stored (torch / StudioGAN) or '
                      'recompute (legacy reacgan-jax)')
   return dict(n_power_iterations=m.sn_power_iterations, eps=m.sn_eps,
               rows_u=embedding_rows if emb == 'classes' else None, eval_mode=ev)

@@ -227,11 +227,16 @@ class Checkpointer:
     candidates = [s for s in sorted(self.manager.all_steps(), reverse=True) if s <= step]
     for s in candidates or [step]:
       try:
+        # Another state layout is said first: its config differs too, but "different
+        # configuration" would send the user to configs/from_workdir.py, which cannot help.
+        self._read_meta(self.manager, s)
         saved = self.saved_config(s)
         break
-      except Exception as e:  # noqa: BLE001 -- unreadable: restore falls back past it
-        logging.warning('The config of checkpoint %s/%d cannot be read (%r); checking the '
-                        'previous checkpoint.', self.directory, s, e)
+      except errors.CheckpointLayoutError:
+        raise
+      except Exception as e:  # noqa: BLE001 -- unusable: restore falls back past it
+        logging.warning('Checkpoint %s/%d cannot be checked (%s); checking the previous '
+                        'checkpoint.', self.directory, s, e)
     else:
       return
     self._compare_config(saved, s, resume=resume)
@@ -256,7 +261,11 @@ class Checkpointer:
     """The meta item of `step`; CheckpointLayoutError when it has none or another layout."""
     path = epath.Path(manager.directory) / str(step)
     if not (path / 'meta').exists():
-      if 'meta' in _item_names(path):  # written with a meta item that is gone: damaged
+      items = _item_names(path)
+      if not items:  # orbax's own record gone too: an interrupted copy, not an old layout
+        raise _Unusable('its meta item and orbax\'s _CHECKPOINT_METADATA are missing or '
+                        'unreadable (an interrupted copy?)')
+      if 'meta' in items:  # written with a meta item that is gone: damaged
         raise _Unusable('its meta item is missing')
       raise checkpoint_meta.layout_error(path, None, self.layout)
     try:

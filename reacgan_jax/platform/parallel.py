@@ -20,6 +20,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from reacgan_jax.errors import ConfigError
+
 DATA_AXIS = 'data'
 
 # Environment variables that mean "this process is one of several": a Cloud TPU pod slice
@@ -47,8 +49,8 @@ def maybe_initialize_distributed(coordinator_address='', num_processes=-1, proce
     process_id = int(os.environ.get('JAX_PROCESS_ID', '-1'))
   if address:
     if num_processes < 1 or process_id < 0:
-      raise ValueError(
-          f'coordinator_address={address!r} needs --num_processes (>= 1) and --process_id '
+      raise ConfigError(
+          f'--coordinator_address={address!r} needs --num_processes (>= 1) and --process_id '
           f'(0..num_processes-1); got num_processes={num_processes}, process_id={process_id}')
     logging.info('jax.distributed.initialize(%s, num_processes=%d, process_id=%d)', address,
                  num_processes, process_id)
@@ -87,11 +89,11 @@ def check_global_batch(global_batch, mesh, key='config.train.batch_size'):
   """Raises a clear error when the global batch does not split over devices and hosts."""
   n_dev = mesh.devices.size
   if global_batch % n_dev:
-    raise ValueError(
+    raise ConfigError(
         f'{key}={global_batch} is not divisible by the number of devices ({n_dev}): every '
         f'device needs the same number of samples. Use a multiple of {n_dev}.')
   if global_batch % jax.process_count():
-    raise ValueError(f'{key}={global_batch} is not divisible by the number of processes '
+    raise ConfigError(f'{key}={global_batch} is not divisible by the number of processes '
                      f'({jax.process_count()}).')
 
 

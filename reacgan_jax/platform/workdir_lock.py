@@ -153,8 +153,13 @@ class WorkdirLock:
         fcntl.flock(guard, fcntl.LOCK_UN)
 
   def _acquire_local(self):
-    os.makedirs(self.workdir, exist_ok=True)
-    tmp = self._write_tmp()
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+      tmp = self._write_tmp()
+    except OSError as e:  # a file in the way, no permission, a read-only or full disk
+      what = 'is a file' if os.path.isfile(self.workdir) else f'cannot be written ({e})'
+      raise errors.InputError(f'--workdir={self.workdir} {what}: name a folder this user can '
+                              'write (it is created if missing).') from e
     try:
       for _ in range(10):
         if self._create(tmp):
@@ -205,7 +210,7 @@ class WorkdirLock:
       try:
         self._acquire_local()
         self.held = True
-      except errors.WorkdirLockedError as e:
+      except errors.UserError as e:  # locked, or not writable: every process hears of it
         error = e
     if self._count > 1 and not _process0_ok(error is None) and error is None:
       error = errors.WorkdirLockedError(

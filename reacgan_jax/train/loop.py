@@ -161,8 +161,17 @@ class _Run:
       self.writer.write_images(step, {'samples': grid[None]})
 
   def evaluate(self, step):
-    results = modes.run_evaluation(self.config, self.sampler.sample_fn(self.state), step,
-                                   self.workdir, cache=self.eval_cache, mesh=self.mesh)
+    try:
+      results = modes.run_evaluation(self.config, self.sampler.sample_fn(self.state), step,
+                                     self.workdir, cache=self.eval_cache, mesh=self.mesh)
+    except Exception as e:
+      self.save(step)  # the state it failed on is kept before the run ends
+      if not isinstance(e, errors.UserError):
+        raise  # a bug: its traceback, after the checkpoint
+      raise errors.EvaluationError(
+          f'Evaluation at step {step} failed: {e} Checkpoint {self.last_good} is saved: fix the '
+          'cause, then evaluate it with --mode=eval, or rerun the same command to resume.'
+      ) from e
     if results:
       self.writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()
                                        if isinstance(v, float)})

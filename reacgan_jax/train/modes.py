@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from reacgan_jax import errors, sampling
+from reacgan_jax.evaluation import inception_weights
 from reacgan_jax.evaluation.evaluator import Evaluator
 from reacgan_jax.models import adapter as adapter_lib
 from reacgan_jax.platform import checkpoints, parallel, workdir_lock, writers
@@ -30,9 +31,10 @@ def fmt_metrics(m):
 def run_evaluation(config, sample_fn, step, workdir, *, strict=False, cache=None, mesh=None):
   """Evaluator on `sample_fn`; writes workdir/eval/step_<n>.json (nothing when workdir is None).
 
-  Returns the metrics. With strict=False (inside training) any evaluation failure is a warning
-  and None is returned, so a long run never dies in its evaluation; --mode=eval is strict: a
-  failure raises (missing Inception weights as errors.MissingFileError, one clear message).
+  Returns the metrics. With strict=False (inside training) the one forgiven failure is the
+  Inception weights missing at their default path (inception_weights.DefaultWeightsMissing: a
+  warning, None is returned and training goes on; evaluate later with --mode=eval). Every other
+  failure raises (the trainer saves the checkpoint, then ends the run naming the cause).
   `cache` (a dict) keeps the Evaluator, its Inception network and reference statistics.
   `mesh`: the mesh sample_fn's generator lives on (default: every device); generation and the
   Inception are split over it.
@@ -44,14 +46,16 @@ def run_evaluation(config, sample_fn, step, workdir, *, strict=False, cache=None
     evaluator = cache['evaluator']
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     results = evaluator.evaluate(sample_fn, config.eval.num_samples, rng)
-  except Exception as e:  # noqa: BLE001 -- filtered just below
-    if strict and isinstance(e, FileNotFoundError) and not isinstance(e, errors.UserError):
-      raise errors.MissingFileError(str(e)) from e  # --mode=eval never "succeeds" without weights
+  except inception_weights.DefaultWeightsMissing as e:
     if strict:
       raise
-    logging.warning('Evaluation skipped at step %d: %r. Training continues; see README '
-                    '"Evaluation" for the Inception weights.', step, e)
+    logging.warning('Evaluation skipped at step %d: no Inception weights. Training continues; '
+                    'evaluate the checkpoints later with --mode=eval.\n%s', step, e)
     return None
+  except FileNotFoundError as e:  # a file the metrics read (weights, classifier): one line
+    if isinstance(e, errors.UserError):
+      raise
+    raise errors.MissingFileError(str(e)) from e
   results = {k: float(v) if np.ndim(v) == 0 and not isinstance(v, str) else v
              for k, v in results.items()}
   if jax.process_index() == 0 and workdir is not None:
@@ -95,7 +99,11 @@ def _results_dir(workdir, output_dir, mode):
   Reading checkpoints needs no lock; the folder written into is locked by the caller.
   """
   if output_dir:
-    os.makedirs(output_dir, exist_ok=True)
+    try:
+      os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:  # a file of that name, no permission, a read-only disk
+      raise errors.InputError(f'--output_dir={output_dir} cannot be used ({e}): name a folder '
+                              'this user can write (it is created if missing).') from e
     return output_dir
   if writable(workdir):
     return workdir

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from reacgan_jax.augment import registry as augment
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.losses import registry as objectives
 from reacgan_jax.models.adapter import state_collections
 from reacgan_jax.platform import parallel
@@ -65,7 +66,7 @@ def _learning_rate(config, lr, updates_per_step):
   if config.optim.schedule == 'linear_decay':
     # The optimiser counts its own updates: D takes d_updates_per_step of them per step.
     return optax.linear_schedule(lr, 0.0, config.train.steps * updates_per_step)
-  raise ValueError(f"config.optim.schedule={config.optim.schedule!r}: expected constant or "
+  raise ConfigError(f"config.optim.schedule={config.optim.schedule!r}: expected constant or "
                    'linear_decay')
 
 

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from configs import default
+from reacgan_jax import errors
 from reacgan_jax.data import pipeline as input_pipeline
 from reacgan_jax.data import sources as data_sources
 
@@ -542,3 +543,24 @@ def test_train_per_class_keeps_the_first_n_of_each_class_in_file_order():
   np.testing.assert_array_equal(got.labels, [2, 0, 0, 1, 2, 1])
   np.testing.assert_array_equal(got.images[:, 0, 0, 0], [0, 1, 2, 3, 4, 6])
   assert input_pipeline.limit_per_class(got, -1) is got
+
+
+def test_folder_eval_split_uses_the_training_class_ids_and_names_a_missing_class(tmp_path):
+  """Issue 26: a test split without one class folder shifted every later class id by one, and
+  the error advised --config.data.num_classes=<one less>, which would break training."""
+  rng = np.random.default_rng(0)
+  root = tmp_path / 'imgs'
+  for split, classes in (('train', ('ant', 'bee', 'cat')), ('test', ('ant', 'cat'))):
+    for name in classes:
+      _png(root / split / name / '0.png', rng.integers(0, 256, (8, 8, 3), np.uint8))
+  c = _config(tmp_path, source='folder', folder=str(root), num_classes=3)
+  with pytest.raises(errors.InputError, match=r"lacks class 'bee' \(id 1\)") as e:
+    input_pipeline.load_arrays(c, 'test')
+  assert 'num_classes' not in str(e.value) and 'eval_split' in str(e.value)
+  _png(root / 'test' / 'bee' / '0.png', rng.integers(0, 256, (8, 8, 3), np.uint8))
+  _png(root / 'test' / 'dog' / '0.png', rng.integers(0, 256, (8, 8, 3), np.uint8))
+  with pytest.raises(errors.InputError, match=r"class folders \['dog'\]"):
+    input_pipeline.load_arrays(c, 'test')
+  (root / 'test' / 'dog' / '0.png').unlink()
+  (root / 'test' / 'dog').rmdir()
+  np.testing.assert_array_equal(input_pipeline.load_arrays(c, 'test')[1], [0, 1, 2])

@@ -8,12 +8,14 @@ FID of noise is large, and the protocol, balance and metric selection are those 
 """
 
 import collections
+import json
 
 import jax
 import numpy as np
 import pytest
 
 from configs import default
+from reacgan_jax import errors
 from reacgan_jax.evaluation import classifier, evaluator, fid
 
 
@@ -283,3 +285,43 @@ def test_protocol_names_the_offline_npz_when_tfds_is_unavailable(small_cifar, tm
   ev = evaluator.Evaluator(cfg, features_fn=_random_features(), features_tag='random-64',
                            cache_dir=tmp_path)
   assert ev._source() == f'cifar10:test (tfds {tmp_path / "no_tfds_here"})'
+
+
+def test_ref_stats_must_exist_unless_asked_to_create_and_must_match_the_reference(small_cifar,
+                                                                                  tmp_path):
+  """Issue 26: a mistyped config.eval.ref_stats used to be filled with the local split's
+  statistics and the FID reported silently; statistics of another dataset were accepted and the
+  protocol line named the config's split instead of the file used."""
+  npz, x, y = small_cifar
+  feats = _random_features()
+  cfg = _config(npz, metrics='fid')
+  cfg.eval.ref_stats = str(tmp_path / 'typo_stats.npz')
+  ev = evaluator.Evaluator(cfg, features_fn=feats, features_tag='random-64', cache_dir=tmp_path)
+  with pytest.raises(errors.MissingFileError, match='ref_stats_create=True'):
+    ev.evaluate(_real_sampler(x, y), 200, jax.random.PRNGKey(0))
+  assert not (tmp_path / 'typo_stats.npz').exists()
+  # Asked to create: computed, written with what they are of, then read back and named.
+  cfg.eval.ref_stats_create = True
+  made = evaluator.Evaluator(cfg, features_fn=feats, features_tag='random-64',
+                             cache_dir=tmp_path).evaluate(_real_sampler(x, y), 200,
+                                                          jax.random.PRNGKey(0))
+  stored = json.loads(fid.load_statistics(tmp_path / 'typo_stats.npz')['description'])
+  assert {k: stored[k] for k in ('dataset', 'split', 'image_size', 'num_ref')} == {
+      'dataset': 'cifar10', 'split': 'test', 'image_size': 32, 'num_ref': -1}
+  cfg.eval.ref_stats_create = False
+  again = evaluator.Evaluator(cfg, features_fn=feats, features_tag='random-64',
+                              cache_dir=tmp_path).evaluate(_real_sampler(x, y), 200,
+                                                           jax.random.PRNGKey(0))
+  assert again['fid'] == made['fid']
+  assert f'config.eval.ref_stats={tmp_path / "typo_stats.npz"}' in again['protocol']
+  # Statistics of another dataset, resolution or subset: refused, naming what differs.
+  for key, value in (('dataset', 'lsun'), ('image_size', 64), ('num_ref', 500)):
+    other = dict(stored, **{key: value})
+    path = tmp_path / f'other_{key}.npz'
+    st = fid.load_statistics(tmp_path / 'typo_stats.npz')
+    fid.save_statistics(path, st['mu'], st['sigma'], st['n'], json.dumps(other))
+    cfg.eval.ref_stats = str(path)
+    with pytest.raises(errors.ConfigError, match=f'{key}={value!r}'):
+      evaluator.Evaluator(cfg, features_fn=feats, features_tag='random-64',
+                          cache_dir=tmp_path).evaluate(_real_sampler(x, y), 200,
+                                                       jax.random.PRNGKey(0))

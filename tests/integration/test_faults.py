@@ -107,13 +107,16 @@ def test_orbax_max_to_keep_zero_deletes_everything_so_keep_must_be_positive(tmp_
 
 @pytest.mark.parametrize('item,how', [('config', 'delete'), ('config', 'zero'),
                                       ('config', 'garbage'), ('meta', 'zero'),
-                                      ('meta', 'garbage'), ('meta', 'dir'), ('state', 'zero')])
+                                      ('meta', 'garbage'), ('meta', 'dir'), ('meta', 'copy'),
+                                      ('state', 'zero')])
 def test_unreadable_item_of_newest_falls_back_every_rerun(tmp_path, caplog, item, how):
   ck, states = _saved(tmp_path)
   target = tmp_path / 'checkpoints' / '6' / item
-  if how == 'dir':  # the whole meta item gone, though orbax recorded it: damage, not layout 1
+  if how in ('dir', 'copy'):  # the whole meta item gone, though orbax recorded it: damage
     import shutil
     shutil.rmtree(target)
+    if how == 'copy':  # an interrupted copy lacks orbax's record too: still not layout 1
+      (target.parent / '_CHECKPOINT_METADATA').unlink()
   else:
     _damage(target, how)
   ck.close()
@@ -237,6 +240,14 @@ def test_checkpoint_of_another_layout_is_refused_and_left_alone(tmp_path):
   cfg = tiny.get_config()
   st = _state(3)
   _layout1_checkpoint(tmp_path, 3, st, cfg)
+  # The layout is said first, even with a config that differs (an old run's config always
+  # does): "different configuration" would send the user to from_workdir.py, which cannot help.
+  changed = tiny.get_config()
+  changed.model.g_conv_dim = 8
+  ck = checkpoints.Checkpointer(tmp_path, changed)
+  with pytest.raises(errors.CheckpointLayoutError, match='layout 1'):
+    ck.check_config(3)
+  ck.close()
   ck = checkpoints.Checkpointer(tmp_path, cfg)
   with pytest.raises(errors.CheckpointLayoutError) as e:
     ck.restore(checkpoints.abstract_like(st))
