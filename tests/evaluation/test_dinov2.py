@@ -7,13 +7,15 @@ skip. The model is built as torch.hub's `dinov2_vitl14` builds it (img_size 518,
 pos_embed is interpolated to 16 x 16 at 224; init_values 1.0, block_chunks 0, no registers,
 interpolate_offset 0.1, no antialias), with random weights whose LayerScale gammas are
 U(0.2, 0.6) rather than the 1e-5 init, so every block moves the output. The default suite runs
-ViT-L/14's width with 2 blocks (the same code as 24); -m slow runs the full ViT-L/14.
+2 blocks of width 256 (4 heads of 64, ViT-L's head size: the same code as ViT-L/14's 24 blocks
+of 1024, in seconds); -m slow runs ViT-L/14's width with 2 blocks, and the full ViT-L/14.
 
-Tolerance: 1e-4 absolute on the CLS features (O(1) after the final LayerNorm). Both sides are
-float32; they sum matmuls, softmax and LayerNorm in different orders (oneDNN vs XLA), which
-leaves ~1e-6 per block, and the residual stream carries it through every block; 1e-4 covers 24
-blocks with margin while a wrong piece (GELU tanh vs erf, eps 1e-5 vs 1e-6, no offset in the
-interpolation, a missing LayerScale) moves features by 1e-3 to 1.
+Tolerance: 1e-4 absolute on the CLS features (O(1) after the final LayerNorm, up to ~5). Both
+sides are float32 and sum matmuls, softmax and LayerNorm in different orders (oneDNN vs XLA);
+measured: 2.7e-6 at ViT-L width with 2 blocks, 5.5e-6 for the full ViT-L/14, so 1e-4 leaves
+margin for other CPUs and BLAS builds. What it catches, measured at ViT-L width with 2 blocks:
+the interpolation without DINOv2's 0.1 offset moves features by 6.3e-2, tanh-approximated GELU
+instead of erf by 3.5e-4.
 """
 
 import argparse
@@ -22,6 +24,7 @@ import functools
 import os
 import pathlib
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -49,8 +52,10 @@ def _official():
                 '(git clone it and export the path) - the parity tests run its model code')
   os.environ.setdefault('XFORMERS_DISABLED', '1')  # the plain-torch attention path
   sys.path.insert(0, str(pathlib.Path(src).resolve()))
-  from dinov2 import layers  # noqa: PLC0415
-  from dinov2.models import vision_transformer  # noqa: PLC0415
+  with warnings.catch_warnings():  # "xFormers is disabled/not available", once per layer file
+    warnings.simplefilter('ignore', UserWarning)
+    from dinov2 import layers  # noqa: PLC0415
+    from dinov2.models import vision_transformer  # noqa: PLC0415
   return vision_transformer, layers
 
 
@@ -123,6 +128,11 @@ def _check_parity(arch, n):
   assert np.abs(theirs[0] - theirs[1]).max() > 100 * TOL
 
 
+def test_features_match_the_official_model_two_blocks():
+  _check_parity(dinov2.Arch(dim=256, depth=2, heads=4), n=3)
+
+
+@pytest.mark.slow
 def test_features_match_the_official_model_vitl_width_two_blocks():
   _check_parity(dataclasses.replace(VITL, depth=2), n=3)
 
