@@ -175,7 +175,8 @@ def get_config():
   config.eval.conv_backend = 'xla'
   # legacy (torch bilinear) | friendly (PIL bilinear) | clean (PIL bicubic)
   config.eval.resize = 'legacy'
-  config.eval.metrics = 'fid,is,prdc'  # comma list: fid, is, prdc, kid, ifid, accuracy, msssim
+  # comma list: fid, is, prdc, kid, ifid, accuracy, msssim, fd_dinov2
+  config.eval.metrics = 'fid,is,prdc'
   # 'ours': class-balanced labels, IS over is_splits | 'studiogan': StudioGAN's evaluate(), labels
   # i.i.d. uniform and IS over 1 split (is_splits unused); set num_samples = len(eval split) too
   config.eval.protocol = 'ours'
@@ -193,5 +194,8 @@ def get_config():
   config.eval.ref_stats_create = False
   # 'accuracy' classifier; '' = <cache>/cifar10_classifier.msgpack
   config.eval.classifier_weights = ''
+  # 'fd_dinov2': converted DINOv2 ViT-L/14 (python -m reacgan_jax.evaluation.dinov2_convert);
+  # '' = <cache>/dinov2_vitl14.msgpack
+  config.eval.dinov2_weights = ''
   config.eval.msssim_pairs = 100  # 'msssim': random same-class pairs per class (ACGAN paper)
   return config

@@ -29,6 +29,9 @@ Metrics (config.eval.metrics, comma list) and result keys:
                              'classifier_test_accuracy' (its accuracy on real test images)
   msssim    'msssim', 'msssim_real'  ACGAN's intra-class MS-SSIM (config.eval.msssim_pairs random
                              pairs per class) of the samples and of the eval split
+  fd_dinov2 'fd_dinov2'      FD-DINOv2 (Stein et al. 2023): Fréchet distance of DINOv2 ViT-L/14
+                             CLS features (dinov2.py, dgm-eval's preprocessing) vs cached
+                             statistics of the split; weights config.eval.dinov2_weights
 Every result dict also carries 'protocol': one line naming the sample count, the reference split
 and its size, the Inception weights, the resize, the BN mode, the evaluation protocol and the IS
 splits (SPEC 7).
@@ -40,8 +43,9 @@ reproducible from the seed and the same on any number of devices.
 
 Reference features of the split are computed once and cached beside the FID statistics
 (`<cache>/<dataset>_<split>.npz` for mu/sigma, written with fid.save_statistics so the fid CLI
-reads it, and `<cache>/<dataset>_<split>_features_<hash>.npz` for PRDC and iFID); a cache
-computed under another protocol (source, resize, weights) is recomputed, never reused.
+reads it, and `<cache>/<dataset>_<split>_features_<hash>.npz` for PRDC and iFID;
+`<cache>/<dataset>_<split>_dinov2.npz` for FD-DINOv2); a cache computed under another protocol
+(source, resize, weights) is recomputed, never reused.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from reacgan_jax import errors
 from reacgan_jax.data import pipeline as input_pipeline
 from reacgan_jax.evaluation import (
   classifier,
+  dinov2,
   fid,
   fid_protocol,
   inception,
@@ -75,6 +80,8 @@ from reacgan_jax.platform import parallel, paths
 METRICS = tuple(registry.METRICS)
 parse_metrics = registry.parse_metrics
 FeaturesFn = Callable[[np.ndarray], dict]
+DINOV2_RESIZE = 'pil-bicubic-224'  # dgm-eval's: the only one dinov2.preprocess does
+DINOV2_FEATURES = 'DINOv2 CLS after the final norm, float64 mean/cov (ddof=1)'
 
 
 def balanced_labels(num_samples: int, num_classes: int, rng) -> np.ndarray:
@@ -218,6 +225,8 @@ class Evaluator:
     self._mesh_features = None  # the Inception split over the mesh (on_mesh.features_fn)
     self._warned_unsplit = False
     self._fid_reference = ''  # protocol text when the FID reference is config.eval.ref_stats
+    self._dinov2_fn = None  # uint8 images -> [B, D] DINOv2 features, once loaded
+    self._dinov2_tag = None  # the DINOv2 weights: path, architecture, source file and sha256
 
   # ---- networks -------------------------------------------------------------------------------
 
@@ -258,6 +267,18 @@ class Evaluator:
       part = np.asarray(images[i:i + bs])
       out.add(self._mesh_features(on_mesh.put_rows(part, self.mesh, rows)), part.shape[0])
     return out.gather()
+
+  def _dinov2(self):
+    """DINOv2 feature function (lazily: only configs with fd_dinov2 need the weights)."""
+    if self._dinov2_fn is None:
+      path = self.config.eval.get('dinov2_weights', '') or dinov2.default_weights_path()
+      arch, params, source = dinov2.load_params(path)
+      bs = self.config.eval.batch_size
+      self._dinov2_fn = lambda x: dinov2.extract_batched(params, x, arch=arch, batch_size=bs)
+      self._dinov2_tag = (f'dinov2={pathlib.Path(path).expanduser()} ({dinov2.arch_name(arch)} '
+                          f'from {source}; dgm-eval preprocessing: PIL bicubic to 224, ImageNet '
+                          'mean/std; CLS after the final norm)')
+    return self._dinov2_fn
 
   def _classifier_variables(self):
     if self._classifier is None:
@@ -372,6 +393,29 @@ class Evaluator:
       fid.save_statistics(path, mu, sigma, ref['n'], description)
     return {'mu': mu, 'sigma': sigma, 'n': ref['n'], 'description': description}
 
+  def dinov2_stats_path(self) -> pathlib.Path:
+    n = self.config.eval.num_ref
+    subset = f'_first{n}' if n > 0 else ''
+    return self._cache_dir / f'{self.config.data.name}_{self._split()}{subset}_dinov2.npz'
+
+  def reference_dinov2_statistics(self) -> dict:
+    """FD-DINOv2 statistics {'mu', 'sigma', 'n', 'description'} of the eval split (cached)."""
+    self._dinov2()
+    path, source = self.dinov2_stats_path(), self._source()
+    stats = fid.cached_statistics(path, source, DINOV2_RESIZE, self._dinov2_tag)
+    if stats is not None:
+      return stats
+    images, _ = self._load_reference_arrays()
+    t0 = time.time()
+    feats = self._dinov2()(np.asarray(images))
+    logging.info('Reference DINOv2 features of %d images in %.1f s', len(feats), time.time() - t0)
+    mu, sigma = fid.compute_statistics(feats)
+    description = fid.describe(source, len(feats), DINOV2_RESIZE, self._dinov2_tag,
+                               features=DINOV2_FEATURES)
+    if jax.process_index() == 0:
+      fid.save_statistics(path, mu, sigma, len(feats), description)
+    return {'mu': mu, 'sigma': sigma, 'n': len(feats), 'description': description}
+
   # ---- sampling -------------------------------------------------------------------------------
 
   def generate(self, sample_fn, num_samples: int, rng, *, keep_images: bool = False,
@@ -385,7 +429,8 @@ class Evaluator:
 
     Returns:
       {'labels': [N] int32, 'pool': [N, D], 'logits': [N, K] | None, 'images': uint8 [N, H, W, 3]
-       (keep_images only), 'correct': [N] bool (with classifier_variables)}.
+       (keep_images only), 'correct': [N] bool (with classifier_variables), 'dinov2': [N, 1024]
+       (when a metric needs DINOv2 features)}.
     """
     c = self.config
     bs = c.eval.batch_size
@@ -397,9 +442,11 @@ class Evaluator:
     starts = range(0, num_samples, bs)
     on_device = on_mesh.Rows(self.mesh, len(starts)) if (
         self._needs_features() and host_fn is None) else None
-    on_host = host_fn is not None or keep_images or classifier_variables is not None
+    want_dinov2 = registry.needs(self.metrics, 'dinov2')  # on the host, from the gathered images
+    on_host = (host_fn is not None or keep_images or classifier_variables is not None
+               or want_dinov2)
     rows = self._generation_rows(bs)
-    pools, logits, images, correct = [], [], [], []
+    pools, logits, images, correct, dino = [], [], [], [], []
     t0 = time.time()
     for b, i in enumerate(starts):
       y = labels[i:i + bs]
@@ -418,6 +465,8 @@ class Evaluator:
         pools.append(np.asarray(out['pool'], np.float32))
         if out.get('logits') is not None:
           logits.append(np.asarray(out['logits'], np.float32))
+      if want_dinov2:
+        dino.append(self._dinov2()(u8))
       if keep_images:
         images.append(u8)
       if classifier_variables is not None:
@@ -434,6 +483,7 @@ class Evaluator:
         'logits': np.concatenate(logits) if logits else None,
         'images': np.concatenate(images) if keep_images else None,
         'correct': np.concatenate(correct) if correct else None,
+        'dinov2': np.concatenate(dino) if dino else None,
     }
 
   def _generation_rows(self, bs: int) -> int | None:
@@ -474,6 +524,10 @@ class Evaluator:
     return self._features_tag
 
   @property
+  def dinov2_tag(self):
+    return self._dinov2_tag
+
+  @property
   def classifier_meta(self) -> dict:
     return self._classifier_meta
 
@@ -511,9 +565,9 @@ class Evaluator:
     results = {k: float(v) for k, v in results.items()}
     protocol = registry.protocol(c)
     parts = [f'{num_samples} samples ({protocol.label_text} over {c.data.num_classes} classes)']
+    if n_ref is not None:
+      parts.append(f'vs {self._source()} n={n_ref}')
     if self._needs_features():
-      if n_ref is not None:
-        parts.append(f'vs {self._source()} n={n_ref}')
       if self._fid_reference and 'fid' in results:
         parts.append(self._fid_reference)
       parts += [f'inception={self._features_tag}', f'resize={c.eval.resize}']
@@ -525,7 +579,7 @@ class Evaluator:
     for name in want:
       m = registry.METRICS[name]
       if m.protocol is not None and m.result_key in results:
-        parts.append(m.protocol(c))
+        parts.append(m.protocol(self))
     results['protocol'] = '; '.join(parts + notes)
     logging.info('Evaluation (%s): %s', results['protocol'],
                  ', '.join(f'{k}={v:.4g}' for k, v in results.items() if k != 'protocol'))

@@ -9,10 +9,14 @@ CLI (`python -m reacgan_jax.fid`):
         [--resize legacy|friendly|clean] [--cifar-rows] [--num-images N]
     python -m reacgan_jax.fid --save-stats PATH_IN OUT.npz [...]
     python -m reacgan_jax.fid PATH_A PATH_B --kid [--kid-subsets 100] [--kid-subset-size 1000]
+    python -m reacgan_jax.fid PATH_A PATH_B --fd-dinov2 [--dinov2-weights FILE]
 Each PATH is an image folder, an .npz of uint8 NHWC images (key x, images or x_train; pick another
 key with FILE.npz:KEY), or saved statistics (.npz with mu and sigma). Prints `FID: <value>` last;
 --kid prints `KID: <mean> +- <std>` before it (kid.py: PATH_A plays the generated set, whose
 subsets are drawn first). KID needs the features of both inputs, so neither may be statistics.
+--fd-dinov2 prints `FD-DINOv2: <value>` before it: the Fréchet distance of DINOv2 ViT-L/14
+features (Stein et al. 2023; evaluation/dinov2.py, converted weights from
+`python -m reacgan_jax.evaluation.dinov2_convert`); it too needs images on both sides.
 
 Measured with this code (default_1.pt weights, float32 HIGHEST-precision convs on an H100; the
 same pipeline as the CLI): CIFAR-10 train 50k vs test 10k = 3.1518 ('legacy'; SPEC 5 quotes
@@ -35,7 +39,14 @@ from scipy import linalg
 
 from reacgan_jax import errors
 from reacgan_jax.errors import InputError
-from reacgan_jax.evaluation import fid_inputs, fid_protocol, inception, inception_weights, kid
+from reacgan_jax.evaluation import (
+  dinov2,
+  fid_inputs,
+  fid_protocol,
+  inception,
+  inception_weights,
+  kid,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Statistics and distance
@@ -134,15 +145,17 @@ def check_finite(stats: dict, name: str):
 
 
 def describe(source: str, n: int, resize: str, weights_source: str, network: str = '',
-             **reference) -> str:
+             features: str = 'pool3 2048-d, float64 mean/cov (ddof=1)', **reference) -> str:
   """What statistics were computed from, stored next to them (protocol made explicit, SPEC 7).
 
   network: fid_protocol.network_id of the weights file ('' = unknown), compared by the CLI.
+  weights_source is stored under 'inception' whatever the network (FD-DINOv2's statistics name
+  their DINOv2 weights there, and `features` says which features they are).
   reference: what the reference set is (the evaluator's dataset, split, image_size, num_ref),
   checked when config.eval.ref_stats names the file.
   """
   d = {'source': source, 'n': n, 'resize': resize, 'inception': weights_source,
-       'features': 'pool3 2048-d, float64 mean/cov (ddof=1)', **reference}
+       'features': features, **reference}
   if network:
     d['network'] = network
   return json.dumps(d, sort_keys=True)
@@ -265,6 +278,12 @@ def _parser() -> argparse.ArgumentParser:
                       help='KID: rows per subset, at most the smaller input (default %(default)s)')
   parser.add_argument('--kid-seed', type=int, default=0,
                       help='KID: seed of the subset draws (default %(default)s)')
+  parser.add_argument('--fd-dinov2', action='store_true',
+                      help='also print FD-DINOv2 (Stein et al. 2023, dgm-eval): the Fréchet '
+                           'distance of DINOv2 ViT-L/14 CLS features; needs images on both sides')
+  parser.add_argument('--dinov2-weights', default=None,
+                      help='converted DINOv2 weights (default: the cache, see python -m '
+                           'reacgan_jax.evaluation.dinov2_convert)')
   parser.add_argument('--allow-protocol-mismatch', action='store_true',
                       help='compare statistics of different resize modes or networks anyway '
                            '(a warning instead of an error)')
@@ -289,9 +308,9 @@ def main(argv=None) -> float | None:
   args = parser.parse_args(argv)
   if bool(args.save_stats) == (len(args.paths) == 2) or (args.paths and len(args.paths) != 2):
     parser.error('give either PATH_A PATH_B, or --save-stats PATH_IN OUT.npz')
-  if args.kid and args.save_stats:
-    parser.error('--kid compares two inputs (PATH_A PATH_B); --save-stats writes FID statistics '
-                 'only')
+  if (args.kid or args.fd_dinov2) and args.save_stats:
+    parser.error('--kid and --fd-dinov2 compare two inputs (PATH_A PATH_B); --save-stats writes '
+                 'FID statistics only')
   logging.set_verbosity(logging.INFO)
 
   inputs = args.save_stats[:1] if args.save_stats else args.paths
@@ -303,6 +322,9 @@ def main(argv=None) -> float | None:
       raise InputError(f'{spec}: saved FID statistics (mean and covariance only); --kid needs the '
                        'Inception features of every image, so give the images themselves (a '
                        'folder or an .npz of images) for both inputs, or drop --kid.')
+    if args.fd_dinov2 and fid_inputs.is_statistics_file(spec):
+      raise InputError(f'{spec}: saved FID statistics (Inception); --fd-dinov2 needs the images '
+                       'themselves (a folder or an .npz of images) for both inputs.')
   params, weights = None, ('n/a', '')
   if not all(fid_inputs.is_statistics_file(p) for p in inputs):
     params, weights = _load_weights(args.weights)
@@ -330,8 +352,27 @@ def main(argv=None) -> float | None:
     m = min(a['n'], b['n'], args.kid_subset_size)
     print(f'KID: {mean:.6g} +- {std:.3g} ({args.kid_subsets} subsets of {m}, seed '
           f'{args.kid_seed})')
+  if args.fd_dinov2:
+    print(f'FD-DINOv2: {_fd_dinov2(args):.6f}')
   print(f'FID: {value:.6f}')
   return value
+
+
+def _fd_dinov2(args) -> float:
+  """FD-DINOv2 between the CLI's two image inputs (their images read a second time)."""
+  arch, params, source = dinov2.load_params(args.dinov2_weights)
+  stats = []
+  for spec in args.paths:
+    images, n, _ = fid_inputs.load_images(spec, cifar_rows=args.cifar_rows,
+                                          num_images=args.num_images, chunk=args.batch_size)
+    feats = dinov2.extract_batched(params, images, arch=arch, batch_size=args.batch_size,
+                                   progress=n > args.batch_size, total=-(-n // args.batch_size))
+    mu, sigma = compute_statistics(feats)
+    check_finite({'mu': mu, 'sigma': sigma}, f'{spec} (DINOv2 features of its images)')
+    stats.append((mu, sigma))
+  print(f'dinov2={args.dinov2_weights or dinov2.default_weights_path()} '
+        f'({dinov2.arch_name(arch)} from {source})')
+  return frechet_distance(*stats[0], *stats[1])
 
 
 def cli(argv=None):

@@ -1,12 +1,12 @@
 """Evaluation metrics by name: what each needs, how it is computed, its part of the protocol.
 
 `METRICS[name] = Metric(compute, needs, protocol)`; `config.eval.metrics` names them. `needs`
-says what the evaluator must produce for it (feature-network outputs of the samples, the
-samples' images, the CIFAR classifier's verdicts); `compute(evaluator, gen, rng)` returns
-`(results, n_ref, notes)` from those (reading reference data through the evaluator's cached
-accessors); `protocol(config)` is the part of the protocol line it adds when it produced a
-result. Adding a metric is one function and one entry here; the evaluator has no branch per
-metric.
+says what the evaluator must produce for it (Inception outputs of the samples, their DINOv2
+features, the samples' images, the CIFAR classifier's verdicts); `compute(evaluator, gen, rng)`
+returns `(results, n_ref, notes)` from those (reading reference data through the evaluator's
+cached accessors); `protocol(evaluator)` is the part of the protocol line it adds when it
+produced a result (it reads `evaluator.config`, and what the evaluator loaded). Adding a metric
+is one function and one entry here; the evaluator has no branch per metric.
 
 `PROTOCOLS[config.eval.protocol]` is the sampling protocol around the metrics: how the labels of
 the generated images are drawn and how many splits the Inception Score takes ('ours' = class-
@@ -24,7 +24,7 @@ from absl import logging
 from reacgan_jax.errors import ConfigError
 from reacgan_jax.evaluation import fid, kid, metrics, msssim
 
-NEEDS = ('features', 'images', 'classifier')
+NEEDS = ('features', 'dinov2', 'images', 'classifier')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +108,15 @@ def _ifid(ev, gen, rng):
   return {'ifid': value}, ref['n'], []
 
 
+def _fd_dinov2(ev, gen, rng):
+  """FD-DINOv2 (Stein et al. 2023, dgm-eval): the Fréchet distance of DINOv2 CLS features."""
+  del rng
+  ref = ev.reference_dinov2_statistics()
+  mu, sigma = fid.compute_statistics(gen['dinov2'])
+  fid.check_finite({'mu': mu, 'sigma': sigma}, 'the generated samples (DINOv2 features)')
+  return {'fd_dinov2': fid.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])}, ref['n'], []
+
+
 def _accuracy(ev, gen, rng):
   del rng
   out = {'accuracy': float(gen['correct'].mean())}
@@ -134,16 +143,18 @@ def _msssim(ev, gen, rng):
 METRICS = {
     'fid': Metric(_fid, needs=('features',)),
     'is': Metric(_is, needs=('features',), result_key='is_mean',
-                 protocol=lambda c: f'IS splits={is_splits(c)}'),
+                 protocol=lambda ev: f'IS splits={is_splits(ev.config)}'),
     'prdc': Metric(_prdc, needs=('features',), result_key='precision',
-                   protocol=lambda c: f'PRDC k={c.eval.prdc_k}'),
+                   protocol=lambda ev: f'PRDC k={ev.config.eval.prdc_k}'),
     'kid': Metric(_kid, needs=('features',), result_key='kid_mean',
-                  protocol=lambda c: (f'KID {c.eval.kid_subsets} subsets of min(n, '
-                                      f'{c.eval.kid_subset_size})')),
+                  protocol=lambda ev: (f'KID {ev.config.eval.kid_subsets} subsets of min(n, '
+                                       f'{ev.config.eval.kid_subset_size})')),
     'ifid': Metric(_ifid, needs=('features',)),
     'accuracy': Metric(_accuracy, needs=('classifier',)),
     'msssim': Metric(_msssim, needs=('images',), result_key='msssim',
-                     protocol=lambda c: f'MS-SSIM {c.eval.msssim_pairs} pairs/class'),
+                     protocol=lambda ev: f'MS-SSIM {ev.config.eval.msssim_pairs} pairs/class'),
+    'fd_dinov2': Metric(_fd_dinov2, needs=('dinov2',), result_key='fd_dinov2',
+                        protocol=lambda ev: f'FD-DINOv2 {ev.dinov2_tag}'),
 }
 
 
