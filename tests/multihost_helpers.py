@@ -1,7 +1,10 @@
-"""Starting local multi-process jax runs in tests: a free coordinator port, a CPU environment."""
+"""Starting local multi-process jax runs in tests: a free coordinator port, a CPU environment,
+waiting for the processes."""
 
 import os
 import socket
+
+from train_helpers import HANG_S
 
 
 def free_port():
@@ -18,3 +21,17 @@ def cpu_env(n_dev):
   for k in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
     e.pop(k, None)
   return e
+
+
+def wait_all(procs):
+  """Waits for every process (the hang guard each) and asserts exit 0, showing the output's tail;
+  on a failure none is left behind holding the coordinator's port."""
+  try:
+    for p in procs:
+      out, _ = p.communicate(timeout=HANG_S)
+      assert p.returncode == 0, (out or '')[-3000:]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()

@@ -20,7 +20,6 @@ output goes to `<cache root>/dinov2_vitl14.msgpack` (platform.paths.cache_root()
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import pathlib
 import sys
@@ -30,6 +29,7 @@ from absl import logging
 
 from reacgan_jax import errors
 from reacgan_jax.errors import InputError, MissingFileError
+from reacgan_jax.evaluation import convert as inception_convert
 from reacgan_jax.evaluation import dinov2
 
 # Per block: torch name -> (our path inside `blocks`, how to lay out the tensor).
@@ -115,14 +115,6 @@ def params_from_state_dict(state: dict[str, np.ndarray], arch: dinov2.Arch,
   return params
 
 
-def sha256(path) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 22), b''):
-      h.update(block)
-  return h.hexdigest()
-
-
 def load_torch_state(path) -> dict[str, np.ndarray]:
   """{name: numpy} of a zip torch.save state dict, read with weights_only=True (no code runs)."""
   try:
@@ -154,7 +146,7 @@ def convert(input_path, output_path=None, arch: str | dinov2.Arch = 'vitl14',
   input_path = pathlib.Path(input_path).expanduser()
   if not input_path.is_file():
     raise MissingFileError(f'{input_path}: no such file; download {dinov2.OFFICIAL_URL}')
-  digest = sha256(input_path)
+  digest = inception_convert.sha256(input_path)  # the weight files' one hash function
   if expected_sha256 and digest != expected_sha256.strip().lower():
     raise InputError(f'{input_path}: sha256 {digest} differs from --sha256 {expected_sha256}; '
                      'a different or damaged file: download it again')

@@ -76,7 +76,7 @@ def test_two_process_run_equals_one_process_four_devices(tmp_path):
   import subprocess  # noqa: PLC0415
   import sys  # noqa: PLC0415
 
-  from multihost_helpers import cpu_env, free_port  # noqa: PLC0415
+  from multihost_helpers import cpu_env, free_port, wait_all  # noqa: PLC0415
   from train_helpers import HANG_S, write_npz  # noqa: PLC0415
 
   repo = str(pathlib.Path(__file__).resolve().parents[2])
@@ -88,19 +88,11 @@ def test_two_process_run_equals_one_process_four_devices(tmp_path):
                              str(tmp_path / 'multi'), npz, '5', addr, '2', str(i)],
                             env=cpu_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True) for i in range(2)]
-  try:
-    single = subprocess.run([sys.executable, worker, str(tmp_path / 'single.npz'),
-                             str(tmp_path / 'single'), npz, '5'], env=cpu_env(4),
-                            capture_output=True, text=True, timeout=HANG_S)
-    assert single.returncode == 0, single.stderr[-3000:]
-    for p in procs:
-      out, _ = p.communicate(timeout=HANG_S)
-      assert p.returncode == 0, out[-3000:]
-  finally:  # a failed test leaves no process behind holding the coordinator's port
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  single = subprocess.run([sys.executable, worker, str(tmp_path / 'single.npz'),
+                           str(tmp_path / 'single'), npz, '5'], env=cpu_env(4),
+                          capture_output=True, text=True, timeout=HANG_S)
+  wait_all(procs)  # first: a failed single run must not leave these behind
+  assert single.returncode == 0, single.stderr[-3000:]
   p0, p1, s = (np.load(tmp_path / f) for f in ('p0.npz', 'p1.npz', 'single.npz'))
   assert int(p0['processes']) == 2 and int(p0['devices']) == 4 and int(s['devices']) == 4
   assert set(p0.files) == set(s.files)
