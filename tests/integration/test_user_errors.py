@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
-from train_helpers import write_npz
+from train_helpers import HANG_S, write_npz
 
 from reacgan_jax import errors
 from reacgan_jax.evaluation import fid, inception_weights
@@ -63,7 +63,7 @@ def _cmd(files, *args, config=True):
   return [sys.executable, str(REPO / 'main.py'), *base, *args]
 
 
-def _main(files, *args, devices=1, config=True, timeout=600):
+def _main(files, *args, devices=1, config=True, timeout=HANG_S):
   return subprocess.run(_cmd(files, *args, config=config), env=_env(files, devices),
                         cwd=files['dir'], capture_output=True, text=True, timeout=timeout)
 
@@ -180,7 +180,7 @@ def test_ctrl_c_before_the_loop_is_one_line_and_exit_130(files, tmp_path):
       break
   time.sleep(0.5)
   p.send_signal(signal.SIGINT)
-  rest = p.communicate(timeout=600)[1]
+  rest = p.communicate(timeout=HANG_S)[1]
   err = ''.join(lines) + rest
   assert p.returncode == 130, err[-3000:]
   assert 'Traceback' not in err and 'KeyboardInterrupt' not in err, err[-3000:]
