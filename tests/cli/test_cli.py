@@ -60,8 +60,11 @@ def test_no_command_prints_the_help_and_fails(capsys):
   assert set(command_lines(capsys.readouterr().err)) == set(EXPECTED)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('name', EXPECTED)
+# CI's budget (issue 24): an absl command and an argparse one in the slow suite, the rest
+# exhaustive (each starts a process that imports its command).
+@pytest.mark.parametrize('name', [
+    pytest.param(n, marks=pytest.mark.slow if n in ('train', 'fid') else pytest.mark.exhaustive)
+    for n in EXPECTED])
 def test_every_command_runs_its_own_help(name, tmp_path):
   # Each command in its own process: the commands define absl flags of the same names.
   r = _module(name, '--help', cwd=tmp_path)

@@ -119,7 +119,7 @@ def test_editable_install_gives_the_command_and_no_top_level_configs(editable_in
   assert where.is_relative_to(root / 'src')
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # installs a wheel, then trains: beyond CI's budget (issue 24)
 def test_installed_command_trains_a_built_in_config(wheel_install, tmp_path):
   _, venv, _ = wheel_install
   npz = write_npz(tmp_path / 'toy.npz')

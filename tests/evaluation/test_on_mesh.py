@@ -170,7 +170,7 @@ def test_eight_devices_split_generation_and_inception_and_give_one_devices_metri
     assert _row_shards(x) == [(d, shapes[kind]) for d in range(8)], kind
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # two jax.distributed processes: beyond CI's budget (issue 24)
 def test_two_processes_give_one_devices_metrics(weights, one_device, tmp_path):
   # 2 CPU processes x 2 fake devices joined by jax.distributed on 127.0.0.1: a 4-device global
   # mesh, each process generating and embedding its devices' rows.
