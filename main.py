@@ -13,8 +13,12 @@ same command on every host with --coordinator_address=HOST:PORT --num_processes=
 
 import sys
 
+from reacgan_jax import errors
+
+errors.latch_ctrl_c()  # a Ctrl-C during the imports is never dropped (errors.py says why)
 try:
   from reacgan_jax.cli import run
+  errors.raise_if_interrupted()
 except KeyboardInterrupt:  # Ctrl-C during the imports (jax, the trainer): one line, the shell's 130
   sys.stderr.write('main.py: interrupted (Ctrl-C) while starting; nothing was written.\n')
   sys.exit(130)

@@ -19,7 +19,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # platform.paths.xla_cache_dir). Many tests compile the same tiny train step; the second and
 # later compiles load it. Keyed by the computation, compile options, flags and jax version, so
 # a hit is the same executable. Set REACGAN_JAX_XLA_CACHE yourself to put it elsewhere.
-os.environ.setdefault('REACGAN_JAX_XLA_CACHE', str(REPO / '.pytest_cache' / 'xla'))
+# One folder per xdist worker: jax writes an entry in place, without a lock (lru_cache.put), so
+# two workers compiling the same step could read each other's half-written entry. A worker's own
+# main.py runs inherit its folder and run one at a time.
+os.environ.setdefault('REACGAN_JAX_XLA_CACHE', str(
+    REPO / '.pytest_cache' / 'xla' / os.environ.get('PYTEST_XDIST_WORKER', 'main')))
 
 import jax  # noqa: E402
 

@@ -69,6 +69,7 @@ def usage() -> str:
 
 def main(argv=None) -> int:
   """Runs the command named in argv[0] (sys.argv[1:] when None); returns the exit status."""
+  errors.latch_ctrl_c()  # a Ctrl-C during the imports is never dropped (errors.py says why)
   args = list(sys.argv[1:] if argv is None else argv)
   if not args or args[0] in ('-h', '--help', 'help'):
     (sys.stdout if args else sys.stderr).write(usage())
@@ -84,6 +85,7 @@ def main(argv=None) -> int:
       sys.argv = builtin_configs.prepare(sys.argv)
   try:
     module = importlib.import_module(command.module)
+    errors.raise_if_interrupted()
   except KeyboardInterrupt:  # Ctrl-C during the imports (jax, the trainer): one line, 130
     sys.stderr.write(f'{sys.argv[0]}: interrupted (Ctrl-C) while starting; nothing was written.\n')
     return 130

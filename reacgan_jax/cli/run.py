@@ -169,6 +169,7 @@ def _run(config, workdir):
     jax.config.update('jax_compilation_cache_dir', str(paths.xla_cache_dir()))
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
+  errors.raise_if_interrupted()
   if _MODE.value == 'train':
     loop.train_and_evaluate(config, workdir)
     return

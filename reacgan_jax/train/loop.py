@@ -46,6 +46,7 @@ class _Preemption:
     self._previous = {}
 
   def __enter__(self):
+    errors.raise_if_interrupted()  # a Ctrl-C before the loop that Python dropped (errors.py)
     for sig in self.SIGNALS:
       try:
         self._previous[sig] = signal.signal(sig, self._handle)

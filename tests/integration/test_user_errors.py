@@ -12,10 +12,8 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -168,23 +166,49 @@ def test_data_npz_as_inception_weights_is_named_and_never_advised_to_be_overwrit
   assert _sha(files['npz']) == before
 
 
-def test_ctrl_c_before_the_loop_is_one_line_and_exit_130(files, tmp_path):
-  """Ctrl-C while the model is built / the step compiles (before: a KeyboardInterrupt
-  traceback). The lock is released and no checkpoint is left half-written."""
-  p = subprocess.Popen(_cmd(files, f'--workdir={tmp_path}', '--config.train.eval_every=-1'),
-                       env=_env(files), cwd=files['dir'], stderr=subprocess.PIPE, text=True)
-  lines = []
-  for line in p.stderr:  # the mesh is logged after imports and flags, before model and step
-    lines.append(line)
-    if 'Mesh:' in line:
-      break
-  time.sleep(0.5)
-  p.send_signal(signal.SIGINT)
-  rest = p.communicate(timeout=HANG_S)[1]
-  err = ''.join(lines) + rest
-  assert p.returncode == 130, err[-3000:]
-  assert 'Traceback' not in err and 'KeyboardInterrupt' not in err, err[-3000:]
-  assert 'interrupted (Ctrl-C)' in err.splitlines()[-1]
+# Ctrl-C at a fixed point, with no timing: main.py runs with the model's state builder wrapped to
+# send the process a SIGINT, either plainly or inside a gc callback (where Python drops the
+# KeyboardInterrupt, as it did during the imports: errors.py).
+_CTRL_C_DRIVER = """
+import gc, os, runpy, signal, sys
+from reacgan_jax.train import state as state_lib
+
+init_state, how = state_lib.init_state, sys.argv.pop(1)
+
+def ctrl_c():
+  os.kill(os.getpid(), signal.SIGINT)
+  for _ in range(10_000):  # the handler runs here
+    pass
+
+def in_gc_callback(phase, info):
+  gc.callbacks.remove(in_gc_callback)
+  ctrl_c()
+
+def ctrl_c_then_init_state(*args, **kwargs):
+  if how == 'dropped':
+    gc.callbacks.append(in_gc_callback)
+    gc.collect()
+  else:
+    ctrl_c()
+  return init_state(*args, **kwargs)
+
+state_lib.init_state = ctrl_c_then_init_state
+sys.argv[0] = {main!r}
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+@pytest.mark.parametrize('how', ['raised', 'dropped'])
+def test_ctrl_c_before_the_loop_is_one_line_and_exit_130(files, tmp_path, how):
+  """Ctrl-C while the model is built (before: a KeyboardInterrupt traceback; and when Python
+  dropped it, the run went on to train). The lock is released, no checkpoint is written."""
+  cmd = _cmd(files, f'--workdir={tmp_path}', '--config.train.eval_every=-1')
+  cmd[1:2] = ['-c', _CTRL_C_DRIVER.format(main=cmd[1]), how]
+  r = subprocess.run(cmd, env=_env(files), cwd=files['dir'], capture_output=True, text=True,
+                     timeout=HANG_S)
+  assert r.returncode == 130, r.stderr[-3000:]
+  assert 'Traceback' not in r.stderr and 'KeyboardInterrupt' not in r.stderr, r.stderr[-3000:]
+  assert 'interrupted (Ctrl-C)' in r.stderr.splitlines()[-1]
   assert not (tmp_path / 'reacgan.lock').exists()
   assert not (tmp_path / 'checkpoints').exists() or not any(
       n.isdigit() for n in os.listdir(tmp_path / 'checkpoints'))
