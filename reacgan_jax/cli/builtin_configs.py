@@ -30,10 +30,7 @@ _CONFIG_FLAG = re.compile(r'^(--?config)=(.*)$', re.DOTALL)
 
 def builtin_dir() -> pathlib.Path:
   """configs/ of the checkout the package runs from, else the copy installed with it."""
-  root = paths.checkout_root()
-  if root is not None and (root / 'configs' / 'default.py').is_file():
-    return root / 'configs'
-  return pathlib.Path(__file__).resolve().parents[1] / '_configs'
+  return paths.builtin_configs_dir()
 
 
 def builtin_names() -> list[str]:

@@ -39,6 +39,15 @@ def xla_cache_dir() -> pathlib.Path:
   return pathlib.Path(env).expanduser() if env else cache_root() / 'xla'
 
 
+def builtin_configs_dir() -> pathlib.Path:
+  """configs/ of the checkout the package runs from, else the copy a wheel installs beside it
+  (reacgan_jax/_configs: no top-level `configs` package is installed)."""
+  root = checkout_root()
+  if root is not None and (root / 'configs' / 'default.py').is_file():
+    return root / 'configs'
+  return pathlib.Path(__file__).resolve().parents[1] / '_configs'
+
+
 def checkout_root() -> pathlib.Path | None:
   """The folder holding reacgan_jax/ when it is a source checkout (pyproject.toml beside it)."""
   root = pathlib.Path(__file__).resolve().parents[2]

@@ -32,7 +32,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from numpy._core import multiarray  # numpy >= 2 (pyproject); numpy 1.x's name is an alias
 
-from reacgan_jax import errors
+from reacgan_jax import errors, validate
 from reacgan_jax.models import adapter, resnet, stylegan2_g
 from reacgan_jax.ops import spectral_norm
 from reacgan_jax.platform import checkpoints, workdir_lock
@@ -393,6 +393,8 @@ def main(argv):
                          '--workdir=DIR [--when=best|current]')
   config = _CONFIG.value
   with errors.exit_on_user_error('convert'):
+    # The config is written beside the weights: one training would refuse is refused here.
+    validate.validate_config(config, mode='train')
     check_target(_WORKDIR.value)  # before the (slow) reading and converting
     files = find_checkpoints(argv[1], _CKPT_WHEN.value)
     if files['D'] is None:

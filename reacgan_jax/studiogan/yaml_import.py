@@ -10,6 +10,8 @@ test round-trips StudioGAN's own CIFAR10 YAMLs through both: the BigGAN family a
 """
 
 import dataclasses
+import importlib.util
+import os
 import sys
 import textwrap
 
@@ -17,6 +19,8 @@ import ml_collections
 import yaml
 from absl import app, flags
 
+from reacgan_jax import errors, validate
+from reacgan_jax.platform import paths
 from reacgan_jax.studiogan import keys as keys
 
 _OUT = flags.DEFINE_string('out', '', 'Write the config file here instead of printing it.')
@@ -32,11 +36,17 @@ class Conversion:
 
 def load_yaml(path: str) -> dict:
   """Reads a StudioGAN YAML (sections of key: value) with yaml.safe_load."""
-  with open(path) as f:
-    cfg = yaml.safe_load(f)
+  if not os.path.isfile(path):
+    raise errors.MissingFileError(f'{path}: no such file (a StudioGAN YAML, e.g. PyTorch-StudioGAN'
+                                  "'s src/configs/CIFAR10/ReACGAN.yaml)")
+  try:
+    with open(path, encoding='utf-8') as f:
+      cfg = yaml.safe_load(f)
+  except (yaml.YAMLError, UnicodeDecodeError) as e:
+    raise errors.InputError(f'{path}: not readable as YAML ({" ".join(str(e).split())})') from e
   if not isinstance(cfg, dict) or not all(isinstance(v, dict) for v in cfg.values()):
-    raise ValueError(f'{path}: expected a StudioGAN config (top-level sections DATA, MODEL, LOSS, '
-                     'OPTIMIZATION, ... each a mapping of key: value)')
+    raise errors.InputError(f'{path}: expected a StudioGAN config (top-level sections DATA, '
+                            'MODEL, LOSS, OPTIMIZATION, ... each a mapping of key: value)')
   return cfg
 
 
@@ -139,11 +149,44 @@ def report(conv: Conversion) -> str:
   return '\n'.join(lines)
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """configs/default.py's get_config(), read by path: what a written config starts from."""
+  path = paths.builtin_configs_dir() / 'default.py'
+  spec = importlib.util.spec_from_file_location('_reacgan_jax_default_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def check(conv: Conversion, source: str) -> None:
+  """Raises ConfigError when the config the file would hold is one training refuses."""
+  try:
+    validate.validate_config(apply(conv.overrides, default_config()), mode='train')
+  except errors.ConfigError as e:
+    raise errors.ConfigError(f'{source}: the converted config would be refused by training '
+                             f'({e}); fix that value in the YAML. Nothing was written.') from e
+
+
+def check_out(path: str) -> None:
+  """Refuses to replace a file that is not an earlier output of this command."""
+  if not os.path.exists(path):
+    return
+  with open(path, 'rb') as f:
+    head = f.read(64)
+  if not head.startswith(b'"""Converted from StudioGAN '):
+    raise errors.InputError(f'--out={path} exists and was not written by this command: not '
+                            'overwriting it (nothing was written); pass a new --out.')
+
+
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError('usage: python -m reacgan_jax.studiogan.yaml_import CONFIG.yaml '
                          '[--out=FILE]')
-  conv = convert(load_yaml(argv[1]))
+  with errors.exit_on_user_error('import-studiogan-yaml'):
+    if _OUT.value:
+      check_out(_OUT.value)
+    conv = convert(load_yaml(argv[1]))
+    check(conv, argv[1])
   text = render(conv, argv[1])
   if _OUT.value:
     with open(_OUT.value, 'w') as f:

@@ -378,3 +378,19 @@ def test_conversion_takes_the_workdir_lock(tmp_path):
   with workdir_lock.WorkdirLock(str(tmp_path), 'train', process_index=0, process_count=1):
     with pytest.raises(errors.WorkdirLockedError):
       convert_studiogan.write_checkpoint(None, str(tmp_path), None, None)
+
+
+def test_a_config_training_would_refuse_is_refused_before_anything_is_read(tmp_path):
+  # Issue 26: the converter wrote any --config beside the weights; training on the converted
+  # workdir then refused it. Now: one line naming the key, the workdir never created.
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  root = str(pathlib.Path(__file__).resolve().parents[2])
+  r = subprocess.run([sys.executable, '-m', 'reacgan_jax.studiogan.convert', str(tmp_path / 'ckpt'),
+                      f'--config={root}/configs/tiny.py', '--config.train.batch_size=0',
+                      f'--workdir={tmp_path / "run"}'], cwd=root, capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=root))
+  assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert 'config.train.batch_size=0' in r.stderr.strip().splitlines()[-1]
+  assert not (tmp_path / 'run').exists()
