@@ -32,6 +32,11 @@ def main(out, workdir, npz, steps, coordinator='', num_processes='-1', process_i
   # reduction order across processes. eps=1 keeps updates ~lr * g, so the comparison with the
   # single-process run measures gradient agreement (see test_train's 1-vs-8-device test).
   config.optim.eps, config.optim.g_lr, config.optim.d_lr = 1.0, 0.01, 0.01
+  # One D update and no attention: three processes compile this on 2 cores (CI budget, issue
+  # 24); the cross-process collectives (BN statistics, the global-batch D2D-CE, gradient means)
+  # are all still in the step.
+  config.train.d_updates_per_step = 1
+  config.model.g_attn_block = config.model.d_attn_block = 0
   state = train.train_and_evaluate(config, workdir)
   host = parallel.to_host({'g': state.g.params, 'd': state.d.params, 'ema': state.ema.params})
   flat = traverse_util.flatten_dict(host, sep='/')

@@ -162,7 +162,7 @@ def _seeded_run(family, devices, **jobs):
 # Three compiles of a tiny G in two processes: minutes on the loaded 2-core test machine (the
 # vmapped StyleGAN2 G ~12 min there), hence slow / exhaustive.
 # Per case: a param's exhaustive mark beside a test-level slow mark would keep it under -m slow.
-@pytest.mark.parametrize('family', [pytest.param('biggan', marks=pytest.mark.slow),
+@pytest.mark.parametrize('family', [pytest.param('biggan', marks=pytest.mark.exhaustive),
                                     pytest.param('stylegan2', marks=pytest.mark.exhaustive)])
 def test_a_seed_gives_the_same_pixels_on_1_and_8_devices(tmp_path, family):
   [one] = _seeded_run(family, 1, **{str(tmp_path / 'one'): '0-7'})

@@ -200,6 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
 def _train(config, workdir):
   run = _Run(config, workdir)
+  errors.raise_if_interrupted()  # before the data and the compilation (errors.py)
   c = config.train
   logging.info('Data: %s', input_pipeline.describe_source(config))
   iterator = input_pipeline.create_train_iterator(

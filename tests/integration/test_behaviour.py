@@ -85,19 +85,20 @@ def test_quick_cases_on_1_device(name):
 
 
 # The 10 cases of EIGHT cover every backbone, every cond method and the extra variants; they
-# have an 8-device fixture on both CPU kinds. CI's budget (issue 24) keeps a part of them in
-# the slow suite, chosen to cover each backbone, each cond method and each extra once between the
-# quick case and the slow ones; everything else is exhaustive.
+# have an 8-device fixture on both CPU kinds. CI's budget (issue 24: 45 minutes, and the CI
+# machine's XLA cache may never hit) keeps three of them in the slow suite: with the quick case
+# they pin the three conditioning losses, DiffAugment, the global-batch D2D-CE and per-device BN.
+# Every other case (each backbone on 1 device, the rest on 8) is exhaustive.
 EIGHT = [n for n in record_behaviour.cases()
          if n.endswith('-reacgan') or n in ('resnet-pd', 'dcgan-acgan', 'deep_conv-none')
          or n.count('-') > 1 or n not in {f'{b}-{c}' for b in ('biggan', 'resnet', 'deep_conv',
                                                                'dcgan')
                                           for c in ('none', 'acgan', 'pd', 'reacgan')}]
-# 1 device: with QUICK (biggan, D2D-CE) every backbone and cond method, and DiffAugment.
-SLOW_1 = ('dcgan-acgan-diffaug', 'deep_conv-none', 'resnet-pd')
-# 8 devices: the sharded step's own concerns: the global-batch D2D-CE, per-device BN groups,
-# per-device augmentation draws.
-SLOW_8 = ('biggan-reacgan', 'biggan-pd-bn_per_device', 'dcgan-acgan-diffaug')
+# 1 device: with QUICK (biggan, D2D-CE) the ACGAN loss and DiffAugment.
+SLOW_1 = ('dcgan-acgan-diffaug',)
+# 8 devices: the sharded step's own concerns: the global-batch D2D-CE (and PD's projection),
+# per-device BN groups.
+SLOW_8 = ('biggan-reacgan', 'biggan-pd-bn_per_device')
 
 
 @pytest.mark.slow
@@ -127,13 +128,12 @@ def test_remaining_cases_on_8_devices(name):
   _check(8, name)
 
 
-def test_the_slow_cases_are_recorded_and_cover_every_backbone_and_cond_method():
-  assert set(SLOW_1) | set(SLOW_8) | set(QUICK) <= set(EIGHT)
-  covered = set(SLOW_1) | set(QUICK)
-  from reacgan_jax import models  # noqa: PLC0415
-
-  for b, backbone in models.BACKBONES.items():
-    if b != 'stylegan2':
-      assert any(n.startswith(f'{b}-') for n in covered), b
-      assert all(any(f'-{c}' in n for n in covered) for c in backbone.cond_methods
-                 if c in ('none', 'acgan', 'pd', 'reacgan')), b
+def test_the_slow_cases_are_recorded_and_cover_the_losses_and_the_sharded_concerns():
+  assert set(SLOW_1) | set(SLOW_8) | set(QUICK) <= set(EIGHT)  # a fixture on both CPU kinds
+  one, eight = set(SLOW_1) | set(QUICK), set(SLOW_8)
+  for cond in ('reacgan', 'acgan', 'pd'):
+    assert any(f'-{cond}' in n for n in one | eight), cond
+  assert any('diffaug' in n for n in one)
+  assert any(n.endswith('-reacgan') for n in eight) and any('bn_per_device' in n for n in eight)
+  cases = record_behaviour.cases()
+  assert all(n in cases for n in one | eight)

@@ -93,7 +93,7 @@ def test_kill_9_at_20_random_moments_loses_nothing(npz, tmp_path, cache):
     _equal(_restore(killed, npz, steps, s), _restore(straight, npz, steps, s))
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # CI budget (issue 24): the slow suite keeps kill -9 during saves
 def test_ctrl_c_saves_and_stops_and_a_second_writer_is_refused(npz, tmp_path, cache):
   workdir = str(tmp_path / 'run')
   proc = subprocess.Popen(_cmd(workdir, npz, 400), env=_env(cache), stdout=subprocess.PIPE,

@@ -122,7 +122,7 @@ def _model_outputs(config, params=None):
 
 
 @pytest.mark.parametrize('backbone,cond', [
-    pytest.param('biggan', 'reacgan', marks=pytest.mark.slow),  # slow since issue 24 (CI time)
+    pytest.param('biggan', 'reacgan', marks=pytest.mark.exhaustive),  # exhaustive: CI budget
     pytest.param('resnet', 'pd', marks=pytest.mark.exhaustive),  # exhaustive: CI budget
     pytest.param('deep_conv', 'acgan', marks=pytest.mark.exhaustive),   # 4x4 stride-2 convs
     ('dcgan', 'acgan'),                                           # 3x3 stride-2 convs
@@ -164,9 +164,9 @@ def _train(config, n=3, devices=None):
   return out
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # CI budget (issue 24): three steps twice; the slow suite keeps the
 @pytest.mark.parametrize('dtype', ['float32', pytest.param('bfloat16', marks=needs_bf16)])
-def test_train_steps_track_the_xla_path(dtype):
+def test_train_steps_track_the_xla_path(dtype):  # sharded step below, the default the models
   config = train_helpers.tiny_config('unused.npz', **{'model.dtype': dtype})
   xla = _train(config)
   config.model.conv_backend = 'onednn'

@@ -99,6 +99,6 @@ def test_two_process_run_equals_one_process_four_devices(tmp_path):
   for k in [f for f in p0.files if '/' in f]:  # parameter leaves ('g/...', 'd/...', 'ema/...')
     np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
     # Same program on the same 4-device mesh; only the cross-process collectives differ
-    # (float32 sums in another order) and compound over 5 steps x 3 updates, hence a
+    # (float32 sums in another order) and compound over 5 steps x 2 updates, hence a
     # tolerance (~100 float32 ulps of an O(0.3) weight) rather than bit equality.
     np.testing.assert_allclose(p0[k], s[k], rtol=1e-5, atol=1e-5, err_msg=k)

@@ -150,7 +150,7 @@ def test_asking_for_wandb_without_it_says_what_to_install(tmp_path):
   assert 'Traceback' not in r.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # trains (CI budget, issue 24)
 def test_training_without_wandb_installed_is_unaffected(tmp_path):
   npz = write_npz(tmp_path / 'toy.npz')
   r = _main_without_wandb('--config=configs/tiny.py', f'--workdir={tmp_path / "run"}',

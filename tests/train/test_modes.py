@@ -27,7 +27,7 @@ def _workdir(tmp_path, config):
   return str(tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # CI budget (issue 24): the slow suite's test_main samples by seed too
 @pytest.mark.parametrize('family', ['biggan', 'stylegan2'])
 def test_sample_checkpoint_writes_one_image_per_seed_and_class(tmp_path, family):
   config = (tiny_stylegan2 if family == 'stylegan2' else tiny).get_config()

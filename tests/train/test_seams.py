@@ -59,8 +59,10 @@ def _batch(config, seed=0):
           jnp.asarray(rng.integers(0, config.data.num_classes, b).astype(np.int32)))
 
 
-# 'inside' slow since issue 24 (the default suite's share of CI time: it compiles a step).
-@pytest.mark.parametrize('place', [pytest.param('inside', marks=pytest.mark.slow), 'separate'])
+# 'inside' exhaustive since issue 24 (CI budget: it compiles a step); the slow suite's
+# test_lazy_term_runs_inside_the_one_compiled_step compiles the same place.
+@pytest.mark.parametrize('place', [pytest.param('inside', marks=pytest.mark.exhaustive),
+                                   'separate'])
 def test_lazy_term_contributes_on_multiples_of_its_interval_only(npz, probe_term, place):
   # Adam's first step from zero moments is -lr * g / (|g| + eps); with lr = eps = 1e8 it is
   # -g to a relative 1e-8, so a parameter change measures the gradient that caused it.
@@ -211,7 +213,7 @@ def _steps(config, devices, n, metrics=None):
   return parallel.to_host(s.extra['augment'])
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # CI budget (issue 24)
 def test_augmentation_state_is_the_same_on_1_and_8_devices(npz, sign_counter):
   config = _aug_config(npz)
   one, eight = _steps(config, jax.devices()[:1], 10), _steps(config, jax.devices(), 10)
@@ -220,8 +222,8 @@ def test_augmentation_state_is_the_same_on_1_and_8_devices(npz, sign_counter):
     np.testing.assert_array_equal(one[k], eight[k], err_msg=k)
 
 
-@pytest.mark.slow
-def test_augmentation_state_survives_resume_bit_exactly(npz, sign_counter, tmp_path):
+@pytest.mark.exhaustive  # CI budget (issue 24): the slow suite's test_ada_resume kills -9 an
+def test_augmentation_state_survives_resume_bit_exactly(npz, sign_counter, tmp_path):  # ADA run
   common = {'train.log_every': 5, 'train.sample_every': 0, 'train.checkpoint_every': 5}
   straight = train.train_and_evaluate(_aug_config(npz, **common, **{'train.steps': 10}),
                                       str(tmp_path / 'straight'))

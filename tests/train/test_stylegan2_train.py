@@ -227,7 +227,7 @@ def test_sampling_uses_fresh_noise_and_eval_truncation(tiny_run):
   assert np.any(np.abs(np.asarray(fn(z2, y)) - a) > 1e-3)  # at psi = 1 z does matter
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # CI budget (issue 24): two more StyleGAN2 compilations
 def test_one_stylegan2_step_on_1_and_8_devices_agree(npz):
   # As test_train's 1-vs-8 test (eps = 1 so parameter differences measure gradient
   # differences; 1e-6 abs + 1e-5 rel), with R1 active in its own step (interval 2, index 0).
@@ -335,8 +335,8 @@ def test_small_variants_keep_the_recipe_at_cpu_size(module):
     module.get_config('huge')
 
 
-@pytest.mark.slow  # compiles the tiny StyleGAN2 step: minutes on the loaded CPU
-def test_path_length_term_runs_on_its_interval_with_its_running_mean(npz):
+@pytest.mark.exhaustive  # its own StyleGAN2 compilation (CI budget, issue 24); the default suite
+def test_path_length_term_runs_on_its_interval_with_its_running_mean(npz):  # checks the term
   # Off in every CIFAR-10 config (as in StudioGAN), so tested here: 'pl' every 2 G updates,
   # its own Adam step; the running mean (extra['term/pl']) moves only when the term runs.
   config = _tiny(npz, **{'loss.g_terms': 'pl', 'loss.pl_interval': 2,
