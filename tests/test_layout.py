@@ -28,8 +28,9 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'reacgan_jax'
 
-# Imports allowed inside functions: optional or heavy (TensorFlow-backed) dependencies.
-OPTIONAL = {'torch', 'tensorflow', 'tensorflow_datasets', 'clu', 'fcntl', 'wandb'}
+# Imports allowed inside functions: optional or heavy (TensorFlow-backed) dependencies, and
+# tensorboard's protos (~2 s to import; only process 0 of a run writes events).
+OPTIONAL = {'torch', 'tensorflow', 'tensorflow_datasets', 'clu', 'fcntl', 'wandb', 'tensorboard'}
 # Old module names kept as `python -m` commands (they forward to studiogan/).
 COMPAT = {'convert_studiogan', 'from_studiogan', 'fid'}
 TRAINER = ('train',)

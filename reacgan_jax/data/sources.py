@@ -353,9 +353,14 @@ def tfds_builder(config, split: str):
   """A TFDS builder whose `split` can be read, preparing it first when tfds_download is on.
 
   Raises TfdsUnavailable when the data is not there (offline, not prepared, ImageNet tars not
-  in the manual dir); a wrong dataset name is a ValueError.
+  in the manual dir, TensorFlow not installed); a wrong dataset name is a ValueError.
   """
-  import tensorflow_datasets as tfds  # noqa: PLC0415
+  try:
+    import tensorflow  # noqa: F401, PLC0415 (TFDS reads and prepares its files with TensorFlow)
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+  except ImportError as e:
+    raise TfdsUnavailable(f'TFDS needs TensorFlow, which is not importable ({e}): pip install '
+                          'tensorflow-cpu') from e
 
   name, data_dir = config.data.name, config.data.tfds_data_dir or None
   try:

@@ -1,17 +1,26 @@
-"""Metric writers of a run: clu's (tensorboard + text log) when importable, metrics.jsonl, and
-Weights & Biases when config.train.wandb names a project.
+"""Metric writers of a run: tensorboard events + a text log, metrics.jsonl, and Weights & Biases
+when config.train.wandb names a project.
 
 `create_writer(workdir, resume_step, wandb_project=...)` is what the trainer and --mode=eval
-write through; `progress_action` is clu's ReportProgress (steps/s and ETA), a no-op without clu.
+write through; `progress_action` reports steps/s and the ETA every `every` steps.
+
+Tensorboard events come from clu's writers where TensorFlow is installed (they need it), and
+otherwise from `TensorboardWriter` below, which writes the same summaries (TF2 scalar tensors,
+PNG image tensors, the hparams plugin's session) with the `tensorboard` package alone: the
+README's main job installs without TensorFlow (1.3 GB) and still gets tensorboard curves.
 """
 
 import hashlib
 import importlib.util
+import io
 import json
 import os
+import time
 
 import jax
+import numpy as np
 from absl import logging
+from PIL import Image
 
 from reacgan_jax import errors
 
@@ -144,8 +153,112 @@ class WandbWriter:
     self._run.finish()
 
 
+class TensorboardWriter:
+  """Tensorboard event files without TensorFlow (what clu's SummaryWriter writes with it).
+
+  Scalars as tf.summary.scalar writes them (a float32 scalar tensor, plugin 'scalars'), images
+  as tf.summary.image does (a string tensor [width, height, PNG...], plugin 'images'; uint8
+  as given, floats in [0, 1] converted as tf.image.convert_image_dtype does), hparams as clu's
+  write_hparams (the hparams plugin's session-start summary of the flattened dict). Events go
+  to workdir/events.out.tfevents.* through tensorboard's own EventFileWriter. Process 0 only.
+  """
+
+  def __init__(self, logdir):
+    # Imported here: the `tensorboard` package is a dependency, but `import tensorboard...`
+    # takes ~2 s, which a process that writes no events (other hosts, eval) need not pay.
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: PLC0415
+    from tensorboard.plugins.hparams import summary_v2 as hparams_v2  # noqa: PLC0415
+    from tensorboard.plugins.image import metadata as image_metadata  # noqa: PLC0415
+    from tensorboard.plugins.scalar import summary_v2 as scalar_v2  # noqa: PLC0415
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: PLC0415
+    from tensorboard.util import tensor_util  # noqa: PLC0415
+
+    self._event, self._summary, self._tensor_util = event_pb2, summary_pb2, tensor_util
+    self._scalar_pb, self._hparams_pb = scalar_v2.scalar_pb, hparams_v2.hparams_pb
+    self._image_metadata = image_metadata.create_summary_metadata(
+        display_name=None, description=None, converted_to_tensor=True)
+    self._writer = EventFileWriter(logdir)
+
+  def _add(self, step, summary):
+    self._writer.add_event(self._event.Event(wall_time=time.time(), step=int(step),
+                                             summary=summary))
+
+  def write_scalars(self, step, scalars):
+    values = []
+    for k, v in scalars.items():
+      values.extend(self._scalar_pb(k, np.float32(v)).value)
+    self._add(step, self._summary.Summary(value=values))
+
+  def write_images(self, step, images):
+    """images: name -> [N, H, W, C] (C 1, 3 or 4), uint8 or float in [0, 1]."""
+    values = []
+    for k, v in images.items():
+      v = np.asarray(v)
+      if v.ndim == 3:
+        v = v[None]
+      if v.dtype != np.uint8:  # tf.image.convert_image_dtype(saturate=True): x * 255.5, floor
+        v = np.clip(v.astype(np.float32) * 255.5, 0, 255).astype(np.uint8)
+      pngs = [str(v.shape[2]).encode(), str(v.shape[1]).encode()]
+      for x in v:
+        buf = io.BytesIO()
+        Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x).save(buf, format='PNG')
+        pngs.append(buf.getvalue())
+      tensor = self._tensor_util.make_tensor_proto(pngs, dtype='string')
+      values.append(self._summary.Summary.Value(tag=k, tensor=tensor,
+                                                metadata=self._image_metadata))
+    self._add(step, self._summary.Summary(value=values))
+
+  def write_hparams(self, hparams):
+    flat = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+            for k, v in _flatten(hparams).items()}
+    self._add(0, self._hparams_pb(flat))
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+class LogWriter:
+  """The text log clu's LoggingWriter gives: one INFO line per record of scalars."""
+
+  def write_scalars(self, step, scalars):
+    logging.info('[%d] %s', step, ', '.join(f'{k}={float(v):.6g}' for k, v in scalars.items()))
+
+  def write_images(self, step, images):
+    del step, images
+
+  def write_hparams(self, hparams):
+    logging.info('[Hyperparameters] %s', _flatten(hparams))
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def _flatten(tree, prefix=''):
+  """{'a': {'b': 1}} -> {'a.b': 1} (clu.metric_writers.utils.flatten_dict's keys)."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def tensorflow_available() -> bool:
+  try:
+    return importlib.util.find_spec('tensorflow') is not None
+  except ValueError:  # a module in sys.modules without a __spec__
+    return True
+
+
 class Writers:
-  """Forwards each call to several metric writers (clu's, when importable, and the JSONL one)."""
+  """Forwards each call to several metric writers (the tensorboard one, the JSONL one, ...)."""
 
   def __init__(self, writers):
     self._writers = writers
@@ -158,22 +271,20 @@ class Writers:
 
 
 def create_writer(workdir, resume_step=None, *, wandb_project='', wandb_config=None):
-  """clu's default writer (tensorboard + text log) plus metrics.jsonl on process 0, and a
-  WandbWriter there when `wandb_project` is set (`wandb_config`: the run config it shows).
-
-  clu's writers import TensorFlow; where it is not installed (a bare GPU/TPU image) training
-  still runs and logs to the text log and metrics.jsonl, with a warning saying so.
+  """Tensorboard events + text log (clu's default writer with TensorFlow, else TensorboardWriter
+  and LogWriter), metrics.jsonl on process 0, and a WandbWriter there when `wandb_project` is set
+  (`wandb_config`: the run config it shows). Other processes log text only, as clu's do.
   """
   writers = []
-  try:
-    from clu import metric_writers  # noqa: PLC0415 (imports TensorFlow: slow, optional)
+  if tensorflow_available():
+    from clu import metric_writers  # noqa: PLC0415 (imports TensorFlow: slow)
 
     writers.append(metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False))
-  except ImportError as e:
-    logging.warning('clu metric writers unavailable (%s): no tensorboard events; metrics go to '
-                    'the log and %s/metrics.jsonl. `pip install tensorflow-cpu tensorboard` '
-                    'for tensorboard.', e, workdir)
+  else:
+    writers.append(LogWriter())
+    if jax.process_index() == 0:
+      writers.append(TensorboardWriter(workdir))
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     writers.append(JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), resume_step))
@@ -183,11 +294,32 @@ def create_writer(workdir, resume_step=None, *, wandb_project='', wandb_config=N
 
 
 def progress_action(steps, writer, every):
-  """clu's ReportProgress (steps/s, ETA into tensorboard), or a no-op when clu is unavailable."""
-  try:
-    from clu import periodic_actions  # noqa: PLC0415
+  """clu's ReportProgress with TensorFlow (steps/s, ETA into tensorboard), else Progress."""
+  if tensorflow_available():
+    from clu import periodic_actions  # noqa: PLC0415 (clu imports TensorFlow)
 
     return periodic_actions.ReportProgress(num_train_steps=steps, writer=writer,
                                            every_steps=every)
-  except ImportError:
-    return lambda step: None
+  return Progress(steps, writer, every)
+
+
+class Progress:
+  """Every `every` steps: 'steps_per_sec' to the writer and a log line with the ETA (what clu's
+  ReportProgress reports; the first call only starts the clock)."""
+
+  def __init__(self, steps, writer, every):
+    self._steps, self._writer, self._every = steps, writer, every
+    self._last = None  # (step, time)
+
+  def __call__(self, step):
+    now = time.monotonic()
+    if self._last is None:
+      self._last = (step, now)
+      return
+    if self._every <= 0 or step % self._every or step == self._last[0]:
+      return
+    rate = (step - self._last[0]) / max(now - self._last[1], 1e-9)
+    self._last = (step, now)
+    self._writer.write_scalars(step, {'steps_per_sec': rate})
+    eta = (self._steps - step) / rate
+    logging.info('Step %d/%d: %.3g steps/s, ETA %d min.', step, self._steps, rate, eta // 60)

@@ -1,5 +1,6 @@
 """metrics.jsonl on resume: records past the restored step dropped, damaged lines set aside."""
 
+import io
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
 from train_helpers import HANG_S, write_npz
 
 from reacgan_jax.platform import writers
@@ -163,3 +165,95 @@ def test_training_without_wandb_installed_is_unaffected(tmp_path):
     records = [json.loads(line) for line in f]
   assert {r['step'] for r in records} == {1, 2} and 'd_loss' in records[0]
   assert not (tmp_path / 'run' / 'wandb').exists()
+
+
+# ---- tensorboard events without TensorFlow (issue 27) -------------------------------------------
+
+
+def _read_events(logdir):
+  """Scalars, images and hparams of the event files in logdir, through tensorboard's reader."""
+  from tensorboard.backend.event_processing import event_accumulator as ea  # noqa: PLC0415
+  from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: PLC0415
+  from tensorboard.util import tensor_util  # noqa: PLC0415
+
+  acc = ea.EventAccumulator(str(logdir), size_guidance={ea.TENSORS: 0})
+  acc.Reload()
+  scalars, images = {}, {}
+  for tag in acc.Tags()['tensors']:
+    if tag.startswith('_hparams_/'):
+      continue
+    for e in acc.Tensors(tag):
+      value = tensor_util.make_ndarray(e.tensor_proto)
+      if value.dtype == object:  # [width, height, png, ...]
+        images[(tag, e.step)] = [tuple(value[:2])] + [np.asarray(Image.open(io.BytesIO(b)))
+                                                      for b in value[2:]]
+      else:
+        scalars[(tag, e.step)] = float(value)
+  hparams = {}
+  try:
+    content = acc.PluginTagToContent('hparams')
+  except KeyError:  # none written
+    content = {}
+  for run_tags in content.values():
+    data = plugin_data_pb2.HParamsPluginData.FromString(run_tags)
+    if data.HasField('session_start_info'):
+      for k, v in data.session_start_info.hparams.items():
+        hparams[k] = v.WhichOneof('kind') and getattr(v, v.WhichOneof('kind'))
+  return scalars, images, hparams
+
+
+def _write_all(writer):
+  rng = np.random.default_rng(0)
+  grid = rng.integers(0, 256, (1, 20, 30, 3), dtype=np.uint8)
+  writer.write_hparams({'lr': 2e-4, 'model': {'backbone': 'biggan', 'attn': True}, 'steps': 3})
+  writer.write_scalars(1, {'d_loss': 0.5, 'g_loss': 1.25})
+  writer.write_scalars(2, {'d_loss': 0.25, 'eval/fid': 123.5})
+  writer.write_images(2, {'samples': grid})
+  writer.flush()
+  writer.close()
+  return grid
+
+
+def test_events_without_tensorflow_read_like_clus(tmp_path):
+  """TensorboardWriter (no TensorFlow) and clu's SummaryWriter (TensorFlow) write the same
+  summaries: tensorboard's reader gets the same scalars, images and hparams from both."""
+  pytest.importorskip('tensorflow')
+  from clu.metric_writers import SummaryWriter  # noqa: PLC0415
+
+  grid = _write_all(writers.TensorboardWriter(str(tmp_path / 'ours')))
+  _write_all(SummaryWriter(str(tmp_path / 'clu')))
+  ours, theirs = _read_events(tmp_path / 'ours'), _read_events(tmp_path / 'clu')
+  assert ours[0] == theirs[0] == {('d_loss', 1): 0.5, ('g_loss', 1): 1.25, ('d_loss', 2): 0.25,
+                                  ('eval/fid', 2): 123.5}
+  assert ours[1].keys() == theirs[1].keys() == {('samples', 2)}
+  assert ours[1][('samples', 2)][0] == theirs[1][('samples', 2)][0] == (b'30', b'20')  # w, h
+  np.testing.assert_array_equal(ours[1][('samples', 2)][1], grid[0])
+  np.testing.assert_array_equal(theirs[1][('samples', 2)][1], grid[0])
+  assert ours[2] == theirs[2] == {'lr': 2e-4, 'model.backbone': 'biggan', 'model.attn': True,
+                                  'steps': 3}
+
+
+def test_a_run_without_tensorflow_writes_events_and_reports_progress(tmp_path):
+  """create_writer / progress_action with TensorFlow unimportable (the README's main job)."""
+  code = f"""
+import sys, logging
+sys.modules['tensorflow'] = None
+from absl import logging as absl_logging
+absl_logging.set_verbosity('info')
+from reacgan_jax.platform import writers
+w = writers.create_writer({str(tmp_path)!r})
+progress = writers.progress_action(10, w, 2)
+for step in range(1, 5):
+  w.write_scalars(step, {{'d_loss': step / 4}})
+  progress(step)
+w.close()
+assert 'clu' not in sys.modules and 'tensorflow' not in [m for m in sys.modules if sys.modules[m]]
+"""
+  r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO,
+                     timeout=HANG_S)
+  assert r.returncode == 0, r.stderr[-3000:]
+  scalars, _, _ = _read_events(tmp_path)
+  assert {k: v for k, v in scalars.items() if k[0] == 'd_loss'} == {
+      ('d_loss', s): s / 4 for s in range(1, 5)}
+  assert {s for (tag, s) in scalars if tag == 'steps_per_sec'} == {2, 4}
+  assert '[3] d_loss=0.75' in r.stderr and 'Step 4/10' in r.stderr
