@@ -234,9 +234,10 @@ def _studiogan_counts(flat, tmp_path):
   return (sum(p.numel() for p in g.parameters()), sum(p.numel() for p in d.parameters()))
 
 
-@pytest.mark.slow
+# Marks per case: a param's exhaustive mark beside a test-level slow mark is still run by -m slow.
 @pytest.mark.parametrize('name', [  # the plain StyleGAN2 file: exhaustive (CI budget, issue 24)
-    'StyleGAN2-D2DCE.yaml', pytest.param('StyleGAN2.yaml', marks=pytest.mark.exhaustive)])
+    pytest.param('StyleGAN2-D2DCE.yaml', marks=pytest.mark.slow),
+    pytest.param('StyleGAN2.yaml', marks=pytest.mark.exhaustive)])
 def test_imported_stylegan2_counts_equal_studiogans_own_networks(name, tmp_path):
   yaml_cfg = from_studiogan.load_yaml(os.path.join(FIXTURES, name))
   theirs = _studiogan_counts(from_studiogan.merged(yaml_cfg), tmp_path)

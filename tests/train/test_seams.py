@@ -182,6 +182,7 @@ def _aug_config(npz, **overrides):
   return tiny_config(npz, **{**LIGHT, 'train.augment': 'sign_counter', **overrides})
 
 
+@pytest.mark.slow  # CI budget (issue 24): 90 s of the default suite (a compiled step, a resume)
 def test_stateful_augmentation_counts_signs_as_specified(npz, sign_counter, tmp_path):
   config = _aug_config(npz, **{'train.steps': 10, 'train.log_every': 1, 'train.sample_every': 0,
                                'train.checkpoint_every': 0})
@@ -256,8 +257,8 @@ def test_a_layout_1_checkpoint_is_named_and_kept(npz, tmp_path):
   assert not any(n.startswith('corrupt') for n in os.listdir(tmp_path / 'checkpoints'))
 
 
-@pytest.mark.slow  # since issue 24: the default suite's share of CI time (compiles a step)
-def test_ada_runs_inside_the_step_and_moves_p_by_the_rule(npz):
+@pytest.mark.exhaustive  # CI budget (issue 24): the slow suite's test_ada_resume checks p against
+def test_ada_runs_inside_the_step_and_moves_p_by_the_rule(npz):  # the logged r_t in training
   # interval 1, kimg 1: after every step p moves by sign(r_t - target) * B / 1000, r_t = mean
   # sign(D(real)) of the step's reals = 2 acc_real - 1 (one D update a step, no zero logits).
   # A target < 0 means a fixed p: never adjusted, the counters keep counting.
