@@ -23,6 +23,7 @@ from absl import logging
 from PIL import Image
 
 from reacgan_jax import errors
+from reacgan_jax.platform import dicts
 
 
 class JsonlWriter:
@@ -210,7 +211,7 @@ class TensorboardWriter:
 
   def write_hparams(self, hparams):
     flat = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
-            for k, v in _flatten(hparams).items()}
+            for k, v in dicts.flatten(hparams).items()}
     self._add(0, self._hparams_pb(flat))
 
   def flush(self):
@@ -230,24 +231,13 @@ class LogWriter:
     del step, images
 
   def write_hparams(self, hparams):
-    logging.info('[Hyperparameters] %s', _flatten(hparams))
+    logging.info('[Hyperparameters] %s', dicts.flatten(hparams))
 
   def flush(self):
     pass
 
   def close(self):
     pass
-
-
-def _flatten(tree, prefix=''):
-  """{'a': {'b': 1}} -> {'a.b': 1} (clu.metric_writers.utils.flatten_dict's keys)."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
 
 
 def tensorflow_available() -> bool:

@@ -20,7 +20,7 @@ import yaml
 from absl import app, flags
 
 from reacgan_jax import errors, validate
-from reacgan_jax.platform import paths
+from reacgan_jax.platform import dicts, paths
 from reacgan_jax.studiogan import keys as keys
 
 _OUT = flags.DEFINE_string('out', '', 'Write the config file here instead of printing it.')
@@ -101,20 +101,9 @@ def apply(overrides: dict, config: ml_collections.ConfigDict) -> ml_collections.
   return config
 
 
-def _flat(tree, prefix=''):
-  """{'section.key': v, 'model.stylegan2.w_dim': v, ...}: every leaf by its dotted path."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
 def to_studiogan(config) -> tuple[dict, list]:
   """Our config -> ({'SECTION.key': value} for every mapped StudioGAN key, [(rule keys, why)])."""
-  flat = _flat(config.to_dict())
+  flat = dicts.flatten(config.to_dict())
   out, missing = {}, []
   for rule in keys.RULES:
     try:
