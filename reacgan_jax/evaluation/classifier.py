@@ -30,6 +30,8 @@ import optax
 from absl import logging
 from flax import serialization
 
+from reacgan_jax.errors import MissingFileError
+from reacgan_jax.evaluation import weights_file
 from reacgan_jax.platform import paths
 
 FILE_FORMAT = 'reacgan_jax/cifar-classifier/v1'
@@ -213,20 +215,14 @@ def load_classifier(path=None) -> tuple[dict, dict]:
   """(variables, meta) from a file written by `save_classifier` (default: the cache path).
 
   Raises:
-    FileNotFoundError saying how to train one; ValueError for a file of another format.
+    MissingFileError saying how to train one; InputError for a file of another format.
   """
   path = pathlib.Path(path or default_path()).expanduser()
   if not path.exists():
-    raise FileNotFoundError(f'CIFAR classifier weights not found at {path}. Train them once '
+    raise MissingFileError(f'CIFAR classifier weights not found at {path}. Train them once '
                             '(a few CPU minutes): python scripts/train_classifier.py --output '
                             f"{path}; or drop 'accuracy' from config.eval.metrics")
-  try:
-    data = serialization.msgpack_restore(path.read_bytes())
-  except Exception as e:  # msgpack raises several unrelated types on garbage
-    raise ValueError(f'{path}: not a classifier weights file ({type(e).__name__}: {e}); '
-                     're-create it with scripts/train_classifier.py') from e
-  if not isinstance(data, dict) or data.get('format') != FILE_FORMAT:
-    raise ValueError(f'{path}: not a reacgan_jax classifier file (expected format '
-                     f'{FILE_FORMAT!r}); re-create it with scripts/train_classifier.py')
+  data = weights_file.read(path, FILE_FORMAT, 'classifier weights',
+                           're-create it with scripts/train_classifier.py')
   variables = jax.tree.map(jnp.asarray, data['variables'])
   return variables, dict(data.get('meta', {}))

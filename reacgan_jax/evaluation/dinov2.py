@@ -46,7 +46,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from reacgan_jax.errors import InputError, MissingFileError
-from reacgan_jax.evaluation import inception
+from reacgan_jax.evaluation import inception, weights_file
 from reacgan_jax.platform import paths
 
 INPUT_SIZE = 224  # dgm-eval's Resize((224, 224))
@@ -361,15 +361,8 @@ def load_params(path=None) -> tuple[Arch, dict, str]:
   path = pathlib.Path(path or default_weights_path()).expanduser()
   if not path.exists():
     raise MissingFileError(how_to_get_weights(path))
-  try:
-    data = serialization.msgpack_restore(path.read_bytes())
-  except Exception as e:  # msgpack raises several unrelated types on garbage
-    raise InputError(f'{path}: not a reacgan_jax DINOv2 weights file ({type(e).__name__}); '
-                     're-create it with python -m reacgan_jax.evaluation.dinov2_convert') from e
-  if not isinstance(data, dict) or data.get('format') != FILE_FORMAT:
-    raise InputError(f'{path}: not a reacgan_jax DINOv2 weights file (format tag expected '
-                     f'{FILE_FORMAT!r}); re-create it with python -m '
-                     'reacgan_jax.evaluation.dinov2_convert')
+  data = weights_file.read(path, FILE_FORMAT, 'DINOv2 weights', 're-create it with python -m '
+                           'reacgan_jax.evaluation.dinov2_convert')
   arch = Arch(**data['arch'])
   got = jax.tree.map(lambda a: tuple(a.shape), data['params'])
   if got != expected_shapes(arch):

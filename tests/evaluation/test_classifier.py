@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from reacgan_jax import errors
 from reacgan_jax.evaluation import classifier, metrics
 
 
@@ -61,10 +62,12 @@ def test_save_load_round_trip(tiny, tmp_path):
                                 classifier.predict(tiny, images))
   assert classifier.module_for(loaded) == classifier.CifarClassifier(width=4, num_classes=3,
                                                                      stages=1)
-  with pytest.raises(FileNotFoundError, match='train_classifier.py'):
+  # User errors (one line from a command, issue 26), still FileNotFoundError / ValueError.
+  with pytest.raises(errors.MissingFileError, match='train_classifier.py'):
     classifier.load_classifier(tmp_path / 'missing.msgpack')
   (tmp_path / 'bad.msgpack').write_bytes(b'not msgpack')
-  with pytest.raises(ValueError, match='train_classifier.py'):
+  with pytest.raises(errors.InputError, match='not a reacgan_jax classifier weights file.*'
+                     'train_classifier.py'):
     classifier.load_classifier(tmp_path / 'bad.msgpack')
 
 
