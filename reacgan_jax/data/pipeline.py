@@ -18,6 +18,7 @@ reading its own `tfds.split_for_jax_process` share (`tfds_stream.tfds_stream`).
 """
 
 import collections
+import dataclasses
 import os
 import queue
 import threading
@@ -337,23 +338,17 @@ class _Prefetch:
     self._stop.set()
 
 
-def create_train_iterator(config, *, start_step: int = 0, process_index: int | None = None,
-                          process_count: int | None = None):
-  """Infinite iterator of this process's part of each global training batch.
+@dataclasses.dataclass(frozen=True)
+class TrainSource:
+  """The train split, loaded and checked: `arrays` in memory, or a TFDS `builder` to stream."""
+  arrays: data_sources.Arrays | None
+  builder: object | None
 
-  Args:
-    config: uses config.data.*, config.train.batch_size (global B), config.seed.
-    start_step: index of the first batch (the trainer passes train step * d_updates_per_step);
-      batch k is the same whatever start_step was.
-    process_index, process_count: this process's place (default: jax.process_index() /
-      jax.process_count()).
 
-  Yields:
-    {'image': float32 [B / process_count, S, S, 3] in [-1, 1], 'label': int32 [B / P]}, the
-    contiguous slice [p * B / P, (p + 1) * B / P) of the global batch. The source is loaded
-    (and checked) when this is called, not at the first `next`.
-  """
-  pi, pc, local_b = _shard(config, process_index, process_count)
+def open_train_source(config) -> TrainSource:
+  """Loads and checks config.data.train_split (or opens its TFDS stream). The trainer calls this
+  before it builds any model, so a data error is reported in seconds, not after the model's
+  initial state (issue 26)."""
   split = config.data.train_split
   builder, resolved = None, None
   if config.data.source == 'tfds':
@@ -363,11 +358,36 @@ def create_train_iterator(config, *, start_step: int = 0, process_index: int | N
     if config.data.class_balanced or config.data.train_per_class > 0:
       raise ConfigError('config.data.class_balanced / train_per_class need the split in memory: '
                        'set --config.data.load=memory')
+    return TrainSource(None, builder)
+  return TrainSource(limit_per_class(_load(config, split, resolved), config.data.train_per_class),
+                     None)
+
+
+def create_train_iterator(config, *, start_step: int = 0, process_index: int | None = None,
+                          process_count: int | None = None, source: TrainSource | None = None):
+  """Infinite iterator of this process's part of each global training batch.
+
+  Args:
+    config: uses config.data.*, config.train.batch_size (global B), config.seed.
+    start_step: index of the first batch (the trainer passes train step * d_updates_per_step);
+      batch k is the same whatever start_step was.
+    process_index, process_count: this process's place (default: jax.process_index() /
+      jax.process_count()).
+    source: `open_train_source(config)`, when the caller has opened it already.
+
+  Yields:
+    {'image': float32 [B / process_count, S, S, 3] in [-1, 1], 'label': int32 [B / P]}, the
+    contiguous slice [p * B / P, (p + 1) * B / P) of the global batch. The source is loaded
+    (and checked) when this is called, not at the first `next`.
+  """
+  pi, pc, local_b = _shard(config, process_index, process_count)
+  source = source or open_train_source(config)
+  if source.builder is not None:
     logging.info('Streaming TFDS %s[%s]: process %d of %d, %d images per batch.',
-                 config.data.name, split, pi, pc, local_b)
-    batches = _stream_batches(builder, config, start_step, pi, pc, local_b)
+                 config.data.name, config.data.train_split, pi, pc, local_b)
+    batches = _stream_batches(source.builder, config, start_step, pi, pc, local_b)
   else:
-    arrays = limit_per_class(_load(config, split, resolved), config.data.train_per_class)
+    arrays = source.arrays
     logging.info('Training data: %d images of %s in memory; process %d of %d takes %d per batch '
                  'of %d.', len(arrays.labels), arrays.description, pi, pc, local_b,
                  config.train.batch_size)

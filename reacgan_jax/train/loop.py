@@ -199,13 +199,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
 
 def _train(config, workdir):
-  run = _Run(config, workdir)
-  errors.raise_if_interrupted()  # before the data and the compilation (errors.py)
-  c = config.train
+  # The data first: its errors take seconds to report, the model's initial state many more.
   logging.info('Data: %s', input_pipeline.describe_source(config))
+  source = input_pipeline.open_train_source(config)
+  run = _Run(config, workdir)
+  errors.raise_if_interrupted()  # before the compilation (errors.py)
+  c = config.train
   iterator = input_pipeline.create_train_iterator(
       config, start_step=run.start_step * c.d_updates_per_step,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(), source=source)
   train_step = step_lib.compile_train_step(config, run.adapter, run.mesh)
   report = writers.progress_action(c.steps, run.writer, c.log_every)
   t_log, step_log = time.time(), run.start_step
