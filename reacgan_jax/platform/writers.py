@@ -240,11 +240,14 @@ class LogWriter:
     pass
 
 
-def tensorflow_available() -> bool:
+def _clu(name):
+  """clu.<name>, or None where it cannot be imported (clu imports TensorFlow: slow where it is
+  installed; absent from an install without it)."""
   try:
-    return importlib.util.find_spec('tensorflow') is not None
-  except ValueError:  # a module in sys.modules without a __spec__
-    return True
+    return importlib.import_module(f'clu.{name}')
+  except ImportError as e:
+    logging.info('clu.%s unavailable (%s): tensorboard events by TensorboardWriter.', name, e)
+    return None
 
 
 class Writers:
@@ -266,9 +269,8 @@ def create_writer(workdir, resume_step=None, *, wandb_project='', wandb_config=N
   (`wandb_config`: the run config it shows). Other processes log text only, as clu's do.
   """
   writers = []
-  if tensorflow_available():
-    from clu import metric_writers  # noqa: PLC0415 (imports TensorFlow: slow)
-
+  metric_writers = _clu('metric_writers')
+  if metric_writers is not None:
     writers.append(metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False))
   else:
@@ -285,9 +287,8 @@ def create_writer(workdir, resume_step=None, *, wandb_project='', wandb_config=N
 
 def progress_action(steps, writer, every):
   """clu's ReportProgress with TensorFlow (steps/s, ETA into tensorboard), else Progress."""
-  if tensorflow_available():
-    from clu import periodic_actions  # noqa: PLC0415 (clu imports TensorFlow)
-
+  periodic_actions = _clu('periodic_actions')
+  if periodic_actions is not None:
     return periodic_actions.ReportProgress(num_train_steps=steps, writer=writer,
                                            every_steps=every)
   return Progress(steps, writer, every)
