@@ -289,6 +289,31 @@ def write_summary(out, records):
                            indent=1))
 
 
+def plot_curves(table, path):
+  """FID and KID over steps: each system's mean (line) and every seed (points)."""
+  import matplotlib  # noqa: PLC0415 (only the plot needs it)
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  shown = [m for m in ('fid', 'kid_mean') if any(m in v for t in table.values() for v in
+                                                   t.values())]
+  fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.6), squeeze=False)
+  for ax, metric in zip(axes[0], shown, strict=True):
+    for system, steps in table.items():
+      at = [s for s in steps if metric in steps[s]]
+      line, = ax.plot(at, [steps[s][metric]['mean'] for s in at], marker='o', label=system)
+      for s in at:
+        seeds = steps[s][metric]['seeds'].values()
+        ax.scatter([s] * len(seeds), list(seeds), color=line.get_color(), marker='x', s=20)
+    ax.set_xlabel('step')
+    ax.set_ylabel({'fid': 'FID', 'kid_mean': 'KID'}[metric])
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def _write_atomic(path, text):
   tmp = f'{path}.{os.getpid()}.tmp'
   with open(tmp, 'w') as f:
@@ -597,6 +622,7 @@ def parse_args(argv=None):
   p.add_argument('--prepare_reference', action='store_true',
                  help='compute and cache the reference statistics, then stop')
   p.add_argument('--summary', action='store_true', help='rewrite summary.md/json, then stop')
+  p.add_argument('--plot', default='', help='with --summary: also draw the curves into this PNG')
   p.add_argument('--verbose', action='store_true', help='INFO logs (training progress, orbax)')
   args = p.parse_args(argv)
   args.eval_at = args.eval_at or [args.steps]
@@ -643,6 +669,8 @@ def run(args):
   results = Results(args.out)
   if args.summary:
     write_summary(args.out, results.records())
+    if args.plot:
+      plot_curves(summarise(results.records()), args.plot)
     return
   check_args(args)
   check_settings(args)

@@ -226,6 +226,8 @@ def test_records_skip_cut_lines_and_the_summary_keeps_every_seed(tmp_path, capsy
   assert '| ours | 2 | fid | 12 | 0: 10, 1: 14 |' in md
   assert json.loads((tmp_path / 'summary.json').read_text())['ours']['2']['fid']['mean'] == 12.0
   assert 'ours seed 1 step 2: fid=14' in capsys.readouterr().out
+  same_budget.plot_curves(table, str(tmp_path / 'curves.png'))
+  assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
 # ---- end to end (StudioGAN checkout) ------------------------------------------------------------
