@@ -15,6 +15,8 @@ import contextlib
 import signal
 import sys
 
+from absl import flags
+
 
 class UserError(Exception):
   """Base of every error whose message alone tells the user what to do."""
@@ -62,6 +64,41 @@ def exit_on_user_error(prog: str, *, verbose: bool = False, status: int = 1):
     sys.stderr.write(f'{prog}: error: {e}\n')
     sys.stderr.flush()
     raise SystemExit(status) from None
+
+
+def parse_flags(argv, defaults_file=None):
+  """absl's flag parser (the `flags_parser` of app.run) for commands that read a --config file:
+  an unknown --config.<key>, a bad flag, a UserError raised inside the config file or a config
+  file that fails to load each end with one line and exit status 1 (--verbosity=1 keeps the
+  traceback of the last)."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    # config_flags raises these (not a flags error) for a key the config does not have.
+    message = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').replace("'", '').split())
+    where = (f'\nEvery key, with its default and a comment, is in {defaults_file}.'
+             if defaults_file else '')
+    sys.stderr.write(f'FATAL Flags parsing error: unknown config key {message}{where}\n')
+    sys.exit(1)
+  except flags.Error as e:
+    msg = message_of_flag_error(e)  # a UserError raised inside a config file
+    if msg:
+      sys.stderr.write(f'FATAL {msg}\n')
+      sys.exit(1)
+    sys.stderr.write(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see '
+                     'help on flags.\n')
+    sys.exit(1)
+  except Exception as e:  # noqa: BLE001 -- raised by the user's config file (SyntaxError too)
+    if any(a in ('--verbosity=1', '-v=1', '--verbosity=debug') for a in argv):
+      raise
+    where = f' in {e.filename}' if isinstance(e, SyntaxError) else ''
+    hint = ''
+    if isinstance(e, ModuleNotFoundError) and e.name == 'configs':
+      hint = (' A config file that imports `configs` runs from the repository root, or through '
+              '`reacgan-jax <command>`, which makes its folder importable.')
+    sys.stderr.write(f'FATAL --config: the config file failed to load: {type(e).__name__}: '
+                     f'{e}{where}. Fix it (--verbosity=1 shows the traceback).{hint}\n')
+    sys.exit(1)
 
 
 def message_of_flag_error(e: Exception) -> str | None:

@@ -54,31 +54,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def parse_flags(argv):
-  """absl's parser, but an unknown --config.<key> ends with one line naming it, no traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    # config_flags raises these (not a flags error) for a key the config does not have.
-    message = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').replace("'", '').split())
-    sys.stderr.write(f'FATAL Flags parsing error: unknown config key {message}\n'
-                     f'Every key, with its default and a comment, is in '
-                     f'{builtin_configs.default_file()}.\n')
-    sys.exit(1)
-  except flags.Error as e:
-    msg = errors.message_of_flag_error(e)  # a UserError raised inside a config file
-    if msg:
-      sys.stderr.write(f'FATAL {msg}\n')
-      sys.exit(1)
-    sys.stderr.write(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see '
-                     'help on flags.\n')
-    sys.exit(1)
-  except Exception as e:  # noqa: BLE001 -- raised by the user's config file (SyntaxError too)
-    if any(a in ('--verbosity=1', '-v=1', '--verbosity=debug') for a in argv):
-      raise
-    where = f' in {e.filename}' if isinstance(e, SyntaxError) else ''
-    sys.stderr.write(f'FATAL --config: the config file failed to load: {type(e).__name__}: '
-                     f'{e}{where}. Fix it (--verbosity=1 shows the traceback).\n')
-    sys.exit(1)
+  """absl's parser, but a config file's or a flag's error ends with one line, no traceback."""
+  return errors.parse_flags(argv, defaults_file=builtin_configs.default_file())
 
 
 def run(argv=None, mode=None):

@@ -194,6 +194,10 @@ def load_npz(path: str, split: str, layout: str, cache) -> Arrays:
     raise InputError(f'config.data.npz_path={path!r} is a directory: name the .npz file (with '
                      'x_train/y_train, x_test/y_test), or use --config.data.source=folder.')
   xk, yk = f'x_{split}', f'y_{split}'
+  if not zipfile.is_zipfile(p):  # np.load would try it as a pickle and advise allow_pickle
+    raise InputError(f'{p}: not an .npz archive (a zero-byte, truncated or other kind of file?); '
+                     'set --config.data.npz_path to an .npz with x_train/y_train, or re-create '
+                     'or re-download it.')
   try:
     got = npz_members(p, (xk, yk, 'label_names'), cache)
     with np.load(p) as z:

@@ -292,8 +292,9 @@ def find_checkpoints(ckpt: str, when: str) -> dict:
     hits = sorted(glob.glob(os.path.join(glob.escape(ckpt), pattern)))
     found[model] = hits[0] if hits else None
   if found['G'] is None:
-    raise FileNotFoundError(f'{ckpt}: no model=G-{when}-weights-step=*.pth (StudioGAN checkpoint '
-                            "folder) and not a file; --when picks 'best' or 'current'")
+    raise errors.MissingFileError(f'{ckpt}: no model=G-{when}-weights-step=*.pth (StudioGAN '
+                                  "checkpoint folder) and not a file; --when picks 'best' or "
+                                  "'current'")
   return found
 
 
@@ -391,15 +392,20 @@ def main(argv):
   if len(argv) != 2 or not _WORKDIR.value:
     raise app.UsageError('usage: python -m reacgan_jax.studiogan.convert CKPT --config=FILE '
                          '--workdir=DIR [--when=best|current]')
-  config = _CONFIG.value
   with errors.exit_on_user_error('convert'):
+    try:
+      config = _CONFIG.value
+      getattr(config, 'train', None)
+    except OSError as e:  # config_flags defers a missing or unreadable file to the first access
+      raise errors.InputError(f'--config: {" ".join(str(e.__cause__ or e).split())}') from e
     # The config is written beside the weights: one training would refuse is refused here.
     validate.validate_config(config, mode='train')
     check_target(_WORKDIR.value)  # before the (slow) reading and converting
     files = find_checkpoints(argv[1], _CKPT_WHEN.value)
     if files['D'] is None:
-      raise FileNotFoundError(f"{argv[1]}: no StudioGAN D checkpoint next to {files['G']}: pass "
-                              'the checkpoint folder (model=G-..., model=D-...)')
+      raise errors.MissingFileError(f"{argv[1]}: no StudioGAN D checkpoint next to "
+                                    f"{files['G']}: pass the checkpoint folder (model=G-..., "
+                                    'model=D-...)')
     g, d, g_ema = convert_files(files, config)
     path = write_checkpoint(config, _WORKDIR.value, g, d, g_ema)
   logging.info('Converted %s into %s.', ', '.join(v for v in files.values() if v), path)
@@ -412,7 +418,7 @@ def run(argv=None):
   # main.py's when the module is imported as a library).
 
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'reacgan-jax config of the model.')
-  app.run(main, argv)
+  app.run(main, argv, flags_parser=errors.parse_flags)
 
 
 if __name__ == '__main__':

@@ -37,7 +37,8 @@ class Conversion:
 def load_yaml(path: str) -> dict:
   """Reads a StudioGAN YAML (sections of key: value) with yaml.safe_load."""
   if not os.path.isfile(path):
-    raise errors.MissingFileError(f'{path}: no such file (a StudioGAN YAML, e.g. PyTorch-StudioGAN'
+    what = 'is a directory, not a file' if os.path.isdir(path) else 'no such file'
+    raise errors.MissingFileError(f'{path}: {what} (a StudioGAN YAML, e.g. PyTorch-StudioGAN'
                                   "'s src/configs/CIFAR10/ReACGAN.yaml)")
   try:
     with open(path, encoding='utf-8') as f:
@@ -157,7 +158,15 @@ def check(conv: Conversion, source: str) -> None:
 
 
 def check_out(path: str) -> None:
-  """Refuses to replace a file that is not an earlier output of this command."""
+  """Refuses a folder, a missing folder, and a file that is not an earlier output of this
+  command."""
+  if os.path.isdir(path):
+    raise errors.InputError(f'--out={path} is a directory: name the config file to write '
+                            '(e.g. --out=configs/my_run.py).')
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise errors.InputError(f'--out={path}: the folder {parent} does not exist (nothing was '
+                            'written); create it or pass another --out.')
   if not os.path.exists(path):
     return
   with open(path, 'rb') as f:

@@ -40,6 +40,7 @@ def files(tmp_path_factory):
   (t / 'trunc.npz').write_bytes(pathlib.Path(npz).read_bytes()[:5000])
   np.savez(t / 'nokeys.npz', a=np.zeros(3))
   (t / 'afile').write_text('x')
+  (t / 'img.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(64))
   (t / 'syntax.py').write_text('def get_config(:\n')
   weights = inception_weights.save_params(
       t / 'tiny.msgpack', inception_weights.random_params(width=1 / 16, seed=0), 'test: random')
@@ -92,16 +93,18 @@ FAST = {
 # The rest, slow (CI budget: ~5 s each; the data is now checked before the model is built, where
 # it took 25-60 s after the model's initial state).
 MORE = {
-    'npz truncated': (['--config.data.npz_path={dir}/trunc.npz'], 'cannot read it as an .npz'),
+    'npz truncated': (['--config.data.npz_path={dir}/trunc.npz'], 'not an .npz archive'),
     'ada.interval': (['--config.train.augment=ada', '--config.ada.interval=0'],
                      'config.ada.interval'),
     'ada.target': (['--config.train.augment=ada', '--config.ada.target=2.0'], 'config.ada.target'),
     'ada.kimg': (['--config.train.augment=ada', '--config.ada.kimg=0'], 'config.ada.kimg'),
     'loss term': (['--config.loss.d_terms=nope'], 'config.loss.d_terms'),
     'npz missing': (['--config.data.npz_path={dir}/none.npz'], 'not found'),
-    'npz zero bytes': (['--config.data.npz_path={dir}/zero.npz'], 'cannot read it as an .npz'),
+    'npz zero bytes': (['--config.data.npz_path={dir}/zero.npz'], 'not an .npz archive'),
     'npz without arrays': (['--config.data.npz_path={dir}/nokeys.npz'], 'has no x_train'),
     'npz is a folder': (['--config.data.npz_path={dir}/cache'], 'is a directory'),
+    # numpy's own message advised loading it "unsafely" with allow_pickle
+    'npz is an image': (['--config.data.npz_path={dir}/img.png'], 'not an .npz archive'),
     'folder missing': (['--config.data.source=folder', '--config.data.folder={dir}/nofolder'],
                        'is not a directory'),
     'workdir under a file': (['--workdir={dir}/afile/run'], '--workdir'),

@@ -394,3 +394,27 @@ def test_a_config_training_would_refuse_is_refused_before_anything_is_read(tmp_p
   assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
   assert 'config.train.batch_size=0' in r.stderr.strip().splitlines()[-1]
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_config_file_that_cannot_load_is_one_line(tmp_path):
+  # A missing --config file, and a config importing `configs` run from another folder through
+  # `python -m` (`reacgan-jax convert-studiogan` makes it importable): tracebacks before.
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  root = str(pathlib.Path(__file__).resolve().parents[2])
+  for config, fragment in ((tmp_path / 'none.py', 'No such file'),
+                           (f'{root}/configs/tiny.py', 'runs from the repository root')):
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}  # as a user's shell
+    r = subprocess.run([sys.executable, '-m', 'reacgan_jax.studiogan.convert', str(tmp_path),
+                        f'--config={config}', f'--workdir={tmp_path / "run"}'], cwd=tmp_path,
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert fragment in r.stderr.strip().splitlines()[-1]
+  # With the config loadable, a folder without StudioGAN files is one line too.
+  r = subprocess.run([sys.executable, '-m', 'reacgan_jax.studiogan.convert', str(tmp_path),
+                      f'--config={root}/configs/tiny.py', f'--workdir={tmp_path / "run"}'],
+                     cwd=root, capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=root))
+  assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert 'no model=G-best-weights' in r.stderr.strip().splitlines()[-1]

@@ -291,6 +291,10 @@ def test_a_yaml_whose_config_training_refuses_is_not_written(tmp_path):
 
 def test_missing_malformed_and_foreign_inputs_are_one_line(tmp_path):
   _one_line(_import_cli(tmp_path / 'nope.yaml'), 'no such file')
+  _one_line(_import_cli(tmp_path), 'is a directory, not a file')
+  yaml_file = os.path.join(FIXTURES, 'BigGAN.yaml')
+  _one_line(_import_cli(yaml_file, f'--out={tmp_path}'), 'is a directory')
+  _one_line(_import_cli(yaml_file, f'--out={tmp_path}/no/such/dir.py'), 'does not exist')
   (tmp_path / 'broken.yaml').write_text('MODEL: [unclosed\n')
   _one_line(_import_cli(tmp_path / 'broken.yaml'), 'not readable as YAML')
   mine = tmp_path / 'mine.py'
