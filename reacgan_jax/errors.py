@@ -101,6 +101,17 @@ def parse_flags(argv, defaults_file=None):
     sys.exit(1)
 
 
+def config_value(flag):
+  """The config of a config_flags --config flag; InputError for a missing or unreadable file,
+  which config_flags defers to the first access of the config."""
+  config = flag.value
+  try:
+    getattr(config, 'train', None)
+  except OSError as e:
+    raise InputError(f'--config: {" ".join(str(e.__cause__ or e).split())}') from e
+  return config
+
+
 def message_of_flag_error(e: Exception) -> str | None:
   """The UserError message inside a flag-parsing error, or None when there is none.
 

@@ -118,17 +118,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   verbose = logging.get_verbosity() >= logging.DEBUG  # --verbosity=1 keeps tracebacks
   with errors.exit_on_user_error(os.path.basename(argv[0]), verbose=verbose):
-    _run(_loaded_config(), _WORKDIR.value)
-
-
-def _loaded_config():
-  config = _CONFIG.value
-  try:
-    getattr(config, 'train', None)
-  except OSError as e:  # config_flags defers a missing or unreadable file to the first access
-    cause = ' '.join(str(e.__cause__ or e).split())
-    raise errors.InputError(f'--config: {cause}') from e
-  return config
+    _run(errors.config_value(_CONFIG), _WORKDIR.value)
 
 
 def _run(config, workdir):

@@ -246,7 +246,7 @@ def _clu(name):
   try:
     return importlib.import_module(f'clu.{name}')
   except ImportError as e:
-    logging.info('clu.%s unavailable (%s): tensorboard events by TensorboardWriter.', name, e)
+    logging.info('clu.%s unavailable (%s): using platform/writers.py\'s own.', name, e)
     return None
 
 

@@ -393,11 +393,7 @@ def main(argv):
     raise app.UsageError('usage: python -m reacgan_jax.studiogan.convert CKPT --config=FILE '
                          '--workdir=DIR [--when=best|current]')
   with errors.exit_on_user_error('convert'):
-    try:
-      config = _CONFIG.value
-      getattr(config, 'train', None)
-    except OSError as e:  # config_flags defers a missing or unreadable file to the first access
-      raise errors.InputError(f'--config: {" ".join(str(e.__cause__ or e).split())}') from e
+    config = errors.config_value(_CONFIG)
     # The config is written beside the weights: one training would refuse is refused here.
     validate.validate_config(config, mode='train')
     check_target(_WORKDIR.value)  # before the (slow) reading and converting
