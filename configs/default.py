@@ -19,9 +19,13 @@ def get_config():
 
   # ---- data ---------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
-  # tfds | npz | folder | tiny_imagenet | cifar_binary (the last two: reacgan_jax/data/datasets.py)
-  config.data.source = 'tfds'
-  config.data.name = 'cifar10'  # TFDS dataset name (source=tfds)
+  # cifar10 | cifar100 (the official binary releases, StudioGAN's image order, no TensorFlow:
+  # reacgan_jax/data/cifar.py) | tfds | npz | folder | tiny_imagenet | cifar_binary (the last
+  # two: reacgan_jax/data/datasets.py)
+  config.data.source = 'cifar10'
+  # The dataset's name: TFDS's name for source=tfds; for the others it labels the reference
+  # statistics and protocol lines (source=cifar10|cifar100: the same as the source).
+  config.data.name = 'cifar10'
   config.data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets)
   config.data.npz_path = ''  # source=npz: file with x_train/y_train (x_test/y_test)
   config.data.npz_layout = 'nhwc'  # npz image layout: nhwc | cifar_rows (N x 3072, R/G/B planes)
@@ -30,9 +34,14 @@ def get_config():
   # source=tiny_imagenet: the official zip (or its unpacked folder, or train/ + valid/ class
   # folders); source=cifar_binary: the folder of data_batch_*.bin / test_batch.bin (ArtBench-10)
   config.data.root = ''
-  # When source=tfds cannot load (offline machine), try this npz (cifar_rows
-  # layout) before failing; '' disables the fallback.
+  # A local npz of the dataset: source=tfds reads it when TFDS cannot load (offline machine);
+  # source=cifar10|cifar100 reads it instead of downloading the release (it must hold the same
+  # images in the release's order, as the shared cifar10.npz does). '' = none.
   config.data.offline_npz = ''
+  # source=cifar10|cifar100: download the release into <cache>/downloads/ when it is not there
+  # (size and sha256 checked), from download_url ('' = the official URL; a mirror otherwise).
+  config.data.download = True
+  config.data.download_url = ''
   config.data.train_split = 'train'
   config.data.eval_split = 'test'  # reference split for FID (SPEC 5: 10k test)
   config.data.image_size = 32  # H = W of the model

@@ -14,7 +14,7 @@ from absl import logging
 from reacgan_jax import models, sampling
 from reacgan_jax.augment import ada_heuristic, diffaug
 from reacgan_jax.augment import registry as augmentations
-from reacgan_jax.data import datasets, pipeline, sources
+from reacgan_jax.data import cifar, pipeline, sources
 from reacgan_jax.errors import ConfigError
 from reacgan_jax.evaluation import evaluator, inception, registry
 from reacgan_jax.losses import gan
@@ -52,7 +52,7 @@ WHY = {
 def _choices() -> dict:
   """key -> allowed strings, from the implementing modules where they export them."""
   return {
-      'data.source': ('tfds', 'npz', 'folder', *datasets.SOURCES),
+      'data.source': pipeline.SOURCES,
       'data.npz_layout': sources.NPZ_LAYOUTS,
       'data.crop': pipeline.CROPS,
       'data.load': pipeline.LOAD_MODES,
@@ -135,6 +135,11 @@ def validate_config(config, *, mode: str = 'train', defaults=None):
       names = ', '.join(repr(a) if a == '' else a for a in allowed)
       raise ConfigError(f'config.{key}={v!r}: expected one of {names}.')
   _check_lists(config)
+  source, name = _get(config, 'data.source'), _get(config, 'data.name')
+  if source in cifar.SOURCES and name is not _MISSING and name != source:
+    raise ConfigError(f'config.data.source={source!r} with config.data.name={name!r}: the name '
+                      'labels the reference statistics and protocol lines; set '
+                      f'--config.data.name={source}.')
   project = _get(config, 'train.wandb')
   if mode != 'sample' and project and not writers.wandb_available():
     raise ConfigError(f'config.train.wandb={project!r} needs the wandb package: '

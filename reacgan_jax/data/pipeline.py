@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from reacgan_jax.data import checks, datasets, tfds_stream
+from reacgan_jax.data import checks, cifar, datasets, tfds_stream
 from reacgan_jax.data import sources as data_sources
 from reacgan_jax.errors import ConfigError, InputError, MissingFileError
 
@@ -37,6 +37,7 @@ _PERMUTATION_STREAM, _FLIP_STREAM, _BALANCED_STREAM = 0, 1, 2  # independent num
 # ---- which source --------------------------------------------------------------------------
 
 
+SOURCES = ('tfds', 'npz', 'folder', *cifar.SOURCES, *datasets.SOURCES)  # config.data.source
 LOAD_MODES = ('memory', 'stream', 'auto')  # config.data.load
 CROPS = ('none', 'center')  # config.data.crop
 
@@ -89,14 +90,15 @@ def describe_source(config) -> str:
     return f'folder {data_sources.resolve_path(config.data.folder)} (split {split})'
   if source in datasets.SOURCES:
     return datasets.describe(config.data, split)
+  if source in cifar.SOURCES:
+    return cifar.describe(config, split)
   if source == 'tfds':
     builder, fallback = resolve_tfds(config, split)
     if builder is None:
       return f'npz {fallback} (offline fallback for TFDS {config.data.name}, split {split})'
     mode = 'streamed' if _streams(config, builder, split) else 'in memory'
     return f'tfds {config.data.name}[{split}] from {builder.data_dir} ({mode})'
-  raise ConfigError(f'config.data.source={source!r}: expected tfds, npz, folder, '
-                   'tiny_imagenet or cifar_binary')
+  raise ConfigError(f'config.data.source={source!r}: expected one of {SOURCES}')
 
 
 def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
@@ -115,6 +117,8 @@ def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
     arrays = data_sources.load_folder(d.folder, split, d.image_size, d.crop, cache, names)
   elif d.source in datasets.SOURCES:
     arrays = datasets.load(d, split, cache)
+  elif d.source in cifar.SOURCES:
+    arrays = cifar.load(config, split, cache)
   elif d.source == 'tfds':
     builder, fallback = tfds_resolved or resolve_tfds(config, split)
     if builder is None:  # the fallback npz's layout is read off its shape
@@ -122,9 +126,9 @@ def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
     else:
       arrays = data_sources.tfds_memory(builder, split, d.image_size, d.crop)
   else:
-    raise ConfigError(f'config.data.source={d.source!r}: expected tfds, npz, folder, '
-                     'tiny_imagenet or cifar_binary')
-  from_npz = d.source == 'npz' or (d.source == 'tfds' and builder is None)
+    raise ConfigError(f'config.data.source={d.source!r}: expected one of {SOURCES}')
+  from_npz = d.source == 'npz' or (d.source == 'tfds' and builder is None) or (
+      d.source in cifar.SOURCES and arrays.description.startswith('npz'))
   checks.check_arrays(config, arrays, split, from_npz=from_npz)
   images = data_sources.resize_images(arrays.images, d.image_size, d.crop)
   _check(arrays, images, config)

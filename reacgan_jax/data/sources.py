@@ -364,7 +364,7 @@ def tfds_builder(config, split: str):
     import tensorflow_datasets as tfds  # noqa: PLC0415
   except ImportError as e:
     raise TfdsUnavailable(f'TFDS needs TensorFlow, which is not importable ({e}): pip install '
-                          'tensorflow-cpu') from e
+                          "'reacgan-jax[tfds]' (tensorflow-cpu)") from e
 
   name, data_dir = config.data.name, config.data.tfds_data_dir or None
   try:

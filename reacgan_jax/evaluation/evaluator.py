@@ -63,6 +63,7 @@ import numpy as np
 from absl import logging
 
 from reacgan_jax import errors
+from reacgan_jax.data import cifar
 from reacgan_jax.data import pipeline as input_pipeline
 from reacgan_jax.evaluation import (
   classifier,
@@ -298,6 +299,8 @@ class Evaluator:
               if self.config.eval.num_ref > 0 else '')
     if self._reference_arrays is not None:
       return f'{d.name}:{self._split()} (arrays given to the Evaluator{subset})'
+    if d.source in cifar.SOURCES:  # the release or a local npz of it: the same images, in order
+      return f'{d.name}:{self._split()} ({d.source} release, file order{subset})'
     if d.source == 'tfds' and d.offline_npz:
       # Name the file actually read when TFDS is unavailable: its order can differ from TFDS's,
       # so a num_ref subset (and its cache) differs too.

@@ -41,11 +41,13 @@ RESUME_CRITICAL_SECTIONS = ('model', 'data', 'loss')
 # classes, crop, flips, limited-data subset) and order (the seed; the shuffle buffer of a
 # streamed TFDS split) must stay.
 HOW_READ_KEYS = frozenset({'data.cache_dir', 'data.prefetch', 'data.tfds_download',
-                           'data.tfds_data_dir', 'data.tfds_manual_dir'})
+                           'data.tfds_data_dir', 'data.tfds_manual_dir', 'data.download',
+                           'data.download_url'})
 # Paths compared as the files they name (a relative and an absolute path to one file are equal).
 PATH_KEYS = frozenset({'data.npz_path', 'data.folder', 'data.root', 'data.offline_npz'})
 # data.shuffle_buffer orders only a streamed TFDS split; other sources are shuffled in memory.
-IN_MEMORY_SOURCES = frozenset({'npz', 'folder', 'tiny_imagenet', 'cifar_binary'})
+IN_MEMORY_SOURCES = frozenset({'npz', 'folder', 'tiny_imagenet', 'cifar_binary', 'cifar10',
+                               'cifar100'})
 # Numbers the TrainState pytree: bump it whenever the state's structure changes. Layout 1 is
 # the state of commit checkpoint_meta.LAYOUT1_LAST_COMMIT and earlier (no `meta` item); 2 kept
 # one SN vector u per leaf and no EMA SN state (before issue 17's {'u', 'v'} and EmaState.sn).

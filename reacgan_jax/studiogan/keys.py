@@ -74,11 +74,12 @@ FIXED_WHY = {
 }
 
 # StudioGAN DATA.name -> our data keys. eval_split / num_ref: StudioGAN's FID reference
-# (src/main.py, worker: `-ref_dataset` train|valid|test, all of that split's images).
+# (src/main.py, worker: `-ref_dataset` train|valid|test, all of that split's images). CIFAR:
+# torchvision's loader reads the release in file order, as our cifar10/cifar100 sources do.
 DATASETS = {
-    'CIFAR10': {'data.source': 'tfds', 'data.name': 'cifar10', 'data.eval_split': 'test',
+    'CIFAR10': {'data.source': 'cifar10', 'data.name': 'cifar10', 'data.eval_split': 'test',
                 'data.crop': 'none'},
-    'CIFAR100': {'data.source': 'tfds', 'data.name': 'cifar100', 'data.eval_split': 'test',
+    'CIFAR100': {'data.source': 'cifar100', 'data.name': 'cifar100', 'data.eval_split': 'test',
                  'data.crop': 'none'},
     'Tiny_ImageNet': {'data.source': 'tiny_imagenet', 'data.name': 'tiny_imagenet',
                       'data.eval_split': 'valid', 'data.crop': 'none'},

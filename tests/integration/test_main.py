@@ -23,10 +23,17 @@ raise ImportError('torch imported on the torch-free path')
 '''
 
 
+# TensorFlow unimportable too (it is the `tfds` extra): clu's writer may try it and fall back.
+_NO_TENSORFLOW = "raise ImportError('TensorFlow is not installed here (test)')\n"
+
+
 def _torch_trap(tmp_path):
   trap = tmp_path / 'torch_trap'
   (trap / 'torch').mkdir(parents=True)
   (trap / 'torch' / '__init__.py').write_text(_TORCH_TRAP)
+  for name in ('tensorflow', 'tensorflow_datasets'):
+    (trap / name).mkdir()
+    (trap / name / '__init__.py').write_text(_NO_TENSORFLOW)
   path = os.pathsep.join(p for p in (str(trap), os.environ.get('PYTHONPATH', '')) if p)
   return {'PYTHONPATH': path, 'TORCH_TRAP_MARK': str(tmp_path / 'torch_imported')}
 
@@ -75,8 +82,8 @@ def test_train_then_sample_then_eval(tmp_path):
   weights = weights / 'inception_fid_2015-12-05.msgpack'
   if weights.exists():
     (cache / weights.name).symlink_to(weights)
-  # Train with torch unreachable; the evaluation below too (and converts the Inception weights
-  # when the cache has none).
+  # Train with torch and TensorFlow unreachable; the evaluation below too (and converts the
+  # Inception weights when the cache has none).
   trap = _torch_trap(tmp_path)
   r = _main(*common, cwd=str(tmp_path), cache=cache, extra_env=trap)
   assert r.returncode == 0, r.stderr[-3000:]
