@@ -152,7 +152,7 @@ def test_notebook_is_clean_and_uses_existing_library_functions():
             modules[alias.asname or alias.name] = importlib.import_module(full)
           except ImportError:  # `from module import function`
             assert hasattr(importlib.import_module(node.module), alias.name), full
-  assert {'train', 'input_pipeline', 'data_sources', 'fid'} <= set(modules)
+  assert {'train', 'input_pipeline', 'fid'} <= set(modules)
   used = set()
   for cell in code:
     for node in ast.walk(ast.parse(cell.source)):
