@@ -87,9 +87,11 @@ def get_config():
   config.model.bn_eval = 'running'
   config.model.standing_batches = 16  # batches used by bn_eval=standing
   config.model.dtype = 'float32'  # compute dtype: float32 | bfloat16
-  # Convolutions: 'xla' (default) | 'onednn' (oneDNN custom call on CPU, the onednn extra;
-  # float32 results equal XLA's to rounding, bf16 uses the CPU's bf16 dot instructions).
-  config.model.conv_backend = 'xla'
+  # Convolutions: 'auto' | 'xla' | 'onednn' (oneDNN custom call on CPU, the onednn extra;
+  # float32 results equal XLA's to rounding, bf16 uses the CPU's bf16 dot instructions). 'auto'
+  # takes oneDNN on one x86-64 CPU device where the extension builds, else XLA, and logs why
+  # (ops/conv.resolve).
+  config.model.conv_backend = 'auto'
   # dropout rate of the dcgan D (ACGAN paper); read by dcgan only (models.BACKBONES keys)
   config.model.d_dropout = 0.5
   # backbone=stylegan2: its own knobs (StudioGAN MODEL/STYLEGAN keys; models/stylegan2.py). It
@@ -180,8 +182,9 @@ def get_config():
   config.eval.num_samples = 10_000  # generated images per evaluation
   config.eval.batch_size = 200  # generation / Inception batch (global)
   config.eval.inception_weights = ''  # converted Flax weights; '' = default cache path
-  # Inception's convolutions: 'xla' | 'onednn' (float32 oneDNN on CPU; the onednn extra).
-  config.eval.conv_backend = 'xla'
+  # Inception's convolutions: 'auto' | 'xla' | 'onednn' (float32 oneDNN on CPU; the onednn
+  # extra); 'auto' as model.conv_backend.
+  config.eval.conv_backend = 'auto'
   # legacy (torch bilinear) | friendly (PIL bilinear) | clean (PIL bicubic)
   config.eval.resize = 'legacy'
   # comma list: fid, is, prdc, kid, ifid, accuracy, msssim, fd_dinov2

@@ -83,7 +83,9 @@ def main(argv=None):
                       'bf16=model.dtype=bfloat16)')
   p.add_argument('--fid', type=int, default=0, help='smoke FID samples at the end (0: none)')
   args = p.parse_args(argv)
-  variants = [v.split('=', 1) for v in (args.variant or ['bf16=model.dtype=bfloat16'])]
+  # The reference runs are XLA's float32 (the default conv_backend 'auto' may pick oneDNN).
+  variants = [v.split('=', 1) for v in (args.variant
+                                        or ['bf16=model.dtype=bfloat16,model.conv_backend=xla'])]
   import jax  # noqa: PLC0415
 
   try:  # default (and maybe gone) in newer jax; sharded draws must equal unsharded ones
@@ -91,9 +93,10 @@ def main(argv=None):
   except (AttributeError, KeyError, ValueError):
     pass
   runs = {}
-  plan = [('f32', ['model.dtype=float32'], 0)]
+  f32 = ['model.dtype=float32', 'model.conv_backend=xla']
+  plan = [('f32', f32, 0)]
   plan += [(name, over.split(','), 0) for name, over in variants]
-  plan += [('f32_seed1', ['model.dtype=float32'], 1)]
+  plan += [('f32_seed1', f32, 1)]
   for name, overrides, seed in plan:
     runs[name], secs = train_windows(args.config, overrides, seed, args.steps, args.window,
                                      args.data, args.fid)

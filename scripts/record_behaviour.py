@@ -103,8 +103,11 @@ LEGACY_SN = {'model.sn_embedding_u': 'width', 'model.sn_eval': 'recompute'}
 # The EMA rule of the recording, decay * ema + (1 - decay) * p; the default is torch's lerp,
 # which rounds differently (issue 25).
 LEGACY_EMA = {'train.ema_rule': 'mix'}
+# The convolutions of the recording: XLA's (the default became 'auto', oneDNN on one x86-64 CPU
+# device, issue 28; oneDNN's float32 results equal XLA's to rounding, not bit for bit).
+LEGACY_CONV = {'model.conv_backend': 'xla'}
 # Every case runs with these (make_config).
-LEGACY = {**LEGACY_SN, **LEGACY_EMA}
+LEGACY = {**LEGACY_SN, **LEGACY_EMA, **LEGACY_CONV}
 
 
 def make_config(overrides):

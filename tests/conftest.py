@@ -25,6 +25,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 os.environ.setdefault('REACGAN_JAX_XLA_CACHE', str(
     REPO / '.pytest_cache' / 'xla' / os.environ.get('PYTEST_XDIST_WORKER', 'main')))
 
+# The built oneDNN extension (conv_backend 'auto' builds it on first use), shared likewise: tests
+# that give a run its own REACGAN_JAX_CACHE would otherwise rebuild it. Its writes are atomic.
+os.environ.setdefault('REACGAN_JAX_ONEDNN_CACHE', str(REPO / '.pytest_cache' / 'onednn'))
+
 import jax  # noqa: E402
 
 jax.config.update('jax_compilation_cache_dir', os.environ['REACGAN_JAX_XLA_CACHE'])

@@ -239,6 +239,7 @@ class Evaluator:
       _, params = inception.load_inception(path)
       backend = self.config.eval.get('conv_backend', 'xla')
       conv_ops.check_backend(backend, 'config.eval.conv_backend')
+      backend = conv_ops.resolve(backend, 'config.eval.conv_backend')
       self._mesh_features = on_mesh.features_fn(params, self.mesh, self.config.eval.resize,
                                                 backend)
       self._features_tag = str(pathlib.Path(path).expanduser() if path

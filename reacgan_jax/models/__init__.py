@@ -91,10 +91,10 @@ def _stylegan2(config, common):
   if m.dtype != 'float32':
     raise ConfigError(f'config.model.dtype={m.dtype!r}: the stylegan2 backbone computes in float32 '
                      'only for now (no bf16 path yet); set config.model.dtype=float32')
-  if m.conv_backend != 'xla':
+  if m.conv_backend == 'onednn':
     raise ConfigError(f'config.model.conv_backend={m.conv_backend!r}: the stylegan2 backbone '
                      "(modulated, grouped convolutions) runs on XLA only; set "
-                     "config.model.conv_backend='xla'")
+                     "config.model.conv_backend='xla' (or 'auto', which picks XLA for it)")
   return stylegan2.build(config)
 
 
@@ -143,11 +143,12 @@ def build_models(config):
     raise ConfigError(f'config.model.cond_method={m.cond_method!r}: backbone {m.backbone} takes '
                      f'{", ".join(BACKBONES[m.backbone].cond_methods)}')
   conv_ops.check_backend(m.conv_backend, dtype=m.dtype)
+  backend = conv_ops.resolve(m.conv_backend, dtype=m.dtype, backbone=m.backbone)
   common = dict(num_classes=config.data.num_classes, cond_method=m.cond_method,
                 conv_dim=m.d_conv_dim, embed_dim=m.embed_dim,
                 use_bn=not m.apply_d_sn,  # the reference drops D's BN when D is SN'd
                 kernel_init=layers.get_init(m.d_init, 'd'), dtype=layers.get_dtype(m.dtype),
-                conv_backend=m.conv_backend, g_init=layers.get_init(m.g_init, 'g'))
+                conv_backend=backend, g_init=layers.get_init(m.g_init, 'g'))
   return BACKBONES[m.backbone].build(config, common)
 
 

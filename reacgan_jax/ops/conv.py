@@ -18,17 +18,20 @@ same sum in a different order: float32 rounding differences only (tests/ops/test
 `conv_general_dilated=`) and falls back to lax for anything but a stride-1, undilated,
 ungrouped NHWC/HWIO convolution with non-negative padding.
 
-`for_backend(config.model.conv_backend)` picks the function layers.conv hands to nn.Conv:
-'xla' is the above; 'onednn' sends every undilated, ungrouped NHWC/HWIO float32 or bfloat16
-convolution (any stride) to oneDNN's forward / backward-data / backward-weights primitives
-through a custom call (reacgan_jax/ops/onednn, the `onednn` extra) when lowering for CPU, and keeps
-the 'xla' path on other platforms and for anything else.
+`for_backend(resolve(config.model.conv_backend))` picks the function layers.conv hands to
+nn.Conv ('auto', the default, resolves to 'onednn' on one x86-64 CPU device with the extension,
+else 'xla'; see `resolve`): 'xla' is the above; 'onednn' sends every undilated, ungrouped
+NHWC/HWIO float32 or bfloat16 convolution (any stride) to oneDNN's forward / backward-data /
+backward-weights primitives through a custom call (reacgan_jax/ops/onednn, the `onednn` extra)
+when lowering for CPU, and keeps the 'xla' path on other platforms and for anything else.
 """
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from jax import lax
 
 from reacgan_jax.ops import onednn
@@ -143,12 +146,60 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   return _conv_s1(lhs, rhs, padding, precision)
 
 
-BACKENDS = ('xla', 'onednn')
+BACKENDS = ('auto', 'xla', 'onednn')
 
 
 def _check_name(name: str, key: str) -> None:
   if name not in BACKENDS:
     raise ValueError(f'{key}={name!r}: expected one of {", ".join(BACKENDS)}')
+
+
+def resolve(name: str, key: str = 'config.model.conv_backend', *, dtype: str = 'float32',
+            backbone: str = '') -> str:
+  """The backend a config's conv_backend `name` runs here: 'xla' or 'onednn'.
+
+  'auto' (the default) picks oneDNN on a single x86-64 CPU device where the extension builds and
+  loads (the `onednn` extra and a C++ compiler) and the dtype has oneDNN convolutions on this
+  CPU, XLA otherwise (GPU/TPU, another CPU, several CPU devices or processes, StyleGAN2's
+  modulated convolutions, no extension), and logs the choice and why once per process and key.
+  'xla' / 'onednn' are returned as given (checked by `check_backend`).
+  """
+  _check_name(name, key)
+  if name != 'auto':
+    return name
+  chosen, why = _auto(dtype, backbone == 'stylegan2', jax.device_count())
+  _log_choice(key, chosen, why)
+  return chosen
+
+
+@functools.cache
+def _auto(dtype: str, stylegan2: bool, devices: int) -> tuple[str, str]:
+  platform = jax.default_backend()
+  if platform != 'cpu':
+    return 'xla', f'{platform} devices'
+  if _machine() not in ('x86_64', 'amd64'):
+    return 'xla', f'the oneDNN path is built for x86-64 CPUs, this is {_machine()}'
+  if devices > 1:  # the partitioner replicates the custom call: every device would do it all
+    return 'xla', (f'{devices} CPU devices: the oneDNN call is not partitioned over a mesh, each '
+                   'device would compute the whole batch')
+  if stylegan2:
+    return 'xla', "StyleGAN2's modulated (grouped) convolutions have no oneDNN path"
+  ok, why = onednn.available()
+  if not ok:
+    return 'xla', f'the oneDNN extension is not available ({why.splitlines()[0]})'
+  if dtype == 'bfloat16' and not onednn.bf16_supported():
+    return 'xla', 'this CPU has no oneDNN bf16 convolution (it needs AVX-512 or AVX2-VNNI-2)'
+  return 'onednn', f'an x86-64 CPU with the oneDNN {why} extension'
+
+
+def _machine() -> str:
+  return os.uname().machine.lower() if hasattr(os, 'uname') else ''
+
+
+@functools.cache
+def _log_choice(key: str, chosen: str, why: str) -> None:
+  logging.info("%s='auto': %s convolutions (%s); set %s='xla' or 'onednn' to choose.", key,
+               'oneDNN' if chosen == 'onednn' else 'XLA', why, key)
 
 
 def check_backend(name: str, key: str = 'config.model.conv_backend',
@@ -192,6 +243,7 @@ def conv_onednn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
 
 
 def for_backend(name: str):
-  """The conv_general_dilated that nn.Conv gets for config.model.conv_backend `name`."""
-  _check_name(name, 'config.model.conv_backend')
+  """The conv_general_dilated that nn.Conv gets for a resolved backend `name` (see `resolve`)."""
+  if name not in ('xla', 'onednn'):
+    raise ValueError(f"conv backend {name!r}: expected 'xla' or 'onednn' (resolve 'auto' first)")
   return conv_onednn if name == 'onednn' else conv_general_dilated

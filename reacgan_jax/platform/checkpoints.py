@@ -42,7 +42,10 @@ RESUME_CRITICAL_SECTIONS = ('model', 'data', 'loss')
 # streamed TFDS split) must stay.
 HOW_READ_KEYS = frozenset({'data.cache_dir', 'data.prefetch', 'data.tfds_download',
                            'data.tfds_data_dir', 'data.tfds_manual_dir', 'data.download',
-                           'data.download_url'})
+                           'data.download_url',
+                           # which library runs the convolutions (equal to float32 rounding;
+                           # 'auto' resolves per machine anyway, issue 28)
+                           'model.conv_backend'})
 # Paths compared as the files they name (a relative and an absolute path to one file are equal).
 PATH_KEYS = frozenset({'data.npz_path', 'data.folder', 'data.root', 'data.offline_npz'})
 # data.shuffle_buffer orders only a streamed TFDS split; other sources are shuffled in memory.

@@ -5,7 +5,8 @@ Inception weights and reference statistics, the persistent XLA compilation cache
 oneDNN extension): `$REACGAN_JAX_CACHE` when set, else `$XDG_CACHE_HOME/reacgan_jax`, else
 `~/.cache/reacgan_jax`. Each user of it names its own subfolder or file.
 
-`xla_cache_dir()` is where compiled executables are kept (train.compilation_cache).
+`xla_cache_dir()` is where compiled executables are kept (train.compilation_cache);
+`onednn_cache_dir()` where the oneDNN extension is built (ops/onednn).
 
 `checkout_root()` is the source checkout the package was imported from (a git clone installed
 with `pip install -e`), or None for an installed wheel: relative data paths in the shipped
@@ -17,6 +18,7 @@ import pathlib
 
 CACHE_ENV = 'REACGAN_JAX_CACHE'
 XLA_CACHE_ENV = 'REACGAN_JAX_XLA_CACHE'
+ONEDNN_CACHE_ENV = 'REACGAN_JAX_ONEDNN_CACHE'
 
 
 def cache_root() -> pathlib.Path:
@@ -37,6 +39,16 @@ def xla_cache_dir() -> pathlib.Path:
   """
   env = os.environ.get(XLA_CACHE_ENV)
   return pathlib.Path(env).expanduser() if env else cache_root() / 'xla'
+
+
+def onednn_cache_dir() -> pathlib.Path:
+  """The built oneDNN extension: $REACGAN_JAX_ONEDNN_CACHE, else <cache_root>/onednn.
+
+  Its own variable for the same reason as the XLA cache: runs that keep their data caches
+  apart (the test suite's) can share one build.
+  """
+  env = os.environ.get(ONEDNN_CACHE_ENV)
+  return pathlib.Path(env).expanduser() if env else cache_root() / 'onednn'
 
 
 def builtin_configs_dir() -> pathlib.Path:

@@ -224,8 +224,12 @@ def test_a_missing_wheel_says_what_to_install(monkeypatch):
 
 def test_the_build_is_cached_by_source_and_versions(tmp_path, monkeypatch, caplog):
   monkeypatch.setenv('REACGAN_JAX_CACHE', str(tmp_path))
+  monkeypatch.delenv('REACGAN_JAX_ONEDNN_CACHE', raising=False)  # the suite's shared build
   first = onednn.build()
   assert first.parent == tmp_path / 'onednn' and first.exists()
+  monkeypatch.setenv('REACGAN_JAX_ONEDNN_CACHE', str(tmp_path / 'own'))
+  assert onednn.build().parent == tmp_path / 'own'
+  monkeypatch.delenv('REACGAN_JAX_ONEDNN_CACHE')
   mtime = first.stat().st_mtime_ns
   assert onednn.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
   # Issue 26: the cache is checked before the compiler (a verified build needs none) ...

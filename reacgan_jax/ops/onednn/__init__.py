@@ -59,7 +59,7 @@ def _paths():
 
 
 def _cache_dir() -> pathlib.Path:
-  return paths.cache_root() / 'onednn'
+  return paths.onednn_cache_dir()
 
 
 def _digest(path: pathlib.Path) -> str:
