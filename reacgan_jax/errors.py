@@ -46,6 +46,10 @@ class EvaluationError(UserError, RuntimeError):
   """An evaluation inside training failed (after the checkpoint of that step was saved)."""
 
 
+class DiskFullError(UserError, OSError):
+  """No space left where a file had to be written: names the place and what was kept."""
+
+
 class NonFiniteError(UserError, FloatingPointError):
   """Training went NaN/Inf: the message names the step and the last good checkpoint."""
 

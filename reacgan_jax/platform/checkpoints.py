@@ -22,8 +22,13 @@ namedtuple states come back as plain lists and the restored state has another py
 structure than the one the jitted step was compiled for.
 """
 
+import contextlib
+import errno
 import json
+import logging as pylogging
 import os
+import shutil
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -70,6 +75,41 @@ def _resolved(path: str) -> str:
   if not os.path.isabs(p) and not os.path.exists(p) and root is not None:
     p = os.path.join(root, p)
   return os.path.realpath(p)
+
+
+def _disk_full(e: BaseException) -> bool:
+  """Whether `e` (or what caused it) is ENOSPC; orbax's tensorstore writes report it as a
+  ValueError 'RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']'."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+      return True
+    if 'No space left on device' in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _late_write_callbacks_dropped(previous):
+  """sys.unraisablehook for a save: when a write fails, tensorstore's outstanding writes still
+  call back into orbax's event loop, closed by then, and each prints 'RuntimeError: Event loop
+  is closed' as an unraisable exception (hundreds for a train state). Those, and only those,
+  are dropped; anything else goes to `previous`."""
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == 'Event loop is closed':
+      return
+    previous(unraisable)
+
+  return hook
+
+
+class _DropDiskFull(pylogging.Filter):
+  def filter(self, record):
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (_disk_full(exc) or 'No space left on device' in record.getMessage())
 
 
 def _same_path(a, b) -> bool:
@@ -192,11 +232,14 @@ class Checkpointer:
 
     Raises FloatingPointError (and saves nothing) when a floating leaf holds NaN/Inf, so the
     returned path always names a finite checkpoint. A step that is already saved is kept.
+    Raises DiskFullError when the disk fills up while writing: orbax's partial folder is
+    removed, the checkpoints written before stay as they were.
     """
     step = int(step)
     if step not in self.manager.all_steps():
-      self.manager.save(step, args=self._args(state), force=True)
-      self.manager.wait_until_finished()
+      with self._disk_full_is_one_line(self.manager, self.directory, step):
+        self.manager.save(step, args=self._args(state), force=True)
+        self.manager.wait_until_finished()
     return self.path(step)
 
   def save_best(self, step, state, metrics):
@@ -205,9 +248,44 @@ class Checkpointer:
       return
     step = int(step)
     if step not in self.best_manager.all_steps():
-      self.best_manager.save(step, args=self._args(state), metrics={'fid': float(metrics['fid'])},
-                             force=True)
-      self.best_manager.wait_until_finished()
+      with self._disk_full_is_one_line(self.best_manager, self.best_directory, step):
+        self.best_manager.save(step, args=self._args(state),
+                               metrics={'fid': float(metrics['fid'])}, force=True)
+        self.best_manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _disk_full_is_one_line(self, manager, directory, step):
+    # orbax logs each failed write's traceback (absl; asyncio's "Task exception was never
+    # retrieved" at exit) and tensorstore's late callbacks print unraisable errors; on a full
+    # disk the one line below says it all, so those are dropped: while saving, and after a
+    # full disk for good (they keep arriving after the save raised). Other errors keep theirs.
+    quiet = _DropDiskFull()
+    loggers = [pylogging.getLogger(name) for name in ('absl', 'asyncio')]
+    for logger in loggers:
+      logger.addFilter(quiet)
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = _late_write_callbacks_dropped(unraisable)
+    full = False
+    try:
+      yield
+    except Exception as e:
+      if not _disk_full(e):
+        raise
+      full = True
+      for partial in directory.glob(f'{step}.orbax-checkpoint-tmp*'):
+        shutil.rmtree(partial, ignore_errors=True)
+      kept = manager.all_steps()
+      newest = (f'checkpoint {max(kept)} (the newest) is intact' if kept
+                else 'no checkpoint was written before')
+      raise errors.DiskFullError(
+          f'No space left on the disk of {directory} while writing checkpoint {step}: its '
+          f'partial files were removed; {newest}. Free space there (or use a --workdir on '
+          'another disk) and run the command again.') from e
+    finally:
+      if not full:
+        sys.unraisablehook = unraisable
+        for logger in loggers:
+          logger.removeFilter(quiet)
 
   def path(self, step):
     return str(self.directory / str(step))

@@ -163,3 +163,64 @@ def test_resume_compares_what_changes_the_run_not_how_it_is_read(tmp_path, monke
   now['model']['z_dim'] -= 1
   assert checkpoints.config_differences(saved, now) == [
       "data.shuffle_buffer: saved 10000, now 7"]
+
+
+_ENOSPC = ("RESOURCE_EXHAUSTED: Error writing \"d.params/0\" in OCDBT database at local file "
+           "\"/x/4.orbax-checkpoint-tmp/state\": Failed to write 8064 bytes to file 19: No space "
+           "left on device [os_error_code='28']")  # what orbax raised on a full tmpfs (probe)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+  """Issue 26: the save failed with orbax's traceback and left its partial folder behind."""
+  import sys  # noqa: PLC0415
+  import types  # noqa: PLC0415
+
+  monkeypatch.setattr(sys, 'unraisablehook', sys.unraisablehook)  # put back after the test
+  ck = checkpoints.Checkpointer(tmp_path, tiny.get_config())
+  ck.save(2, _state(2))
+  real_save, before = ck.manager.save, sys.unraisablehook
+
+  def full_disk_save(step, **kw):
+    (tmp_path / 'checkpoints' / f'{step}.orbax-checkpoint-tmp').mkdir()
+    try:  # orbax's own error, wrapped once more as its async writes do
+      raise ValueError(_ENOSPC)
+    except ValueError as e:
+      raise RuntimeError('save failed') from e
+
+  monkeypatch.setattr(ck.manager, 'save', full_disk_save)
+  with pytest.raises(checkpoints.errors.DiskFullError) as e:
+    ck.save(4, _state(4))
+  assert str(e.value) == (
+      f"No space left on the disk of {tmp_path / 'checkpoints'} while writing checkpoint 4: its "
+      'partial files were removed; checkpoint 2 (the newest) is intact. Free space there (or use '
+      'a --workdir on another disk) and run the command again.')
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2']
+  # After a full disk the noise filters stay (late callbacks arrive after the save raised):
+  # tensorstore's calls into orbax's closed loop are dropped, anything else is not.
+  assert sys.unraisablehook is not before
+  filters = {name: logging.getLogger(name).filters[-1] for name in ('absl', 'asyncio')}
+  record = logging.LogRecord('asyncio', logging.ERROR, 'x', 1, 'Task exception was never '
+                             'retrieved', None, (ValueError, ValueError(_ENOSPC), None))
+  assert not filters['asyncio'].filter(record)
+  record.exc_info = (ValueError, ValueError('other'), None)
+  assert filters['asyncio'].filter(record)
+  seen = []
+  hook = checkpoints._late_write_callbacks_dropped(seen.append)
+  hook(types.SimpleNamespace(exc_value=RuntimeError('Event loop is closed')))
+  other = types.SimpleNamespace(exc_value=RuntimeError('another'))
+  hook(other)
+  assert seen == [other]
+  for name, f in filters.items():  # as a new process would start
+    logging.getLogger(name).removeFilter(f)
+  # another error keeps its traceback and leaves the hooks as they were
+  monkeypatch.setattr(ck.manager, 'save', lambda step, **kw: (_ for _ in ()).throw(
+      ValueError('INVALID_ARGUMENT: something else')))
+  before = sys.unraisablehook
+  with pytest.raises(ValueError, match='something else'):
+    ck.save(6, _state(6))
+  assert sys.unraisablehook is before
+  assert not logging.getLogger('absl').filters and not logging.getLogger('asyncio').filters
+  monkeypatch.setattr(ck.manager, 'save', real_save)
+  ck.save(6, _state(6))
+  assert ck.all_steps() == [2, 6]
+  ck.close()
