@@ -14,6 +14,10 @@ z = w = 64; the full config at a small --batch works too) with ``config.loss.d_t
          D on the reals and on the fakes, logistic loss, backward, Adam.
          G update: G forward, D frozen (train mode), non-saturating logistic loss, backward,
          Adam. G's EMA (outside g_update) is not timed.
+         Convolutions: --conv-backend (default 'auto': oneDNN for the plain convs and
+         zero insertion + XLA for the up-sampling ones on one x86-64 CPU device,
+         models/stylegan2_layers.py); the side ``ours_xla`` is the same with
+         conv_backend='xla' (lax convolutions throughout), timed when ours is not XLA.
   torch  StudioGAN's own Generator / Discriminator (src/models/stylegan2.py, imported from
          --studiogan; its CUDA ops fall back to their reference implementations on CPU),
          built with the same sizes (cAdaIN G, SPD D), float32, NCHW, torch.optim.Adam with our
@@ -73,6 +77,10 @@ def _parse_args(argv=None):
   p.add_argument('--batch', type=int, default=32, help='batch size (both sides)')
   p.add_argument('--repeats', type=int, default=5, help='timed calls per figure and side')
   p.add_argument('--no-bf16', action='store_true', help='skip the torch bf16 autocast side')
+  p.add_argument('--conv-backend', default='auto',
+                 help="our config.model.conv_backend (default 'auto': oneDNN on one x86-64 CPU "
+                      "device); when it resolves to 'onednn', an 'ours_xla' side times "
+                      "conv_backend='xla' too (issue 28)")
   p.add_argument('--json', default='', help='also write the results to this JSON file')
   args = p.parse_args(argv)
   if args.batch < 1 or args.repeats < 1:
@@ -329,7 +337,8 @@ def _report(res, args):
         f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
   ji = res['jax_info']
   line = f'{args.config} (loss.d_terms \'\'), batch {b}, median of {args.repeats}; ' \
-         f'ours G {ji["g_params"]:,} / D {ji["d_params"]:,} params'
+         f'ours ({res["conv_backend"]} convolutions) G {ji["g_params"]:,} / ' \
+         f'D {ji["d_params"]:,} params'
   if 'torch_info' in res:
     ti = res['torch_info']
     line += f' (StudioGAN {ti["g_params"]:,} / {ti["d_params"]:,})'
@@ -364,9 +373,18 @@ def main(argv=None):
              cpu=compare._cpu_model(), cores=os.cpu_count(), load_start=compare._load())
   config = load_config(args.config, args.batch)
   real, labels = _data(config, args.batch)
+  from reacgan_jax.ops import conv as conv_ops  # noqa: PLC0415
+
+  config.model.conv_backend = conv_ops.resolve(args.conv_backend)
+  res['conv_backend'] = config.model.conv_backend
   sides = {}
   sides['ours'], res['jax_info'] = jax_calls(config, real, labels)
   _warm(sides['ours'])
+  if config.model.conv_backend != 'xla':
+    xla = load_config(args.config, args.batch)
+    xla.model.conv_backend = 'xla'
+    sides['ours_xla'], _ = jax_calls(xla, real, labels)
+    _warm(sides['ours_xla'])
   if args.studiogan:
     import torch  # noqa: PLC0415
 

@@ -83,7 +83,8 @@ def _dcgan(config, common):
 
 
 def _stylegan2(config, common):
-  del common  # StyleGAN2 has its own init (equalised lr), no BN, no SN, no attention
+  # StyleGAN2 has its own init (equalised lr), no BN, no SN, no attention: only the resolved
+  # convolution backend is taken from `common`.
   m = config.model
   if m.apply_g_sn or m.apply_d_sn:
     raise ConfigError('config.model.backbone=stylegan2 takes no spectral norm (StudioGAN refuses '
@@ -91,11 +92,7 @@ def _stylegan2(config, common):
   if m.dtype != 'float32':
     raise ConfigError(f'config.model.dtype={m.dtype!r}: the stylegan2 backbone computes in float32 '
                      'only for now (no bf16 path yet); set config.model.dtype=float32')
-  if m.conv_backend == 'onednn':
-    raise ConfigError(f'config.model.conv_backend={m.conv_backend!r}: the stylegan2 backbone '
-                     "(modulated, grouped convolutions) runs on XLA only; set "
-                     "config.model.conv_backend='xla' (or 'auto', which picks XLA for it)")
-  return stylegan2.build(config)
+  return stylegan2.build(config, common['conv_backend'])
 
 
 BACKBONES = {
@@ -143,7 +140,7 @@ def build_models(config):
     raise ConfigError(f'config.model.cond_method={m.cond_method!r}: backbone {m.backbone} takes '
                      f'{", ".join(BACKBONES[m.backbone].cond_methods)}')
   conv_ops.check_backend(m.conv_backend, dtype=m.dtype)
-  backend = conv_ops.resolve(m.conv_backend, dtype=m.dtype, backbone=m.backbone)
+  backend = conv_ops.resolve(m.conv_backend, dtype=m.dtype)
   common = dict(num_classes=config.data.num_classes, cond_method=m.cond_method,
                 conv_dim=m.d_conv_dim, embed_dim=m.embed_dim,
                 use_bn=not m.apply_d_sn,  # the reference drops D's BN when D is SN'd

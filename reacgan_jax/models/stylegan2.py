@@ -42,11 +42,12 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def build(config):
+def build(config, conv_backend: str = 'xla'):
   """(Generator, Discriminator) from config.model.stylegan2, config.data and config.model's
   cond_method, z_dim (MODEL.z_dim) and embed_dim (MODEL.d_embed_dim, the D2DCE head's width).
 
-  The generator is conditional (StudioGAN cAdaIN) iff cond_method != 'none'.
+  The generator is conditional (StudioGAN cAdaIN) iff cond_method != 'none'. conv_backend: the
+  resolved config.model.conv_backend ('xla' | 'onednn', stylegan2_layers).
   """
   s, z_dim, embed_dim = config.model.stylegan2, config.model.z_dim, config.model.embed_dim
   size, classes = config.data.image_size, config.data.num_classes
@@ -60,13 +61,15 @@ def build(config):
       mapping_lr_multiplier=s.mapping_lr_multiplier, w_avg_beta=s.w_avg_beta,
       channel_base=s.channel_base, channel_max=s.channel_max, architecture=s.g_architecture,
       conv_clamp=s.conv_clamp, style_mixing_prob=s.style_mixing_prob, noise_mode=s.noise_mode,
-      eval_truncation_psi=s.truncation_psi, eval_truncation_cutoff=s.truncation_cutoff)
+      eval_truncation_psi=s.truncation_psi, eval_truncation_cutoff=s.truncation_cutoff,
+      conv_backend=conv_backend)
   d = stylegan2_d.Discriminator(
       img_resolution=size, num_classes=classes, cond_method=cond,
       architecture=s.d_architecture, channel_base=s.channel_base, channel_max=s.channel_max,
       conv_clamp=s.conv_clamp, mbstd_group_size=s.mbstd_group_size,
       mbstd_num_channels=s.mbstd_num_channels, embed_dim=embed_dim,
-      spd_mapping_layers=s.spd_mapping_layers, embed_mapping_layers=s.embed_mapping_layers)
+      spd_mapping_layers=s.spd_mapping_layers, embed_mapping_layers=s.embed_mapping_layers,
+      conv_backend=conv_backend)
   d.check()
   if s.noise_mode not in stylegan2_g.NOISE_MODES:
     raise ConfigError(f'model.stylegan2.noise_mode={s.noise_mode!r}: expected one of '

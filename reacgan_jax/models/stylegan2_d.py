@@ -36,18 +36,19 @@ class DiscriminatorBlock(nn.Module):
   out_channels: int
   architecture: str = 'resnet'
   conv_clamp: float | None = None
+  conv_backend: str = 'xla'  # stylegan2_layers: 'xla' | 'onednn'
 
   @nn.compact
   def __call__(self, x, img):
     conv = lambda n, k, name, **kw: L.Conv2dLayer(n, k, conv_clamp=self.conv_clamp, name=name,
-                                                  **kw)
+                                                  conv_backend=self.conv_backend, **kw)
     if self.in_channels == 0 or self.architecture == 'skip':
       y = conv(self.tmp_channels, 1, 'fromrgb', activation='lrelu')(img)
       x = x + y if x is not None else y
       img = L.downsample2d(img, L.setup_filter()) if self.architecture == 'skip' else None
     if self.architecture == 'resnet':
-      y = L.Conv2dLayer(self.out_channels, 1, use_bias=False, down=2, name='skip')(
-          x, gain=math.sqrt(0.5))
+      y = L.Conv2dLayer(self.out_channels, 1, use_bias=False, down=2,
+                        conv_backend=self.conv_backend, name='skip')(x, gain=math.sqrt(0.5))
       x = conv(self.tmp_channels, 3, 'conv0', activation='lrelu')(x)
       x = conv(self.out_channels, 3, 'conv1', activation='lrelu', down=2)(x, gain=math.sqrt(0.5))
       x = y + x
@@ -64,15 +65,18 @@ class DiscriminatorEpilogue(nn.Module):
   mbstd_group_size: int | None = 4
   mbstd_num_channels: int = 1
   conv_clamp: float | None = None
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x, img):
     c = self.in_channels
     if self.architecture == 'skip':
-      x = x + L.Conv2dLayer(c, 1, activation='lrelu', name='fromrgb')(img)
+      x = x + L.Conv2dLayer(c, 1, activation='lrelu', conv_backend=self.conv_backend,
+                            name='fromrgb')(img)
     if self.mbstd_num_channels > 0:
       x = L.minibatch_std(x, self.mbstd_group_size, self.mbstd_num_channels)
-    x = L.Conv2dLayer(c, 3, activation='lrelu', conv_clamp=self.conv_clamp, name='conv')(x)
+    x = L.Conv2dLayer(c, 3, activation='lrelu', conv_clamp=self.conv_clamp,
+                      conv_backend=self.conv_backend, name='conv')(x)
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's NCHW flatten order
     return L.FullyConnected(c, activation='lrelu', name='fc')(x)
 
@@ -92,6 +96,7 @@ class Discriminator(nn.Module):
   embed_dim: int = 512  # StudioGAN d_embed_dim (reacgan)
   spd_mapping_layers: int = 8  # StudioGAN passes mapping_kwargs={} -> MappingNetwork's 8
   embed_mapping_layers: int = 1
+  conv_backend: str = 'xla'  # stylegan2_layers: 'xla' | 'onednn' (config.model.conv_backend)
 
   def channels(self, res):
     return min(self.channel_base // res, self.channel_max)
@@ -115,10 +120,12 @@ class Discriminator(nn.Module):
     for res in [2 ** i for i in range(log2, 2, -1)]:
       cin = self.channels(res) if res < self.img_resolution else 0
       x, img = DiscriminatorBlock(cin, self.channels(res), self.channels(res // 2),
-                                  self.architecture, self.conv_clamp, name=f'b{res}')(x, img)
+                                  self.architecture, self.conv_clamp, self.conv_backend,
+                                  name=f'b{res}')(x, img)
     c4 = self.channels(4)
     h = DiscriminatorEpilogue(c4, self.architecture, self.mbstd_group_size,
-                              self.mbstd_num_channels, self.conv_clamp, name='b4')(x, img)
+                              self.mbstd_num_channels, self.conv_clamp, self.conv_backend,
+                              name='b4')(x, img)
     return self.heads(h, y, c4)
 
   def heads(self, h, y, c4):

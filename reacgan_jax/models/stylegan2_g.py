@@ -84,6 +84,7 @@ class SynthesisLayer(nn.Module):
   up: int = 1
   use_noise: bool = True
   conv_clamp: float | None = None
+  conv_backend: str = 'xla'  # stylegan2_layers: 'xla' | 'onednn'
 
   @nn.compact
   def __call__(self, x, w, noise_mode='random', gain=1.0):
@@ -101,7 +102,8 @@ class SynthesisLayer(nn.Module):
       elif noise_mode == 'const':
         noise = (const.value * strength)[None, :, :, None]
     x = L.modulated_conv2d(x, weight, styles, noise=noise, up=self.up, padding=k // 2,
-                           resample_filter=L.setup_filter(), flip_weight=(self.up == 1))
+                           resample_filter=L.setup_filter(), flip_weight=(self.up == 1),
+                           backend=self.conv_backend)
     bias = self.param('bias', nn.initializers.zeros, (self.out_channels,))
     clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
     return L.bias_act(x, bias, act='lrelu', gain=L.ACT_GAIN['lrelu'] * gain, clamp=clamp)
@@ -111,13 +113,14 @@ class ToRGBLayer(nn.Module):
   """1x1 modulated conv without demodulation, styles scaled by 1/sqrt(in), bias, clamp."""
   out_channels: int
   conv_clamp: float | None = None
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x, w):
     cin = x.shape[-1]
     styles = L.FullyConnected(cin, bias_init=1.0, name='affine')(w) * (1 / math.sqrt(cin))
     weight = self.param('weight', nn.initializers.normal(1.0), (1, 1, cin, self.out_channels))
-    x = L.modulated_conv2d(x, weight, styles, demodulate=False)
+    x = L.modulated_conv2d(x, weight, styles, demodulate=False, backend=self.conv_backend)
     bias = self.param('bias', nn.initializers.zeros, (self.out_channels,))
     return L.bias_act(x, bias, clamp=self.conv_clamp)
 
@@ -132,6 +135,7 @@ class SynthesisBlock(nn.Module):
   is_last: bool
   architecture: str = 'skip'
   conv_clamp: float | None = None
+  conv_backend: str = 'xla'
 
   @property
   def num_conv(self):
@@ -145,13 +149,15 @@ class SynthesisBlock(nn.Module):
   def __call__(self, x, img, ws, noise_mode='random'):
     res, cout = self.resolution, self.out_channels
     layer = lambda name, up: SynthesisLayer(cout, self.w_dim, res, up=up,
-                                            conv_clamp=self.conv_clamp, name=name)
+                                            conv_clamp=self.conv_clamp,
+                                            conv_backend=self.conv_backend, name=name)
     if self.in_channels == 0:
       const = self.param('const', nn.initializers.normal(1.0), (res, res, cout))
       x = jnp.broadcast_to(const[None], (ws.shape[0], res, res, cout))
       x = layer('conv1', 1)(x, ws[:, 0], noise_mode)
     elif self.architecture == 'resnet':
-      y = L.Conv2dLayer(cout, 1, use_bias=False, up=2, name='skip')(x, gain=math.sqrt(0.5))
+      y = L.Conv2dLayer(cout, 1, use_bias=False, up=2, conv_backend=self.conv_backend,
+                        name='skip')(x, gain=math.sqrt(0.5))
       x = layer('conv0', 2)(x, ws[:, 0], noise_mode)
       x = layer('conv1', 1)(x, ws[:, 1], noise_mode, gain=math.sqrt(0.5))
       x = y + x
@@ -161,7 +167,8 @@ class SynthesisBlock(nn.Module):
     if img is not None:
       img = L.upsample2d(img, L.setup_filter())
     if self.num_torgb:
-      y = ToRGBLayer(self.img_channels, self.conv_clamp, name='torgb')(x, ws[:, self.num_conv])
+      y = ToRGBLayer(self.img_channels, self.conv_clamp, self.conv_backend, name='torgb')(
+          x, ws[:, self.num_conv])
       img = img + y if img is not None else y
     return x, img
 
@@ -175,6 +182,7 @@ class SynthesisNetwork(nn.Module):
   channel_max: int = 512
   architecture: str = 'skip'
   conv_clamp: float | None = None
+  conv_backend: str = 'xla'
 
   def block_args(self):
     """[(res, in_channels, out_channels, is_last)] and num_ws, as the reference builds them."""
@@ -204,7 +212,8 @@ class SynthesisNetwork(nn.Module):
     w_idx = 0
     for res, cin, cout, is_last in blocks:
       block = SynthesisBlock(cin, cout, self.w_dim, res, self.img_channels, is_last,
-                             self.architecture, self.conv_clamp, name=f'b{res}')
+                             self.architecture, self.conv_clamp, self.conv_backend,
+                             name=f'b{res}')
       n = block.num_conv + block.num_torgb
       x, img = block(x, img, ws[:, w_idx:w_idx + n], noise_mode)
       w_idx += block.num_conv
@@ -236,6 +245,7 @@ class Generator(nn.Module):
   # (config truncation_psi / truncation_cutoff; training always runs at psi = 1).
   eval_truncation_psi: float = 1.0
   eval_truncation_cutoff: int | None = None
+  conv_backend: str = 'xla'  # stylegan2_layers: 'xla' | 'onednn' (config.model.conv_backend)
 
   # What the trainer's adapter reads (adapter.ModelAdapter): the rng streams G draws from; in
   # which update G's state moves (StudioGAN generates the D step's fakes with
@@ -248,7 +258,8 @@ class Generator(nn.Module):
   def setup(self):
     self.synthesis_net = SynthesisNetwork(self.w_dim, self.img_resolution, self.img_channels,
                                           self.channel_base, self.channel_max,
-                                          self.architecture, self.conv_clamp, name='synthesis')
+                                          self.architecture, self.conv_clamp,
+                                          self.conv_backend, name='synthesis')
     self.num_ws = self.synthesis_net.block_args()[1]
     self.mapping_net = MappingNetwork(self.z_dim, self.num_classes, self.w_dim, self.num_ws,
                                       self.mapping_layers, self.mapping_lr_multiplier,

@@ -5,9 +5,17 @@ Parameters keep the reference's names and equalised-lr storage (weights ~ N(0, 1
 gain applied at run time), so `stylegan2_convert` maps a torch state dict leaf by leaf:
   dense  weight [in, out]        = torch weight.T
   conv   weight [kh, kw, in, out] = torch weight.permute(2, 3, 1, 0)
-No custom ops: the FIR resampling is a depthwise `lax.conv`, modulation is the reference's
-non-fused form (scale activations, shared-weight conv, scale again), equal to the fused grouped
-conv up to float rounding. float32 only (the reference's fp16 pre-normalisation is not ported).
+The FIR resampling is a depthwise `lax.conv`, modulation is the reference's non-fused form
+(scale activations, shared-weight conv, scale again), equal to the fused grouped conv up to float
+rounding. float32 only (the reference's fp16 pre-normalisation is not ported).
+
+Convolutions (`conv_backend`, resolved from config.model.conv_backend, issue 28): 'xla' is
+lax.conv_general_dilated throughout (up-sampling convs lhs-dilated). 'onednn' is the CPU's fast
+path: every plain conv (stride 1 or 2) goes to oneDNN (ops/conv.conv_onednn), and an up-sampling
+conv becomes an explicit zero insertion followed by a plain conv on XLA with ops/conv's
+shifted-matmul weight gradient (XLA:CPU's lhs-dilated conv and its backward-filter conv are the
+slow parts: G update 7.6 s -> 4.1 s at full width, batch 4, 2-core AMD EPYC; benchmarks/README).
+Both are the same linear maps (float32 rounding apart: tests/models/test_stylegan2_layers.py).
 """
 
 import math
@@ -17,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from reacgan_jax.ops import conv as conv_ops
 
 ACT_GAIN = {'linear': 1.0, 'lrelu': math.sqrt(2.0), 'relu': math.sqrt(2.0)}
 DEFAULT_FILTER = (1, 3, 3, 1)
@@ -72,19 +82,41 @@ def downsample2d(x, f, down=2):
   return upfirdn2d(x, f, down=down, padding=p)
 
 
-def _conv(x, w, stride=1, padding=((0, 0), (0, 0)), lhs_dilation=(1, 1)):
-  return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, lhs_dilation=lhs_dilation,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+BACKENDS = ('xla', 'onednn')
 
 
-def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, flip_weight=True):
+def _zero_insert(x, up):
+  """[N, H, W, C] -> [N, (H-1)*up+1, (W-1)*up+1, C] with up-1 zeros between pixels (what an
+  lhs-dilated conv sees)."""
+  n, h, w, c = x.shape
+  x = jnp.pad(x.reshape(n, h, 1, w, 1, c),
+              ((0, 0), (0, 0), (0, up - 1), (0, 0), (0, up - 1), (0, 0)))
+  return x.reshape(n, h * up, w * up, c)[:, :(h - 1) * up + 1, :(w - 1) * up + 1]
+
+
+def _conv(x, w, stride=1, padding=((0, 0), (0, 0)), lhs_dilation=(1, 1), backend='xla'):
+  if backend == 'xla':
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                        lhs_dilation=lhs_dilation, dimension_numbers=_NHWC)
+  if backend != 'onednn':
+    raise ValueError(f'stylegan2 conv backend {backend!r}: expected one of {BACKENDS}')
+  if lhs_dilation != (1, 1):
+    return conv_ops.conv_general_dilated(_zero_insert(x, lhs_dilation[0]), w, (stride, stride),
+                                         padding, dimension_numbers=_NHWC)
+  return conv_ops.conv_onednn(x, w, (stride, stride), padding, dimension_numbers=_NHWC)
+
+
+def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, flip_weight=True, backend='xla'):
   """conv2d_resample.conv2d_resample (groups=1): conv with optional FIR up/down-sampling.
 
   x: [N, H, W, I]; w: [kh, kw, I, O]; padding is w.r.t. the upsampled image.
   flip_weight=True is correlation (torch conv2d); False is true convolution (the reference
   passes False for up=2 layers). Up-sampling is a zero-inserted (lhs-dilated) conv followed by
-  the filter, the same linear map as the reference's transposed conv + filter.
+  the filter, the same linear map as the reference's transposed conv + filter. backend: see the
+  module docstring.
   """
+  conv = lambda x, w, **kw: _conv(x, w, backend=backend, **kw)  # noqa: E731
   kh, kw = w.shape[0], w.shape[1]
   fh, fw = (1, 1) if f is None else f.shape
   px0 = px1 = py0 = py1 = padding
@@ -97,17 +129,17 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, flip_weight=True):
   if not flip_weight:
     w = w[::-1, ::-1]
   if kh == 1 and kw == 1 and down > 1 and up == 1:
-    return _conv(upfirdn2d(x, f, down=down, padding=(px0, px1, py0, py1)), w)
+    return conv(upfirdn2d(x, f, down=down, padding=(px0, px1, py0, py1)), w)
   if kh == 1 and kw == 1 and up > 1 and down == 1:
-    return upfirdn2d(_conv(x, w), f, up=up, padding=(px0, px1, py0, py1), gain=up * up)
+    return upfirdn2d(conv(x, w), f, up=up, padding=(px0, px1, py0, py1), gain=up * up)
   if down > 1 and up == 1:
-    return _conv(upfirdn2d(x, f, padding=(px0, px1, py0, py1)), w, stride=down)
+    return conv(upfirdn2d(x, f, padding=(px0, px1, py0, py1)), w, stride=down)
   if up > 1:
     # zero insertion by lax (length (H-1)*up+1, i.e. without the reference's trailing up-1 zeros)
-    y = _conv(x, w, padding=((py0, py1 + up - 1), (px0, px1 + up - 1)), lhs_dilation=(up, up))
+    y = conv(x, w, padding=((py0, py1 + up - 1), (px0, px1 + up - 1)), lhs_dilation=(up, up))
     y = upfirdn2d(y, f, gain=up * up)
     return upfirdn2d(y, f, down=down) if down > 1 else y
-  return _conv(x, w, padding=((py0, py1), (px0, px1)))
+  return conv(x, w, padding=((py0, py1), (px0, px1)))
 
 
 def bias_act(x, b=None, act='linear', alpha=0.2, gain=None, clamp=None):
@@ -134,7 +166,7 @@ def normalize_2nd_moment(x, eps=1e-8):
 
 
 def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_filter=None,
-                     demodulate=True, flip_weight=True):
+                     demodulate=True, flip_weight=True, backend='xla'):
   """stylegan2.modulated_conv2d, non-fused form (same map as the fused grouped conv).
 
   x: [N, H, W, I]; weight: [kh, kw, I, O]; styles: [N, I]; noise: broadcastable to the output.
@@ -142,7 +174,7 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
   """
   x = x * styles[:, None, None, :].astype(x.dtype)
   x = conv2d_resample(x, weight.astype(x.dtype), resample_filter, up=up, padding=padding,
-                      flip_weight=flip_weight)
+                      flip_weight=flip_weight, backend=backend)
   if demodulate:
     wsq = jnp.sum(jnp.square(weight), axis=(0, 1))  # [I, O]
     dcoefs = jax.lax.rsqrt(jnp.square(styles) @ wsq + 1e-8)  # [N, O]
@@ -211,6 +243,7 @@ class Conv2dLayer(nn.Module):
   down: int = 1
   conv_clamp: float | None = None
   resample_filter: Sequence[float] = DEFAULT_FILTER
+  conv_backend: str = 'xla'
 
   @nn.compact
   def __call__(self, x, gain=1.0):
@@ -219,7 +252,8 @@ class Conv2dLayer(nn.Module):
     w = w * (1.0 / math.sqrt(cin * k * k))
     b = self.param('bias', nn.initializers.zeros, (self.features,)) if self.use_bias else None
     x = conv2d_resample(x, w.astype(x.dtype), setup_filter(self.resample_filter), up=self.up,
-                        down=self.down, padding=k // 2, flip_weight=(self.up == 1))
+                        down=self.down, padding=k // 2, flip_weight=(self.up == 1),
+                        backend=self.conv_backend)
     act_gain = ACT_GAIN[self.activation] * gain
     clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
     return bias_act(x, b, act=self.activation, gain=act_gain, clamp=clamp)

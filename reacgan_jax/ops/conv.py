@@ -154,26 +154,25 @@ def _check_name(name: str, key: str) -> None:
     raise ValueError(f'{key}={name!r}: expected one of {", ".join(BACKENDS)}')
 
 
-def resolve(name: str, key: str = 'config.model.conv_backend', *, dtype: str = 'float32',
-            backbone: str = '') -> str:
+def resolve(name: str, key: str = 'config.model.conv_backend', *, dtype: str = 'float32') -> str:
   """The backend a config's conv_backend `name` runs here: 'xla' or 'onednn'.
 
   'auto' (the default) picks oneDNN on a single x86-64 CPU device where the extension builds and
   loads (the `onednn` extra and a C++ compiler) and the dtype has oneDNN convolutions on this
-  CPU, XLA otherwise (GPU/TPU, another CPU, several CPU devices or processes, StyleGAN2's
-  modulated convolutions, no extension), and logs the choice and why once per process and key.
+  CPU, XLA otherwise (GPU/TPU, another CPU, several CPU devices or processes, no extension),
+  and logs the choice and why once per process and key.
   'xla' / 'onednn' are returned as given (checked by `check_backend`).
   """
   _check_name(name, key)
   if name != 'auto':
     return name
-  chosen, why = _auto(dtype, backbone == 'stylegan2', jax.device_count())
+  chosen, why = _auto(dtype, jax.device_count())
   _log_choice(key, chosen, why)
   return chosen
 
 
 @functools.cache
-def _auto(dtype: str, stylegan2: bool, devices: int) -> tuple[str, str]:
+def _auto(dtype: str, devices: int) -> tuple[str, str]:
   platform = jax.default_backend()
   if platform != 'cpu':
     return 'xla', f'{platform} devices'
@@ -182,8 +181,6 @@ def _auto(dtype: str, stylegan2: bool, devices: int) -> tuple[str, str]:
   if devices > 1:  # the partitioner replicates the custom call: every device would do it all
     return 'xla', (f'{devices} CPU devices: the oneDNN call is not partitioned over a mesh, each '
                    'device would compute the whole batch')
-  if stylegan2:
-    return 'xla', "StyleGAN2's modulated (grouped) convolutions have no oneDNN path"
   ok, why = onednn.available()
   if not ok:
     return 'xla', f'the oneDNN extension is not available ({why.splitlines()[0]})'

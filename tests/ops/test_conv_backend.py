@@ -63,12 +63,11 @@ def test_auto_is_onednn_on_one_x86_cpu_device_and_says_so(one_device, extension,
     ('8 devices', '8 CPU devices: the oneDNN call is not partitioned'),
     ('no extension', 'the oneDNN extension is not available (oneDNN: the package'),
     ('bf16 on avx2', 'this CPU has no oneDNN bf16 convolution'),
-    ('stylegan2', "StyleGAN2's modulated (grouped) convolutions have no oneDNN path"),
     ('gpu', 'gpu devices'),
     ('arm', 'the oneDNN path is built for x86-64 CPUs, this is aarch64'),
 ])
 def test_auto_falls_back_to_xla_naming_why(monkeypatch, extension, caplog, case, expect):
-  devices, dtype, backbone = 1, 'float32', 'biggan'
+  devices, dtype = 1, 'float32'
   if case == '8 devices':
     devices = 8
   elif case == 'no extension':
@@ -76,15 +75,13 @@ def test_auto_falls_back_to_xla_naming_why(monkeypatch, extension, caplog, case,
   elif case == 'bf16 on avx2':
     dtype = 'bfloat16'
     monkeypatch.setattr(onednn, 'bf16_supported', lambda: False)
-  elif case == 'stylegan2':
-    backbone = 'stylegan2'
   elif case == 'gpu':
     monkeypatch.setattr(conv_ops.jax, 'default_backend', lambda: 'gpu')
   elif case == 'arm':
     monkeypatch.setattr(conv_ops, '_machine', lambda: 'aarch64')
   monkeypatch.setattr(conv_ops.jax, 'device_count', lambda: devices)
   with caplog.at_level(logging.INFO, logger='absl'):
-    assert conv_ops.resolve('auto', dtype=dtype, backbone=backbone) == 'xla'
+    assert conv_ops.resolve('auto', dtype=dtype) == 'xla'
   assert expect in caplog.text and 'XLA convolutions' in caplog.text
 
 
@@ -98,13 +95,15 @@ def test_models_get_the_resolved_backend(monkeypatch, extension):
   monkeypatch.setattr(conv_ops.jax, 'device_count', lambda: 8)
   g, d = build_models(config)
   assert g.conv_backend == d.conv_backend == 'xla'
-  # StyleGAN2 takes 'auto' (XLA) but refuses an explicit 'onednn'
+  # StyleGAN2 too (its plain convolutions through oneDNN: models/stylegan2_layers.py)
   sg = tiny_stylegan2.get_config()
   assert sg.model.conv_backend == 'auto'
-  build_models(sg)
-  sg.model.conv_backend = 'onednn'
-  with pytest.raises(ValueError, match="or 'auto', which picks XLA for it"):
-    build_models(sg)
+  g, d = build_models(sg)
+  assert g.conv_backend == d.conv_backend == 'xla'  # 8 devices
+  conv_ops._auto.cache_clear()
+  monkeypatch.setattr(conv_ops.jax, 'device_count', lambda: 1)
+  g, d = build_models(sg)
+  assert g.conv_backend == d.conv_backend == 'onednn'
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu' or not onednn.available()[0],

@@ -207,13 +207,66 @@ def test_bad_backend_names_the_key():
     build_models(config)
 
 
-def test_stylegan2_refuses_the_onednn_backend_by_name():
+def _stylegan2_outputs(config, backend, variables=None):
+  """G(z, y) and D's outputs on it and on reals, and the gradients of a scalar of both."""
+  config.model.conv_backend = backend
+  g, d = build_models(config)
+  n, s = 8, config.data.image_size
+  z = jax.random.normal(jax.random.key(1), (n, config.model.z_dim))
+  y = jnp.arange(n, dtype=jnp.int32) % config.data.num_classes
+  x = jax.random.uniform(jax.random.key(2), (n, s, s, 3), minval=-1, maxval=1)
+  rngs = {'params': jax.random.key(0), 'noise': jax.random.key(3), 'mixing': jax.random.key(4)}
+  if variables is None:
+    gv = g.init(rngs, z, y, train=True)
+    dv = d.init(rngs, jnp.concatenate([x, x]), jnp.concatenate([y, y]), train=True)
+    variables = gv, dv
+  gv, dv = variables
+
+  def loss(gp, dp):
+    img = g.apply({**gv, 'params': gp}, z, y, train=True, rngs={'noise': jax.random.key(5)})
+    out = d.apply({**dv, 'params': dp}, jnp.concatenate([img, x]), jnp.concatenate([y, y]))
+    return jnp.sum(jnp.sin(out.adv)) + jnp.sum(out.h ** 2) * 1e-3, img
+
+  (value, img), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+      gv['params'], dv['params'])
+  return variables, (g.conv_backend, value, img, grads)
+
+
+@pytest.mark.parametrize('g_arch,d_arch', [('skip', 'orig'), ('resnet', 'resnet'),
+                                           ('orig', 'skip')])
+def test_stylegan2_matches_the_xla_path_on_the_same_weights(g_arch, d_arch):
+  """Issue 28: StyleGAN2's convolutions through oneDNN (plain ones) and zero insertion + XLA
+  (up-sampling ones): every architecture's convs (3x3, 1x1 up/down skips, fromRGB, toRGB)."""
   from configs import tiny_stylegan2  # noqa: PLC0415
 
   config = tiny_stylegan2.get_config()
-  config.model.conv_backend = 'onednn'
-  with pytest.raises(ValueError, match="stylegan2 backbone.*conv_backend='xla'"):
-    build_models(config)
+  config.model.stylegan2.g_architecture, config.model.stylegan2.d_architecture = g_arch, d_arch
+  variables, (b0, v0, img0, grads0) = _stylegan2_outputs(config, 'xla')
+  _, (b1, v1, img1, grads1) = _stylegan2_outputs(config, 'onednn', variables)
+  assert (b0, b1) == ('xla', 'onednn')
+  # Same linear maps, other summation order: float32 rounding, relative to the largest entry.
+  np.testing.assert_allclose(img1, img0, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(img0))))
+  np.testing.assert_allclose(v1, v0, rtol=1e-5)
+  for net0, net1 in zip(grads0, grads1, strict=True):
+    scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(net0))
+    for a, b in zip(jax.tree.leaves(net0), jax.tree.leaves(net1), strict=True):
+      np.testing.assert_allclose(b, a, rtol=0,
+                                 atol=1e-4 * float(jnp.max(jnp.abs(a))) + 1e-6 * scale)
+
+
+def test_stylegan2_up_convs_are_the_lhs_dilated_conv():
+  """The zero insertion the oneDNN path uses for up-sampling convs is lax's lhs dilation."""
+  from reacgan_jax.models import stylegan2_layers as L  # noqa: PLC0415
+
+  x = jax.random.normal(jax.random.key(0), (2, 5, 4, 3))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 6))
+  pad = ((2, 3), (1, 2))
+  want = L._conv(x, w, padding=pad, lhs_dilation=(2, 2), backend='xla')
+  got = L._conv(x, w, padding=pad, lhs_dilation=(2, 2), backend='onednn')
+  assert got.shape == want.shape == (2, 12, 8, 6)  # (5 - 1) * 2 + 1 + 2 + 3 - 2 rows
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+  with pytest.raises(ValueError, match="conv backend 'cudnn'"):
+    L._conv(x, w, backend='cudnn')
 
 
 def test_a_missing_wheel_says_what_to_install(monkeypatch):
@@ -266,3 +319,21 @@ def test_inception_features_match_the_xla_path():
     np.testing.assert_allclose(got[k], want[k], rtol=0,
                                atol=1e-5 * float(jnp.max(jnp.abs(want[k]))), err_msg=k)
   assert float(jnp.std(want['pool'][0] - want['pool'][1])) > 1e-3  # inputs do differ
+
+
+def test_sharded_inception_runs_the_custom_call_per_device():
+  """The evaluation's shard_map over the mesh (each device its own rows) with oneDNN: the call
+  is typed per device like its input (it failed to trace: 'switch branches must have equal
+  output types', found by the README's main job under conv_backend='auto')."""
+  from reacgan_jax.evaluation import inception_weights, on_mesh  # noqa: PLC0415
+
+  mesh = parallel.create_mesh(jax.devices()[:2])
+  params = jax.tree.map(jnp.asarray, inception_weights.random_params(num_logits=16, width=0.125))
+  x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1, maxval=1)
+  x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+      parallel.DATA_AXIS)))
+  want = on_mesh.features_fn(params, mesh, 'clean', 'xla')(x)
+  got = on_mesh.features_fn(params, mesh, 'clean', 'onednn')(x)
+  for k in ('pool', 'logits'):
+    np.testing.assert_allclose(got[k], want[k], rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(want[k]))), err_msg=k)

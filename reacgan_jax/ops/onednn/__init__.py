@@ -152,12 +152,25 @@ def bf16_supported() -> bool:
   return flags is None or any(isa <= set(flags) for isa in _BF16_ISAS)
 
 
+def _varying_axes(*arrays) -> tuple[str, ...]:
+  """The shard_map axes any of `arrays` varies over (empty outside shard_map)."""
+  axes = set()
+  for a in arrays:
+    axes |= getattr(getattr(jax.typeof(a), 'manual_axis_type', None), 'varying', frozenset())
+  return tuple(sorted(axes))
+
+
 def _call(kind, a, b, out_shape, out_dtype, strides, padding):
   (pt, pb), (pl, pr) = padding
-  return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, out_dtype))(
+  out = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, out_dtype))(
       a, b, kind=np.int64(kind), stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
       pad_top=np.int64(pt), pad_bottom=np.int64(pb), pad_left=np.int64(pl),
       pad_right=np.int64(pr))
+  # Inside shard_map (the sharded evaluation, evaluation/on_mesh.py) the call's result is
+  # per-device like its input: typed so, or lax.platform_dependent's branches (the XLA one is
+  # varying) disagree. Forward and input gradient only: nothing takes weight gradients there.
+  axes = _varying_axes(a, b) if kind != 2 else ()
+  return jax.lax.pcast(out, axes, to='varying') if axes else out
 
 
 def out_hw(hw, kernel, strides, padding):
