@@ -138,8 +138,12 @@ def test_models_match_the_xla_path_on_the_same_weights(backbone, cond):
   # Same convolutions, other summation order: float32 rounding, relative to the largest entry.
   np.testing.assert_allclose(img1, img0, rtol=0, atol=1e-5)
   np.testing.assert_allclose(v1, v0, rtol=1e-5)
-  # Gradients: 1e-4 of each leaf's largest entry, plus 1e-6 of the network's largest (a conv
-  # bias in front of BN has a zero true gradient; both paths give rounding noise there).
+  _assert_gradients_close(grads0, grads1)
+
+
+def _assert_gradients_close(grads0, grads1):
+  """1e-4 of each leaf's largest entry, plus 1e-6 of the network's largest (a conv bias in
+  front of BN has a zero true gradient; both paths give rounding noise there)."""
   for net0, net1 in zip(grads0, grads1, strict=True):
     scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(net0))
     for a, b in zip(jax.tree.leaves(net0), jax.tree.leaves(net1), strict=True):
@@ -247,11 +251,7 @@ def test_stylegan2_matches_the_xla_path_on_the_same_weights(g_arch, d_arch):
   # Same linear maps, other summation order: float32 rounding, relative to the largest entry.
   np.testing.assert_allclose(img1, img0, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(img0))))
   np.testing.assert_allclose(v1, v0, rtol=1e-5)
-  for net0, net1 in zip(grads0, grads1, strict=True):
-    scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(net0))
-    for a, b in zip(jax.tree.leaves(net0), jax.tree.leaves(net1), strict=True):
-      np.testing.assert_allclose(b, a, rtol=0,
-                                 atol=1e-4 * float(jnp.max(jnp.abs(a))) + 1e-6 * scale)
+  _assert_gradients_close(grads0, grads1)
 
 
 def test_stylegan2_up_convs_are_the_lhs_dilated_conv():
