@@ -20,6 +20,7 @@ from reacgan_jax.evaluation import evaluator, inception, registry
 from reacgan_jax.losses import gan
 from reacgan_jax.losses import registry as objectives
 from reacgan_jax.models import layers
+from reacgan_jax.ops import conv as conv_ops
 from reacgan_jax.ops import lerp, spectral_norm
 from reacgan_jax.platform import writers
 from reacgan_jax.train import state
@@ -53,6 +54,8 @@ def _choices() -> dict:
   """key -> allowed strings, from the implementing modules where they export them."""
   return {
       'data.source': pipeline.SOURCES,
+      'model.conv_backend': conv_ops.BACKENDS,
+      'eval.conv_backend': conv_ops.BACKENDS,
       'data.npz_layout': sources.NPZ_LAYOUTS,
       'data.crop': pipeline.CROPS,
       'data.load': pipeline.LOAD_MODES,

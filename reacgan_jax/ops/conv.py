@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from absl import logging
 from jax import lax
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.ops import onednn
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -151,7 +152,7 @@ BACKENDS = ('auto', 'xla', 'onednn')
 
 def _check_name(name: str, key: str) -> None:
   if name not in BACKENDS:
-    raise ValueError(f'{key}={name!r}: expected one of {", ".join(BACKENDS)}')
+    raise ConfigError(f'{key}={name!r}: expected one of {", ".join(BACKENDS)}')
 
 
 def resolve(name: str, key: str = 'config.model.conv_backend', *, dtype: str = 'float32') -> str:

@@ -272,3 +272,24 @@ def test_real_weights_cli_same_set_is_zero(cifar10_npz, tmp_path_factory, capsys
   value = _fid_value(_cli(capsys, root / 'x.npz', f'{cifar10_npz}:x_test', '--cifar-rows',
                           '--num-images', 64, '--batch-size', 32, '--weights', weights))
   assert abs(value) < 1e-2
+
+
+def test_a_file_that_is_no_npz_is_one_line(tmp_path, monkeypatch):
+  """Probe (issue 26): garbage named .npz reached np.load, which tried it as a pickle
+  ('This file contains pickled (object) data'), a traceback in `fid` and `eval`."""
+  import sys  # noqa: PLC0415
+
+  from reacgan_jax.errors import InputError, MissingFileError  # noqa: PLC0415
+  from reacgan_jax.evaluation import convert, fid_inputs  # noqa: PLC0415
+
+  bad = tmp_path / 'stats.npz'
+  bad.write_bytes(b'garbage')
+  with pytest.raises(InputError, match='not an .npz archive'):
+    fid.load_statistics(bad)
+  with pytest.raises(InputError, match='not an .npz archive'):
+    fid_inputs.is_statistics_file(str(bad))
+  with pytest.raises(InputError, match='not an .npz archive'):
+    fid_inputs.load_images(str(bad))
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  with pytest.raises(MissingFileError, match=r"--reader torch needs torch: pip install"):
+    convert._torch()

@@ -110,3 +110,17 @@ def test_models_get_the_resolved_backend(monkeypatch, extension):
                     reason='needs the oneDNN extension on a CPU')
 def test_auto_with_the_real_extension_on_one_device(one_device):
   assert conv_ops.resolve('auto') == 'onednn'
+
+
+@pytest.mark.parametrize('key', ['model.conv_backend', 'eval.conv_backend'])
+def test_a_mistyped_backend_is_refused_before_training(key):
+  """Probe (issue 26): eval.conv_backend='gpu' trained to the end when evaluation was off, and a
+  model typo was a ValueError traceback at model build."""
+  from reacgan_jax import validate  # noqa: PLC0415
+  from reacgan_jax.errors import ConfigError  # noqa: PLC0415
+
+  config = train_helpers.tiny_config('unused.npz')
+  section, name = key.split('.')
+  config[section][name] = 'gpu'
+  with pytest.raises(ConfigError, match=rf"config.{key}='gpu': expected one of auto, xla, onednn"):
+    validate.validate_config(config)
