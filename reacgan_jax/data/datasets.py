@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from reacgan_jax.data import cifar
 from reacgan_jax.data import sources as ds
 from reacgan_jax.errors import ConfigError, InputError, MissingFileError
 
@@ -200,9 +201,7 @@ def read_cifar_binary(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
   if len(data) % CIFAR_RECORD:
     raise InputError(f'{name}: {len(data)} bytes is not a multiple of {CIFAR_RECORD} (1 label '
                      'byte + 3072 image bytes); CIFAR-100 binaries (2 label bytes) are not read')
-  rec = np.frombuffer(data, np.uint8).reshape(-1, CIFAR_RECORD)
-  images = rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  return np.ascontiguousarray(images), rec[:, 0].astype(np.int32)
+  return cifar.records(data, 1, name)
 
 
 def load_cifar_binary(root: str, split: str, size: int, crop: str, cache) -> ds.Arrays:
