@@ -119,7 +119,7 @@ def test_kill_9_and_resume_keeps_p_accumulator_and_params_bit_exact(npz, env, st
     while KILL_AFTER not in complete_steps(killed):
       assert proc.poll() is None, proc.communicate()[1][-3000:]
       assert time.time() - t0 < 900
-      time.sleep(0.05)
+      time.sleep(0.002)  # progress, not a clock, decides the kill
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)  # as tests/kill_harness.py does

@@ -595,6 +595,17 @@ def test_a_user_error_of_a_config_file_is_one_message_after_config_flags_wraps_i
   assert errors.message_of_flag_error(flags.Error('plain')) is None
 
 
+def test_a_mistyped_variant_is_one_message_naming_the_choices():
+  fv = flags.FlagValues()
+  argv = ['prog', f'--config={REPO}/configs/cifar10_reacgan.py:smal']
+  config_flags.DEFINE_config_file('config', flag_values=fv, sys_argv=argv)
+  with pytest.raises(flags.Error) as e:
+    fv(argv)
+  msg = errors.message_of_flag_error(e.value)  # None (config_flags' traceback) for a ValueError
+  assert msg == ("cifar10_reacgan: unknown variant 'smal'; expected one of '', 'small' "
+                 '(--config=configs/cifar10_reacgan.py:<variant>)')
+
+
 # ---- the kill -9 harness on a checkpoint writer (the trainer's loop test is the lead's) ---------
 
 
@@ -622,9 +633,14 @@ def test_kill_9_during_saves_loses_nothing(tmp_path):
   env = dict(ENV, PYTHONPATH=f'{REPO}{os.pathsep}{REPO / "tests"}',
              XLA_FLAGS='--xla_force_host_platform_device_count=2')
   cmd = [sys.executable, '-c', _WRITER, str(wd), '150']
-  history = kill_harness.kill_loop(cmd, str(wd), rounds=5, keep=2, min_delay_s=4,
-                                   max_delay_s=10, seed=0, env=env)
-  assert sum(r.killed for r in history) >= 3, [(r.delay_s, r.killed, r.steps) for r in history]
+  # Kills at moments picked from the writer's progress (mid-save or just after a save), 5 to
+  # 20 checkpoints ahead each round: the schedule can use at most ~110 of the 150 steps, so all
+  # five rounds are planned and each kill finds the writer alive (no clock, no machine speed).
+  history = kill_harness.kill_loop(cmd, str(wd), checkpoints=range(1, 151), rounds=5, keep=2,
+                                   ahead=(5, 20), margin=10, seed=0, env=env)
+  summary = [(r.target, r.phase, r.hit, r.killed, r.steps) for r in history]
+  assert [r.killed for r in history] == [True] * 5 + [False], summary
+  assert history[-1].returncode == 0, history[-1].stderr_tail
   ck = checkpoints.Checkpointer(wd, tiny.get_config(), keep=2)
   assert ck.all_steps() == [149, 150]
   _assert_nothing_lost(ck, {s: _state(s, seed=s) for s in ck.all_steps()})
