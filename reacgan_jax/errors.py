@@ -70,6 +70,15 @@ def exit_on_user_error(prog: str, *, verbose: bool = False, status: int = 1):
     raise SystemExit(status) from None
 
 
+HELP_FLAGS = ('help', 'helpshort', 'helpfull', 'helpxml', 'h', '?')  # absl's help flags
+
+
+def command_name(module_command: str) -> str:
+  """The name a command's usage and errors say: `reacgan-jax NAME` when the dispatcher runs it
+  (it sets sys.argv[0] so), else `module_command` (e.g. 'python -m reacgan_jax.fid')."""
+  return sys.argv[0] if sys.argv and sys.argv[0].startswith('reacgan-jax') else module_command
+
+
 def parse_flags(argv, defaults_file=None):
   """absl's flag parser (the `flags_parser` of app.run) for commands that read a --config file:
   an unknown --config.<key>, a bad flag, a UserError raised inside the config file or a config
@@ -77,6 +86,13 @@ def parse_flags(argv, defaults_file=None):
   traceback of the last)."""
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:
+    # absl's --help / --helpshort / --helpfull print the usage, then exit 1; asking for help
+    # is not a failure (exit 0, as argparse and GNU tools do).
+    if e.code == 1 and any(a.lstrip('-').split('=')[0] in HELP_FLAGS
+                           for a in argv[1:] if a.startswith('-')):
+      raise SystemExit(0) from None
+    raise
   except (AttributeError, KeyError) as e:
     # config_flags raises these (not a flags error) for a key the config does not have.
     message = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').replace("'", '').split())

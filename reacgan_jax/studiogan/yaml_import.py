@@ -197,7 +197,7 @@ def main(argv):
 
 def run(argv=None):
   """The command: `python -m reacgan_jax.studiogan.yaml_import CONFIG.yaml [--out=FILE]`."""
-  app.run(main, argv)
+  app.run(main, argv, flags_parser=errors.parse_flags)  # one-line flag errors, --help exits 0
 
 
 if __name__ == '__main__':

@@ -48,3 +48,14 @@ def test_a_user_error_is_one_line_and_verbosity_keeps_the_traceback(tmp_path):
   assert 'reacgan-jax sample: error:' in r.stderr
   r = _run(*args, '--verbosity=1', cwd=tmp_path)
   assert r.returncode != 0 and 'Traceback' in r.stderr
+
+
+@pytest.mark.parametrize('entry, flag', [(['-m', 'reacgan_jax', 'train'], '--help'),
+                                         (['-m', 'reacgan_jax', 'sample'], '--helpfull'),
+                                         ([str(REPO / 'main.py')], '--helpshort')])
+def test_asking_for_help_prints_it_and_exits_0(entry, flag, tmp_path):
+  r = _run(*entry, flag, cwd=tmp_path)  # absl exits 1 after printing its usage
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert '--config' in r.stdout and '--workdir' in r.stdout
+  r = _run(*entry, '--no_such_flag', cwd=tmp_path)  # an error still fails
+  assert r.returncode == 1 and 'no_such_flag' in r.stderr
