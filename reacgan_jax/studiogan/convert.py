@@ -354,7 +354,18 @@ def write_checkpoint(config, workdir: str, g, d, g_ema=None, step: int = 0) -> s
 
 
 def _write_checkpoint(config, workdir, g, d, g_ema, step):
+  state = train_state_from(config, g, d, g_ema)
+  ckpt = checkpoints.Checkpointer(workdir, config)
+  try:
+    return str(ckpt.save(step, state))
+  finally:
+    ckpt.close()
 
+
+def train_state_from(config, g, d, g_ema=None):
+  """A fresh TrainState (step 0, zero optimiser moments, the seed's rng) holding the converted
+  networks: g, d, g_ema as convert_generator / convert_discriminator return them. Each part is
+  checked against the config's own networks (check_like) first."""
   model = adapter.build(config)
   state = state_lib.create_train_state(config, model, jax.random.PRNGKey(config.seed))
   col = _collection(config)
@@ -381,11 +392,7 @@ def _write_checkpoint(config, workdir, g, d, g_ema, step):
     params, stats, sn = jax.tree.map(np.asarray, ema)
     state = state.replace(ema=state_lib.EmaState(
         params=params, collections={col: stats} if stats else {}, sn=sn))
-  ckpt = checkpoints.Checkpointer(workdir, config)
-  try:
-    return str(ckpt.save(step, state))
-  finally:
-    ckpt.close()
+  return state
 
 
 def main(argv):
