@@ -46,7 +46,6 @@ every step's record, a verdict) goes to --out as the run goes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -324,7 +323,7 @@ def run(args) -> dict:
                            if name != reference}
     out['records'].append(rec)
     out['verdict'] = verdict(out['records'])
-    _write(args.out, out)
+    studiogan_step._write(args.out, out)  # atomic: a kill leaves the previous step's JSON
     print(progress_line(rec), flush=True)
   return out
 
@@ -355,13 +354,6 @@ def progress_line(rec) -> str:
                     for k in ('g.params', 'd.params', 'ema.params'))
   losses = ' '.join(f'{n} {v:.5f}' for n, v in rec['g_loss'].items())
   return f'[trajectory] step {rec["step"]}: distance to the reference: {parts}; g_loss {losses}'
-
-
-def _write(path, obj):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
 
 
 def parse_args(argv=None):
