@@ -46,6 +46,7 @@ every step's record, a verdict) goes to --out as the run goes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -63,6 +64,7 @@ import studiogan_step  # noqa: E402
 from reacgan_jax import errors  # noqa: E402
 from reacgan_jax.data import pipeline  # noqa: E402
 from reacgan_jax.models import adapter as adapter_lib  # noqa: E402
+from reacgan_jax.platform import checkpoints  # noqa: E402
 from reacgan_jax.studiogan import convert  # noqa: E402
 from reacgan_jax.train import state as state_lib  # noqa: E402
 from reacgan_jax.train import step as step_lib  # noqa: E402
@@ -243,8 +245,9 @@ def build(args):
   """(our config, the control's config, {'studiogan': side[, 'studiogan_float64': side]})."""
   budget = types.SimpleNamespace(
       config=args.config, override=args.override, steps=args.steps, eval_at=[args.steps],
-      eval_samples=500, data=args.data, inception='', studiogan_src=args.studiogan_src,
-      studiogan_yaml=args.studiogan_yaml, out=os.path.dirname(os.path.abspath(args.out)))
+      eval_samples=args.eval_samples, data=args.data, inception='',
+      studiogan_src=args.studiogan_src, studiogan_yaml=args.studiogan_yaml,
+      out=os.path.dirname(os.path.abspath(args.out)))
   config = same_budget.load_our_config(budget, args.seed)
   sg_cfg, yaml_path = same_budget.prepare_studiogan(budget, config)
   sides = {'studiogan': StudioGANSide(args, yaml_path, budget.out, 'float32')}
@@ -325,7 +328,41 @@ def run(args) -> dict:
     out['verdict'] = verdict(out['records'])
     studiogan_step._write(args.out, out)  # atomic: a kill leaves the previous step's JSON
     print(progress_line(rec), flush=True)
+  if args.save_dir:
+    configs = {'ours': config, 'control': control_config}
+    out['scores'] = save_and_score(args, configs, {n: s for n, (s, _) in ours.items()},
+                                   {n: studiogan_nets(side.worker, config)
+                                    for n, side in sides.items() if n == 'studiogan'})
+    studiogan_step._write(args.out, out)
   return out
+
+
+def save_and_score(args, configs, our_states, studiogan: dict) -> dict:
+  """Each system's last step as a checkpoint in --save_dir/<name> (StudioGAN's converted by
+  our bridge), then, with --score, FID / KID of its EMA generator by our evaluator under the
+  same-budget protocol (experiments/same_budget.Scorer: --eval_samples samples vs the 10k test
+  split; its reference statistics are cached, `same_budget.py --prepare_reference` makes them)."""
+  step, scores = args.steps, {}
+  workdirs = {}
+  for name, st in our_states.items():
+    workdirs[name] = os.path.join(args.save_dir, name)
+    ckpt = checkpoints.Checkpointer(workdirs[name], configs[name])
+    try:
+      ckpt.save(step, st)
+    finally:
+      ckpt.close()
+  for name, nets in studiogan.items():
+    workdirs[name] = os.path.join(args.save_dir, name)
+    convert.write_checkpoint(configs['ours'], workdirs[name], nets['g'], nets['d'], nets['ema'],
+                             step=step)
+  if not args.score:
+    return scores
+  scorer = same_budget.Scorer(types.SimpleNamespace(features='inception', out=args.save_dir))
+  for name, workdir in workdirs.items():
+    scores[name] = scorer.score(configs.get(name, configs['ours']), workdir, step)
+    print(f'[trajectory] {name} at step {step}: FID {scores[name]["fid"]:.2f} KID '
+          f'{scores[name]["kid_mean"]:.4f}', flush=True)
+  return scores
 
 
 def verdict(records, early: int = 10) -> dict:
@@ -356,6 +393,28 @@ def progress_line(rec) -> str:
   return f'[trajectory] step {rec["step"]}: distance to the reference: {parts}; g_loss {losses}'
 
 
+def plot(out: dict, path: str, keys=('g.params', 'd.params', 'ema.params', 'd.sn')):
+  """Distance to the reference over the steps, one panel per network part, log scale."""
+  import matplotlib  # noqa: PLC0415 (only the plot needs it)
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  records = out['records']
+  fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+  for ax, key in zip(axes[0], keys, strict=True):
+    for name in records[0]['to_reference']:
+      ax.plot([r['step'] for r in records],
+              [r['to_reference'][name][key]['rel'] for r in records], label=name)
+    ax.set_yscale('log')
+    ax.set_xlabel('step')
+    ax.set_title(f'{key}: distance to {out["reference"]}', fontsize=9)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(prog='python experiments/trajectory.py',
                               description=__doc__.split('\n')[0])
@@ -375,6 +434,13 @@ def parse_args(argv=None):
   p.add_argument('--ours_override', action='append', default=[],
                  help='key.sub=value on our side only (the control too), not StudioGAN\'s: a '
                       'deliberate porting error, to see what the harness makes of one')
+  p.add_argument('--save_dir', default='', help='write each system\'s last step as a '
+                 'checkpoint under this folder (StudioGAN float32\'s converted)')
+  p.add_argument('--score', action='store_true', help='with --save_dir: FID and KID of each '
+                 'saved EMA generator (same_budget\'s protocol and cached reference)')
+  p.add_argument('--eval_samples', type=int, default=2000, help='samples scored by --score')
+  p.add_argument('--plot', default='', help='draw --out (an existing run\'s JSON) into this '
+                                           'PNG, then stop')
   p.add_argument('--verbose', action='store_true')
   args = p.parse_args(argv)
   args.out, args.data = os.path.abspath(args.out), os.path.abspath(args.data)
@@ -383,6 +449,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
+  if args.plot:
+    with open(args.out) as f:
+      plot(json.load(f), args.plot)
+    return
   with errors.exit_on_user_error('trajectory'):
     if not os.path.isfile(os.path.join(args.studiogan_src, 'worker.py')):
       raise same_budget.HarnessError(f'--studiogan_src={args.studiogan_src!r}: no worker.py '

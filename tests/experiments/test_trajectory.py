@@ -136,3 +136,27 @@ def test_our_first_step_is_as_close_to_studiogan_float64_as_its_own_float32(plan
   for net in ('g', 'd'):
     lo, hi = o['init'][net]['std_ratio_range']
     assert 0.9 < lo <= hi < 1.1, (net, lo, hi)
+
+
+def _record(step, **rel):
+  """A step's record: {system: relative distance} for every network part."""
+  parts = ('g.params', 'd.params', 'ema.params', 'd.sn')
+  return {'step': step, 'g_loss': {n: 1.0 for n in rel},
+          'to_reference': {n: {k: {'rel': r, 'worst': ('', r)} for k in parts}
+                           for n, r in rel.items()}}
+
+
+def test_verdict_compares_ours_with_studiogans_own_float32_and_plots(tmp_path):
+  records = [_record(s, studiogan=2e-6 * s, ours=1e-6 * s, control=1.5e-6 * s)
+             for s in range(1, 13)]
+  v = trajectory.verdict(records, early=10)['d.params']
+  assert v['ours']['step1'] == 1e-6 and v['studiogan']['last'] == pytest.approx(2.4e-5)
+  assert v['ours']['early_median'] == pytest.approx(5.5e-6)  # steps 1..10
+  assert v['ours_over_studiogan'] == {'step1': 0.5, 'early_median': pytest.approx(0.5),
+                                      'last': pytest.approx(0.5)}
+  # With StudioGAN float32 as the reference there is no StudioGAN system to divide by.
+  assert 'ours_over_studiogan' not in trajectory.verdict(
+      [_record(1, ours=1e-6, control=2e-6)])['g.params']
+  png = tmp_path / 'd.png'
+  trajectory.plot({'reference': 'studiogan_float64', 'records': records}, str(png))
+  assert png.read_bytes()[:4] == b'\x89PNG'
