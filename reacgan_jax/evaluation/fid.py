@@ -121,9 +121,8 @@ def load_statistics(path) -> dict:
     {'mu': [D] float64, 'sigma': [D, D] float64, 'n': int or None, 'description': str}.
   """
   path = pathlib.Path(path).expanduser()
-  if path.is_file() and not zipfile.is_zipfile(path):  # np.load would try it as a pickle
-    raise InputError(f'{path}: cannot read FID statistics: not an .npz archive (a truncated or '
-                     'other kind of file?)')
+  if path.is_file():
+    fid_inputs.check_npz(path, f'{path}: cannot read FID statistics')
   try:
     with np.load(path, allow_pickle=False) as d:
       if 'mu' not in d or 'sigma' not in d:

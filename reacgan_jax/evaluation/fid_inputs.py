@@ -24,7 +24,7 @@ def split_key(spec: str) -> tuple[pathlib.Path, str | None]:
   return pathlib.Path(spec).expanduser(), None
 
 
-def _check_npz(path: pathlib.Path, spec: str):
+def check_npz(path: pathlib.Path, spec: str):
   """np.load would try a file that is no zip as a pickle: say what it is instead."""
   if not zipfile.is_zipfile(path):
     raise InputError(f'{spec}: not an .npz archive (a truncated or other kind of file?)')
@@ -34,7 +34,7 @@ def is_statistics_file(spec: str) -> bool:
   path, key = split_key(spec)
   if key is not None or path.suffix != '.npz' or not path.is_file():
     return False
-  _check_npz(path, spec)
+  check_npz(path, spec)
   with np.load(path, allow_pickle=False) as d:
     return 'mu' in d and 'sigma' in d
 
@@ -73,7 +73,7 @@ def load_images(spec: str, *, cifar_rows: bool = False, num_images: int | None =
       files = files[:num_images]
     return _folder_batches(files, chunk), len(files), f'folder:{path.resolve()}'
   if path.suffix == '.npz' and path.is_file():
-    _check_npz(path, spec)
+    check_npz(path, spec)
     with np.load(path, allow_pickle=False) as d:
       keys = [key] if key else [k for k in IMAGE_KEYS if k in d]
       if not keys or keys[0] not in d:
