@@ -61,6 +61,11 @@ def load_config(spec, overrides=()):
   module, _, variant = spec.partition(':')
   mod = importlib.import_module(f'configs.{module}')
   config = mod.get_config(variant) if variant else mod.get_config()
+  return apply_overrides(config, overrides)
+
+
+def apply_overrides(config, overrides):
+  """'key.sub=value' items set on config in place, each value of its key's type; -> config."""
   for item in overrides:
     key, _, value = item.partition('=')
     node, *path = key.split('.')

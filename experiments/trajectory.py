@@ -56,6 +56,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 
+import gpu_check  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import same_budget  # noqa: E402
@@ -256,11 +257,8 @@ def build(args):
   for side in sides.values():
     same_budget.check_loaded(side.built.cfgs, sg_cfg)
     same_budget.check_param_counts(config, side.worker.Gen, side.worker.Dis)
-  for item in args.ours_override:  # ours only, after StudioGAN's YAML: a deliberate difference
-    key, _, value = item.partition('=')
-    section, name = key.split('.')
-    old = config[section][name]
-    config[section][name] = type(old)(value) if not isinstance(old, bool) else value == 'True'
+  # Ours only, after StudioGAN's YAML was written: a deliberate difference.
+  gpu_check.apply_overrides(config, args.ours_override)
   control = config.copy_and_resolve_references()
   if args.control == 'onednn':
     control.model.conv_backend = 'onednn'
