@@ -77,9 +77,11 @@ def get_config():
   # SN of embedding tables: u over the classes as torch's spectral_norm(nn.Embedding)
   # (StudioGAN sn_embedding), or 'width' (legacy reacgan-jax: u over the embedding width).
   config.model.sn_embedding_u = 'classes'
-  # SN in evaluation: 'stored' divides by u^T W v of the stored u, v (torch eval mode);
-  # 'recompute' (legacy) derives v from the stored u (sigma = ||W^T u||).
-  config.model.sn_eval = 'stored'
+  # SN when sampling: 'iterate' (StudioGAN's evaluation, which leaves its SN layers in train
+  # mode) divides by the sigma of a training forward's power iteration from the stored u, v
+  # (not kept); 'stored' by u^T W v of the stored u, v (torch eval mode: wrong for an EMA G,
+  # whose averaged u, v are shorter than 1); 'recompute' (legacy) sigma = ||W^T u||.
+  config.model.sn_eval = 'iterate'
   config.model.g_init = 'ortho'  # ortho | N02 | glorot
   config.model.d_init = 'ortho'  # ortho | N02 | glorot
   # G's BN at evaluation/sampling: running (running averages), batch (batch

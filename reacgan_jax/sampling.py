@@ -8,9 +8,13 @@ with it, so every number names the mode):
   batch     statistics of the sampled batch itself;
   standing  running statistics replaced by the plain average of batch statistics over
             `config.model.standing_batches` random batches (BigGAN's "standing stats").
-Spectral norm at sampling: no power iteration (SPEC 2: no update in evaluation); sigma comes
-from the stored vectors as config.model.sn_eval says (spectral_norm.py). The EMA generator
-uses its own SN vectors, the EMA of G's (state.ema.sn), as StudioGAN's G_ema does.
+Spectral norm at sampling follows config.model.sn_eval (ops/spectral_norm.py): 'iterate' (the
+default, StudioGAN's evaluation: its SN layers stay in train mode) runs the training forward's
+power iteration from the stored vectors once per sample function, without keeping them;
+'stored' divides by the stored vectors' sigma (torch eval mode, SPEC 2's "no update"). The EMA
+generator starts from its own SN vectors, the EMA of G's (state.ema.sn), as StudioGAN's G_ema
+does; being averages they are shorter than unit length, which 'stored' would turn into weights
+too large (issue 25).
 
 Aimed sampling (`--seeds`, `--classes`, `--truncation`): one image per (seed, class), its z
 drawn from `PRNGKey(seed)` alone (and StyleGAN2's noise from a key of that seed), so a seed
@@ -134,7 +138,7 @@ class Sampler:
     in place for bn_eval='standing'."""
     config = self.config
     params, collections, sn = generator_variables(state, use_ema)
-    params, _ = self.adapter.normalize('g', params, sn, update=False)
+    params = self.adapter.normalize_for_sampling('g', params, sn)
     if config.model.bn_eval == 'standing' and collections.get('batch_stats'):
       rng = jax.random.PRNGKey(config.seed) if rng is None else rng
       collections = standing_statistics(config, self.adapter, params, collections, rng,

@@ -65,7 +65,7 @@ def _choices() -> dict:
       'model.d_init': tuple(layers.INITS),
       'model.bn_eval': sampling.BN_EVAL_MODES,
       'model.sn_embedding_u': spectral_norm.EMBEDDING_U,
-      'model.sn_eval': spectral_norm.EVAL_MODES,
+      'model.sn_eval': spectral_norm.SN_EVAL,
       'train.ema_rule': lerp.EMA_RULES,
       'model.dtype': tuple(layers.DTYPES),
       'loss.adv': tuple(gan.ADVERSARIAL),

@@ -57,6 +57,7 @@ class ModelAdapter:
     self.z_dim, self.num_classes = config.model.z_dim, config.data.num_classes
     m = config.model
     self._sn_kwargs = spectral_norm.options(config)  # + sn_embedding_u, sn_eval
+    self._sn_sampling_iterates = config.model.get('sn_eval', 'stored') == 'iterate'
     self._sn_on = {'g': m.apply_g_sn, 'd': m.apply_d_sn}
     # Whether G draws randomness of its own (noise, style mixing): its forwards need a key.
     self.g_needs_key = bool(getattr(generator, 'RNG_STREAMS', ()))
@@ -104,6 +105,13 @@ class ModelAdapter:
     if not sn:
       return params, sn
     return spectral_norm.spectral_normalize(params, sn, update=update, **self._sn_kwargs)
+
+  def normalize_for_sampling(self, which, params, sn):
+    """Weights to sample with, as config.model.sn_eval says: 'iterate' (StudioGAN's evaluation,
+    SN layers in train mode) divides by the sigma of a training forward (the power iteration
+    from the stored vectors; the advanced vectors are not kept, so sampling stays a pure
+    function of the state); 'stored' / 'recompute' as normalize(update=False)."""
+    return self.normalize(which, params, sn, update=self._sn_sampling_iterates)[0]
 
   # ---- forwards -----------------------------------------------------------------------------
 

@@ -23,8 +23,18 @@ With A the iteration matrix (u over A's columns, v over its rows), train mode fo
 `sigma = v^T A u`, normalize(x) = x / max(||x||, eps); u and v are constants to autodiff
 (stop_gradient), so d sigma / d W = v u^T as in torch. In eval mode (update=False) torch runs no
 iteration and divides by `sigma = v^T A u` with the *stored* u and v (eval_mode='stored',
-the default; config.model.sn_eval); 'recompute' (legacy) derives v = normalize(A u) from the
+config.model.sn_eval='stored'); 'recompute' (legacy) derives v = normalize(A u) from the
 stored u instead (sigma = ||A u||, half a power step further along).
+
+config.model.sn_eval='iterate' (the default) is StudioGAN's evaluation: its
+misc.make_GAN_untrainable puts G in eval mode and then every Conv2d / Linear / Embedding back in
+train mode (set_deterministic_op_trainable), so each of its sampling forwards runs the training
+forward's power iteration on the stored vectors. The sampler then divides by the sigma of a
+training forward (models/adapter.py normalize_for_sampling: update=True, vectors not kept); the
+train step's own update=False forwards stay 'stored'. This matters for the EMA generator: its
+vectors are lerps of G's (StudioGAN's Ema rule, ema_lerp), shorter than unit length once G's
+u has turned, and 'stored' then divides by |u| |v| sigma: weights too large, tanh saturated
+(issue 25: |u| 0.66 after 500 steps of cifar10_reacgan:small, 54% of pixels at +-1).
 """
 
 import math
@@ -40,7 +50,8 @@ from reacgan_jax.ops import lerp
 Predicate = Callable[[tuple[str, ...], Any], bool]
 PathPredicate = Callable[[tuple[str, ...]], bool]
 EMBEDDING_U = ('classes', 'width')
-EVAL_MODES = ('stored', 'recompute')
+EVAL_MODES = ('stored', 'recompute')  # spectral_normalize(eval_mode=...)
+SN_EVAL = ('iterate', *EVAL_MODES)  # config.model.sn_eval
 
 
 def _is_vectors(node) -> bool:
@@ -72,17 +83,20 @@ def embedding_rows(path: tuple[str, ...]) -> bool:
 
 def options(config) -> dict:
   """spectral_normalize keyword arguments from config.model (sn_power_iterations, sn_eps,
-  sn_embedding_u: classes | width, sn_eval: stored | recompute); ValueError naming a bad key."""
+  sn_embedding_u: classes | width, sn_eval: iterate | stored | recompute); ConfigError naming a
+  bad key. eval_mode is what the train step's update=False forwards use: 'stored' for
+  sn_eval='iterate' (only sampling iterates, models/adapter.py normalize_for_sampling)."""
   m = config.model
   emb, ev = m.get('sn_embedding_u', 'classes'), m.get('sn_eval', 'stored')
   if emb not in EMBEDDING_U:
     raise ConfigError(f'config.model.sn_embedding_u={emb!r}: expected classes (torch / StudioGAN) '
                      'or width (legacy reacgan-jax)')
-  if ev not in EVAL_MODES:
-    raise ConfigError(f'config.model.sn_eval={ev!r}: expected stored (torch / StudioGAN) or '
-                     'recompute (legacy reacgan-jax)')
+  if ev not in SN_EVAL:
+    raise ConfigError(f'config.model.sn_eval={ev!r}: expected iterate (StudioGAN\'s '
+                     'evaluation), stored (torch eval mode) or recompute (legacy reacgan-jax)')
   return dict(n_power_iterations=m.sn_power_iterations, eps=m.sn_eps,
-              rows_u=embedding_rows if emb == 'classes' else None, eval_mode=ev)
+              rows_u=embedding_rows if emb == 'classes' else None,
+              eval_mode='stored' if ev == 'iterate' else ev)
 
 
 def make_predicate(include: Iterable[str] = ('kernel', 'embedding'),

@@ -51,6 +51,10 @@ HOW_READ_KEYS = frozenset({'data.cache_dir', 'data.prefetch', 'data.tfds_downloa
                            # which library runs the convolutions (equal to float32 rounding;
                            # 'auto' resolves per machine anyway, issue 28)
                            'model.conv_backend'})
+# Values of a key that train alike and differ only in how a checkpoint is sampled: the train
+# step's forwards are 'stored' for both (ops/spectral_norm.py options), so a run of either
+# resumes or evaluates under the other (issue 25 made 'iterate' the default).
+SAME_TRAINING = {'model.sn_eval': frozenset({'stored', 'iterate'})}
 # Paths compared as the files they name (a relative and an absolute path to one file are equal).
 PATH_KEYS = frozenset({'data.npz_path', 'data.folder', 'data.root', 'data.offline_npz'})
 # data.shuffle_buffer orders only a streamed TFDS split; other sources are shuffled in memory.
@@ -125,6 +129,10 @@ def _same_path(a, b) -> bool:
 def _ignored(key, saved, current) -> bool:
   if key in HOW_READ_KEYS:
     return True
+  if key in SAME_TRAINING:
+    section, name = key.split('.')
+    values = {c.get(section, {}).get(name) for c in (saved, current)}
+    return values <= SAME_TRAINING[key]
   if key == 'data.shuffle_buffer':
     sources = {c.get('data', {}).get('source') for c in (saved, current)}
     loads = {c.get('data', {}).get('load') for c in (saved, current)}

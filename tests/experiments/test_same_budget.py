@@ -328,3 +328,40 @@ def test_prepare_reference_caches_the_test_split_once(tmp_path, capsys, cifar10_
   mtime = stats.stat().st_mtime_ns
   same_budget.main(argv)  # a second time reads the cache
   assert stats.stat().st_mtime_ns == mtime
+
+
+@needs_studiogan
+def test_studiogans_evaluation_runs_the_sn_power_iteration(tmp_path):
+  """What config.model.sn_eval='iterate' (our default) reproduces, read from StudioGAN's own
+  code: misc.make_GAN_untrainable (called before every evaluation and canvas) puts BN in eval
+  mode but its set_deterministic_op_trainable puts every Conv2d / Linear / Embedding back in
+  train mode, so a sampling forward of G_ema runs one power iteration (u renormalised: an
+  EMA-averaged u shorter than 1 comes out unit length). Red if StudioGAN sampled in plain eval
+  mode (then sn_eval='stored' would be its rule)."""
+  script = f'''
+import sys
+sys.path.insert(0, {str(ROOT / 'experiments')!r})
+import studiogan_step
+studiogan_step.install_stubs()
+sys.path.insert(0, {STUDIOGAN_SRC!r})
+import torch
+from utils import misc, ops
+torch.manual_seed(0)
+def net():
+  return torch.nn.Sequential(ops.snconv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+G, G_ema, D = net(), net(), torch.nn.Sequential(ops.snlinear(4, 1))
+with torch.no_grad():
+  G_ema[0].weight_u.mul_(0.6)  # as the Ema lerps leave it
+misc.make_GAN_untrainable(G, G_ema, D)
+print('training', G_ema[0].training, D[0].training, 'bn', G_ema[1].training)
+with torch.no_grad():
+  G_ema(torch.randn(2, 3, 8, 8))
+print('u_norm', float(G_ema[0].weight_u.norm()))
+'''
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                        timeout=HANG_S, env=env, cwd=str(ROOT))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = dict(line.split(' ', 1) for line in proc.stdout.splitlines() if ' ' in line)
+  assert lines['training'] == 'True True bn False'
+  assert abs(float(lines['u_norm']) - 1) < 1e-6  # the iteration ran: 0.6 -> unit length

@@ -5,7 +5,12 @@
   starting u, to float32 rounding: both run the same float32 matrix-vector products in other
   summation orders, ~1e-7 relative; bounds 2e-6.
 - Eval mode: torch divides by u^T W v of its stored u and v (no iteration); so does ours with
-  config.model.sn_eval='stored' (default), for Linear, Conv2d and Embedding (same bound).
+  config.model.sn_eval='stored', for Linear, Conv2d and Embedding (same bound).
+- Sampling as StudioGAN evaluates (sn_eval='iterate', the default): its make_GAN_untrainable
+  leaves the SN layers in train mode, so a sampling forward runs one power iteration; ours
+  equals torch's train-mode forward on EMA-averaged vectors (shorter than 1), which 'stored'
+  turns into weights too large (issue 25). Slow, with a StudioGAN checkout: its
+  make_GAN_untrainable does leave them in train mode.
 - The EMA generator's SN vectors follow StudioGAN's Ema.update (src/utils/ema.py: every buffer
   b_ema <- b.lerp(b_ema, decay), decay 0 before ema_start), written below in numpy float32,
   in StepBuilder.ema_update (and, slow, through 3 real train steps); the sampler uses them.
@@ -130,6 +135,57 @@ def test_eval_mode_matches_torch():
     assert np.abs(out['recompute'][name][leaf] - want[name]).max() > 1e-4, name
 
 
+def _ema_averaged(torch, mods, rng):
+  """Each module's u, v made as StudioGAN's Ema leaves G_ema's: lerps of unit vectors that have
+  turned (here: towards random unit vectors, decay 0.6), so |u|, |v| < 1; the weight stale."""
+  with torch.no_grad():
+    for m in mods.values():
+      m.train()
+      m(_INPUTS[id(m)])
+      for name in ('weight_u', 'weight_v'):
+        b = getattr(m, name)
+        other = torch.from_numpy(rng.normal(size=b.shape)).float()
+        b.copy_(torch.lerp(other / other.norm(), b, 0.6))
+      m.weight_orig.mul_(1.0 + 0.2 * torch.from_numpy(rng.normal(size=m.weight_orig.shape))
+                         .float())
+
+
+_INPUTS = {}
+
+
+def test_sampling_iterates_as_studiogans_evaluation():
+  """sn_eval='iterate' (default): the sampler's weights are torch's train-mode SN forward on the
+  stored vectors (one power iteration), as StudioGAN's G_ema samples; the vectors are not
+  written back. 'stored' on the same shortened vectors is far off (the bug of issue 25)."""
+  torch = _torch()
+  mods = _torch_layers(torch)
+  inputs = {'lin': torch.zeros(1, 7), 'conv': torch.zeros(1, 3, 4, 4), 'emb': torch.arange(10)}
+  _INPUTS.update({id(mods[k]): inputs[k] for k in mods})
+  _ema_averaged(torch, mods, np.random.default_rng(7))
+  params, state = _ours(mods)
+  assert all(0.3 < np.linalg.norm(v) < 0.95 for v in jax.tree.leaves(state))
+  config = tiny.get_config()
+  assert config.model.sn_eval == 'iterate'
+  got = adapter.build(config).normalize_for_sampling('g', params, state)
+  config.model.sn_eval = 'stored'
+  stored = adapter.build(config).normalize_for_sampling('g', params, state)
+  with torch.no_grad():
+    ref = {}
+    for name, m in mods.items():
+      m.train()  # StudioGAN's set_deterministic_op_trainable
+      m(inputs[name])
+      ref[name] = m.weight.numpy()
+  want = {'lin': ref['lin'].T, 'conv': ref['conv'].transpose(2, 3, 1, 0), 'emb': ref['emb']}
+  for name, leaf in (('lin', 'kernel'), ('conv', 'kernel'), ('emb', 'embedding')):
+    np.testing.assert_allclose(got[name][leaf], want[name], rtol=0, atol=TOL, err_msg=name)
+    w = np.asarray(params[name][leaf], np.float64)
+    top = np.linalg.svd(w.reshape(-1, w.shape[-1]), compute_uv=False)[0]
+    # After an iteration sigma = ||W v|| with v a unit vector: at most the top singular value
+    # (float64), and nearer it than the stored vectors' u^T W v (too small: weights too large).
+    s_iter, s_stored = _sigma(w, got[name][leaf]), _sigma(w, stored[name][leaf])
+    assert s_stored < s_iter <= top * (1 + 1e-6), (name, s_stored, s_iter, top)
+
+
 def _lerp_np(b_ema, b, decay):
   """torch.lerp(b, b_ema, decay) (Ema.update), as torch's kernels compute it: float32 operands,
   the multiply-add rounded once (here in float64, exact product, then float32: a double
@@ -191,13 +247,18 @@ def test_ema_update_lerps_sn_and_the_sampler_uses_them():
     ema_np = jax.tree.map(lambda e, b, d=decay: _lerp_np(e, np.asarray(b), d), ema_np, g.sn)
   _check_ema_sn(ema.sn, ema_np, g.sn)
   st = st.replace(g=g, ema=ema)
-  # The sampler normalises the EMA weights with the EMA's own vectors.
+  # The sampler normalises the EMA weights with the EMA's own vectors (sn_eval='iterate':
+  # one power iteration from them).
+  # With 'stored' (no iteration) the vectors decide sigma alone: the comparison with G's bites.
   z, y = sampling.sample_latents(config, jax.random.PRNGKey(5), 4)
-  images = np.asarray(sampling.Sampler(config, model).sample_fn(st)(z, y))
-  apply = jax.jit(lambda sn_state: model.apply_g(
-      model.normalize('g', st.ema.params, sn_state, update=False)[0], st.ema.collections, z, y,
-      train=False)[0])
-  np.testing.assert_allclose(images, apply(st.ema.sn), rtol=0, atol=1e-6)
+  for mode, update in (('iterate', True), ('stored', False)):
+    config.model.sn_eval = mode
+    model = adapter.build(config)
+    images = np.asarray(sampling.Sampler(config, model).sample_fn(st)(z, y))
+    apply = jax.jit(lambda sn_state, m=model, u=update: m.apply_g(
+        m.normalize('g', st.ema.params, sn_state, update=u)[0], st.ema.collections, z, y,
+        train=False)[0])
+    np.testing.assert_allclose(images, apply(st.ema.sn), rtol=0, atol=1e-6, err_msg=mode)
   assert np.abs(images - apply(st.g.sn)).max() > 1e-4
 
 
@@ -247,3 +308,13 @@ def test_bad_sn_options_are_named():
 
   with pytest.raises(errors.ConfigError, match='sn_eval'):
     validate.validate_config(config, mode='train')
+
+
+def test_iterate_trains_as_stored():
+  """sn_eval only says how the sampler divides: 'iterate' and 'stored' give the train step the
+  same spectral_normalize arguments (checkpoints.SAME_TRAINING relies on it)."""
+  config = tiny.get_config()
+  config.model.sn_eval = 'iterate'
+  iterate = sn.options(config)
+  config.model.sn_eval = 'stored'
+  assert iterate == sn.options(config) and iterate['eval_mode'] == 'stored'

@@ -152,7 +152,14 @@ def test_resume_compares_what_changes_the_run_not_how_it_is_read(tmp_path, monke
   # issue 28: a run started on XLA's convolutions resumes under 'auto' (oneDNN: equal to
   # rounding), or on a GPU host
   saved['model']['conv_backend'], now['model']['conv_backend'] = 'xla', 'auto'
+  # issue 25: SN at sampling, 'stored' (the old default) or 'iterate' (the new): the train step
+  # is the same under both, so a run of either resumes and evaluates under the other
+  saved['model']['sn_eval'], now['model']['sn_eval'] = 'stored', 'iterate'
   assert checkpoints.config_differences(saved, now) == []
+  saved['model']['sn_eval'] = 'recompute'  # legacy: its train-step forwards differ
+  assert checkpoints.config_differences(saved, now) == [
+      "model.sn_eval: saved 'recompute', now 'iterate'"]
+  saved['model']['sn_eval'] = 'stored'
   now['data']['npz_path'] = 'other.npz'  # another file: other data
   now['model']['z_dim'] += 1
   assert checkpoints.config_differences(saved, now) == [

@@ -342,6 +342,7 @@ def test_write_checkpoint_keeps_g_emas_own_sn_vectors(tmp_path):
 
   overrides = {**META['G']['big_resnet_cond'], **META['D']['big_resnet_PD']}
   config = _config(overrides)
+  config.model.sn_eval = 'stored'  # the fixture's images: torch eval mode, no power iteration
   g_state = _state('G/big_resnet_cond')
   rng = np.random.default_rng(0)
   other = {k: (lambda x: x / np.linalg.norm(x))(rng.normal(size=v.shape)).astype(np.float32)
