@@ -576,6 +576,8 @@ class Evaluator:
         parts.append(self._fid_reference)
       parts += [f'inception={self._features_tag}', f'resize={c.eval.resize}']
     parts.append(f'bn_eval={c.model.bn_eval}')
+    if c.model.get('apply_g_sn'):  # FID moves with it too (issue 25: 'stored' saturated EMA G)
+      parts.append(f'sn_eval={c.model.sn_eval}')
     parts.append(f'eval protocol={registry.protocol_name(c)}')
     if protocol.labels == 'uniform' and n_ref is not None and n_ref != num_samples:
       # StudioGAN generates num_eval[ref_dataset] = len(reference split) images.

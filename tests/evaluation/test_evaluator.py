@@ -108,7 +108,7 @@ def test_real_samples_score_like_real_data(small_cifar, tmp_path):
   assert 0.6 < real['density'] < 1.5
   assert real['is_mean'] > 1.0 and real['is_std'] >= 0.0
   for part in ('1000 samples', 'cifar10:test', 'small_cifar.npz', 'n=1000', 'resize=legacy',
-               'bn_eval=running', 'IS splits=5', 'PRDC k=5', 'random-64'):
+               'bn_eval=running', 'sn_eval=iterate', 'IS splits=5', 'PRDC k=5', 'random-64'):
     assert part in real['protocol'], (part, real['protocol'])
 
   # The reference statistics were cached in the fid.py format and match a direct computation.
