@@ -415,6 +415,10 @@ def run_ours(args, seed, results, scorer):
         timer = Segment(latest)
         config.train.steps = end  # constant lr (checked): a segment boundary changes nothing
         loop.train_and_evaluate(config, workdir)
+        reached = max(checkpoints.list_checkpoint_steps(workdir), default=0)
+        if reached < end:  # stopped early (SIGTERM / Ctrl-C saves and returns): nothing to score
+          raise HarnessError(f'our training of seed {seed} stopped at step {reached} before '
+                             f'{end}: rerun the same command to continue from there')
         seg = timer.fields(end)
       if end in args.eval_at and not results.done('ours', seed, end):
         results.append(dict(system='ours', seed=seed, step=end, **seg,

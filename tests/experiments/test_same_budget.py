@@ -365,3 +365,18 @@ print('u_norm', float(G_ema[0].weight_u.norm()))
   lines = dict(line.split(' ', 1) for line in proc.stdout.splitlines() if ' ' in line)
   assert lines['training'] == 'True True bn False'
   assert abs(float(lines['u_norm']) - 1) < 1e-6  # the iteration ran: 0.6 -> unit length
+
+
+def test_a_segment_stopped_early_is_named_and_not_scored(tmp_path, monkeypatch):
+  """Our loop saves and returns on SIGTERM (a checkpoint short of the segment's end): the harness
+  says where it stopped; before, it went on to score a step that was never written."""
+  args = same_budget.parse_args(['--out', str(tmp_path), '--steps', '4', '--systems', 'ours'])
+  monkeypatch.setattr(same_budget.loop, 'train_and_evaluate', lambda config, workdir: None)
+  monkeypatch.setattr(same_budget.checkpoints, 'list_checkpoint_steps', lambda workdir: [2])
+
+  class NoScore:
+    def score(self, *a, **k):
+      raise AssertionError('scored a step that was not reached')
+
+  with pytest.raises(same_budget.HarnessError, match='stopped at step 2 before 4'):
+    same_budget.run_ours(args, 0, same_budget.Results(str(tmp_path)), NoScore())
