@@ -30,6 +30,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from reacgan_jax import errors
@@ -129,6 +130,14 @@ class Sampler:
       raise errors.ConfigError(f'config.model.bn_eval={mode!r}: expected one of running, batch, '
                                'standing')
     self.config, self.adapter, self.mesh = config, adapter, mesh
+    m = config.model
+    if m.get('sn_eval') == 'stored' and m.get('apply_g_sn') and config.train.get('ema'):
+      logging.warning(
+          "config.model.sn_eval='stored': the EMA generator's weights are divided by the sigma "
+          'of its averaged spectral-norm vectors, shorter than 1, so its samples come out too '
+          "bright or saturated (issue 25); StudioGAN's evaluation and our default is "
+          "'iterate': --config.model.sn_eval=iterate (a run saved under 'stored' evaluates "
+          'under it unchanged).')
     # Parameters are arguments, not closed-over constants (those would be baked into the HLO
     # and recompiled for every state).
     self._apply = jax.jit(functools.partial(_apply_g, adapter, train=mode == 'batch'))

@@ -194,3 +194,19 @@ def test_sampler_refuses_a_class_id_out_of_range():
   for bad in ([0, 10], [-1, 3], [1000, 2]):
     with pytest.raises(errors.InputError, match=r'outside \[0, 10\)'):
       fn(z, np.array(bad, np.int32))
+
+
+@pytest.mark.parametrize(('sn_eval', 'ema', 'warned'), [('stored', True, True),
+                                                        ('iterate', True, False),
+                                                        ('stored', False, False)])
+def test_sampling_an_ema_generator_with_stored_sn_vectors_warns(caplog, sn_eval, ema, warned):
+  """Issue 25: 'stored' saturates an EMA G (its averaged SN vectors are shorter than 1); a run
+  saved under the old default keeps it, so the sampler says what to pass instead."""
+  config = tiny.get_config()
+  config.model.sn_eval, config.train.ema = sn_eval, ema
+  with caplog.at_level('WARNING', logger='absl'):
+    sampling.Sampler(config, adapter.build(config))
+  said = [r.getMessage() for r in caplog.records if 'sn_eval' in r.getMessage()]
+  assert bool(said) == warned, said
+  if warned:
+    assert '--config.model.sn_eval=iterate' in said[0]
