@@ -35,6 +35,7 @@ from PIL import Image
 
 from reacgan_jax import errors
 from reacgan_jax.models import adapter as adapter_lib
+from reacgan_jax.ops import spectral_norm
 from reacgan_jax.platform import parallel
 
 
@@ -130,8 +131,8 @@ class Sampler:
       raise errors.ConfigError(f'config.model.bn_eval={mode!r}: expected one of running, batch, '
                                'standing')
     self.config, self.adapter, self.mesh = config, adapter, mesh
-    m = config.model
-    if m.get('sn_eval') == 'stored' and m.get('apply_g_sn') and config.train.get('ema'):
+    ema_sn = config.model.get('apply_g_sn') and config.train.get('ema')
+    if ema_sn and spectral_norm.sn_eval(config) == 'stored':
       logging.warning(
           "config.model.sn_eval='stored': the EMA generator's weights are divided by the sigma "
           'of its averaged spectral-norm vectors, shorter than 1, so its samples come out too '

@@ -57,7 +57,7 @@ class ModelAdapter:
     self.z_dim, self.num_classes = config.model.z_dim, config.data.num_classes
     m = config.model
     self._sn_kwargs = spectral_norm.options(config)  # + sn_embedding_u, sn_eval
-    self._sn_sampling_iterates = config.model.get('sn_eval', 'stored') == 'iterate'
+    self._sn_sampling_iterates = spectral_norm.sn_eval(config) == 'iterate'
     self._sn_on = {'g': m.apply_g_sn, 'd': m.apply_d_sn}
     # Whether G draws randomness of its own (noise, style mixing): its forwards need a key.
     self.g_needs_key = bool(getattr(generator, 'RNG_STREAMS', ()))

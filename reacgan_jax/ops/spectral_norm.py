@@ -81,13 +81,18 @@ def embedding_rows(path: tuple[str, ...]) -> bool:
   return bool(path) and path[-1] == 'embedding'
 
 
+def sn_eval(config) -> str:
+  """config.model.sn_eval, 'stored' when a config predates the key (its value back then)."""
+  return config.model.get('sn_eval', 'stored')
+
+
 def options(config) -> dict:
   """spectral_normalize keyword arguments from config.model (sn_power_iterations, sn_eps,
   sn_embedding_u: classes | width, sn_eval: iterate | stored | recompute); ConfigError naming a
   bad key. eval_mode is what the train step's update=False forwards use: 'stored' for
   sn_eval='iterate' (only sampling iterates, models/adapter.py normalize_for_sampling)."""
   m = config.model
-  emb, ev = m.get('sn_embedding_u', 'classes'), m.get('sn_eval', 'stored')
+  emb, ev = m.get('sn_embedding_u', 'classes'), sn_eval(config)
   if emb not in EMBEDDING_U:
     raise ConfigError(f'config.model.sn_embedding_u={emb!r}: expected classes (torch / StudioGAN) '
                      'or width (legacy reacgan-jax)')
