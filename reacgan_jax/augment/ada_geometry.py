@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reacgan_jax.augment import ada_params as ap
+from reacgan_jax.ops.fir import fir_axis
 
 # StudioGAN ada_aug.py `wavelets['sym6']`.
 SYM6 = np.asarray([
@@ -70,19 +71,6 @@ def blit(x, params):
   flat = jnp.where(valid, iy * w + ix, 0).reshape(b, h * w, 1)
   out = jnp.take_along_axis(x.reshape(b, h * w, c), flat, axis=1).reshape(b, h, w, c)
   return jnp.where(valid[..., None], out, jnp.zeros_like(out))
-
-
-def fir_axis(x, taps, axis, stride=1):
-  """'Valid' cross-correlation of x along `axis` with fixed taps [K], every stride-th output.
-
-  Shifted slices times taps: on XLA CPU ~20x faster here than a depthwise lax conv.
-  """
-  n_out = (x.shape[axis] - taps.size) // stride + 1
-  out = 0.
-  for k, tap in enumerate(np.asarray(taps, np.float32)):
-    part = jax.lax.slice_in_dim(x, k, k + stride * (n_out - 1) + 1, stride=stride, axis=axis)
-    out = out + part * tap
-  return out
 
 
 def _upsample2d(x):

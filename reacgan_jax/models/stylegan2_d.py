@@ -45,7 +45,8 @@ class DiscriminatorBlock(nn.Module):
     if self.in_channels == 0 or self.architecture == 'skip':
       y = conv(self.tmp_channels, 1, 'fromrgb', activation='lrelu')(img)
       x = x + y if x is not None else y
-      img = L.downsample2d(img, L.setup_filter()) if self.architecture == 'skip' else None
+      img = (L.downsample2d(img, L.setup_filter(), backend=self.conv_backend)
+             if self.architecture == 'skip' else None)
     if self.architecture == 'resnet':
       y = L.Conv2dLayer(self.out_channels, 1, use_bias=False, down=2,
                         conv_backend=self.conv_backend, name='skip')(x, gain=math.sqrt(0.5))

@@ -165,7 +165,7 @@ class SynthesisBlock(nn.Module):
       x = layer('conv0', 2)(x, ws[:, 0], noise_mode)
       x = layer('conv1', 1)(x, ws[:, 1], noise_mode)
     if img is not None:
-      img = L.upsample2d(img, L.setup_filter())
+      img = L.upsample2d(img, L.setup_filter(), backend=self.conv_backend)
     if self.num_torgb:
       y = ToRGBLayer(self.img_channels, self.conv_clamp, self.conv_backend, name='torgb')(
           x, ws[:, self.num_conv])

@@ -5,17 +5,20 @@ Parameters keep the reference's names and equalised-lr storage (weights ~ N(0, 1
 gain applied at run time), so `stylegan2_convert` maps a torch state dict leaf by leaf:
   dense  weight [in, out]        = torch weight.T
   conv   weight [kh, kw, in, out] = torch weight.permute(2, 3, 1, 0)
-The FIR resampling is a depthwise `lax.conv`, modulation is the reference's non-fused form
-(scale activations, shared-weight conv, scale again), equal to the fused grouped conv up to float
-rounding. float32 only (the reference's fp16 pre-normalisation is not ported).
+The FIR resampling is a depthwise `lax.conv` (or shifted slices, below), modulation is the
+reference's non-fused form (scale activations, shared-weight conv, scale again), equal to the
+fused grouped conv up to float rounding. float32 only (the reference's fp16 pre-normalisation is
+not ported).
 
 Convolutions (`conv_backend`, resolved from config.model.conv_backend, issue 28): 'xla' is
-lax.conv_general_dilated throughout (up-sampling convs lhs-dilated). 'onednn' is the CPU's fast
-path: every plain conv (stride 1 or 2) goes to oneDNN (ops/conv.conv_onednn), and an up-sampling
-conv becomes an explicit zero insertion followed by a plain conv on XLA with ops/conv's
-shifted-matmul weight gradient (XLA:CPU's lhs-dilated conv and its backward-filter conv are the
-slow parts: G update 7.6 s -> 4.1 s at full width, batch 4, 2-core AMD EPYC; benchmarks/README).
-Both are the same linear maps (float32 rounding apart: tests/models/test_stylegan2_layers.py).
+lax.conv_general_dilated throughout (up-sampling convs lhs-dilated, FIR filters depthwise convs).
+'onednn' is the CPU's fast path: every plain conv (stride 1 or 2) goes to oneDNN
+(ops/conv.conv_onednn), an up-sampling conv to oneDNN's transposed conv (ops/conv.conv_up_onednn:
+no FLOP on the inserted zeros), and the FIR filters run as a height and a width pass of shifted
+slices (ops/fir.py; XLA:CPU's depthwise conv is slow). Full width, batch 4, 2-core AMD EPYC
+(Zen 4): G update 5.9 s (xla) -> 1.25 s, D update 2.3 s -> 1.56 s (benchmarks/README). Both
+paths are the same linear maps (float32 rounding apart: tests/models/test_stylegan2_layers.py,
+tests/ops/test_onednn.py).
 """
 
 import math
@@ -27,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reacgan_jax.ops import conv as conv_ops
+from reacgan_jax.ops import fir
 
 ACT_GAIN = {'linear': 1.0, 'lrelu': math.sqrt(2.0), 'relu': math.sqrt(2.0)}
 DEFAULT_FILTER = (1, 3, 3, 1)
@@ -46,10 +50,14 @@ def _pad_crop(x, px0, px1, py0, py1):
   return x[:, max(-py0, 0):h - max(-py1, 0), max(-px0, 0):w - max(-px1, 0), :]
 
 
-def upfirdn2d(x, f, up=1, down=1, padding=(0, 0, 0, 0), flip_filter=False, gain=1.0):
+def upfirdn2d(x, f, up=1, down=1, padding=(0, 0, 0, 0), flip_filter=False, gain=1.0,
+              backend='xla'):
   """Upsample (zero insertion), pad/crop, FIR filter, downsample; `_upfirdn2d_ref` semantics.
 
   x: [N, H, W, C]; f: [fh, fw] numpy filter (None = identity); padding (x0, x1, y0, y1).
+  backend 'xla' filters with a depthwise lax conv (the reference's form); 'onednn' (the CPU
+  path) with a height and a width pass of shifted slices when f is rank one (StyleGAN2's
+  filters are: outer products of 1-D taps), the same map up to float rounding (ops/fir.py).
   """
   if f is None:
     f = np.ones((1, 1), np.float32)
@@ -62,37 +70,31 @@ def upfirdn2d(x, f, up=1, down=1, padding=(0, 0, 0, 0), flip_filter=False, gain=
   f = np.asarray(f, np.float32) * (gain ** (f.ndim / 2))
   if not flip_filter:  # the reference convolves (flips) unless flip_filter
     f = f[::-1, ::-1]
+  taps = fir.separable(f) if backend == 'onednn' else None
+  if taps is not None:
+    return fir.correlate2d_separable(x, *taps, stride=down).astype(x.dtype)
   k = jnp.asarray(np.ascontiguousarray(f), x.dtype)[:, :, None, None] * jnp.ones((1, 1, 1, c),
                                                                                    x.dtype)
   return jax.lax.conv_general_dilated(x, k, (down, down), 'VALID', feature_group_count=c,
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def upsample2d(x, f, up=2):
+def upsample2d(x, f, up=2, backend='xla'):
   """upfirdn2d.upsample2d: output [N, H*up, W*up, C], DC gain kept (gain up**2)."""
   fh, fw = f.shape
   p = ((fw + up - 1) // 2, (fw - up) // 2, (fh + up - 1) // 2, (fh - up) // 2)
-  return upfirdn2d(x, f, up=up, padding=p, gain=up * up)
+  return upfirdn2d(x, f, up=up, padding=p, gain=up * up, backend=backend)
 
 
-def downsample2d(x, f, down=2):
+def downsample2d(x, f, down=2, backend='xla'):
   """upfirdn2d.downsample2d: output [N, H/down, W/down, C]."""
   fh, fw = f.shape
   p = ((fw - down + 1) // 2, (fw - down) // 2, (fh - down + 1) // 2, (fh - down) // 2)
-  return upfirdn2d(x, f, down=down, padding=p)
+  return upfirdn2d(x, f, down=down, padding=p, backend=backend)
 
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 BACKENDS = ('xla', 'onednn')
-
-
-def _zero_insert(x, up):
-  """[N, H, W, C] -> [N, (H-1)*up+1, (W-1)*up+1, C] with up-1 zeros between pixels (what an
-  lhs-dilated conv sees)."""
-  n, h, w, c = x.shape
-  x = jnp.pad(x.reshape(n, h, 1, w, 1, c),
-              ((0, 0), (0, 0), (0, up - 1), (0, 0), (0, up - 1), (0, 0)))
-  return x.reshape(n, h * up, w * up, c)[:, :(h - 1) * up + 1, :(w - 1) * up + 1]
 
 
 def _conv(x, w, stride=1, padding=((0, 0), (0, 0)), lhs_dilation=(1, 1), backend='xla'):
@@ -102,8 +104,9 @@ def _conv(x, w, stride=1, padding=((0, 0), (0, 0)), lhs_dilation=(1, 1), backend
   if backend != 'onednn':
     raise ValueError(f'stylegan2 conv backend {backend!r}: expected one of {BACKENDS}')
   if lhs_dilation != (1, 1):
-    return conv_ops.conv_general_dilated(_zero_insert(x, lhs_dilation[0]), w, (stride, stride),
-                                         padding, dimension_numbers=_NHWC)
+    if stride != 1:
+      raise ValueError('stylegan2 conv: a strided lhs-dilated conv is not a resampling layer')
+    return conv_ops.conv_up_onednn(x, w, lhs_dilation, padding)
   return conv_ops.conv_onednn(x, w, (stride, stride), padding, dimension_numbers=_NHWC)
 
 
@@ -117,6 +120,7 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, flip_weight=True, bac
   module docstring.
   """
   conv = lambda x, w, **kw: _conv(x, w, backend=backend, **kw)  # noqa: E731
+  fir2d = lambda x, **kw: upfirdn2d(x, f, backend=backend, **kw)  # noqa: E731
   kh, kw = w.shape[0], w.shape[1]
   fh, fw = (1, 1) if f is None else f.shape
   px0 = px1 = py0 = py1 = padding
@@ -129,16 +133,16 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, flip_weight=True, bac
   if not flip_weight:
     w = w[::-1, ::-1]
   if kh == 1 and kw == 1 and down > 1 and up == 1:
-    return conv(upfirdn2d(x, f, down=down, padding=(px0, px1, py0, py1)), w)
+    return conv(fir2d(x, down=down, padding=(px0, px1, py0, py1)), w)
   if kh == 1 and kw == 1 and up > 1 and down == 1:
-    return upfirdn2d(conv(x, w), f, up=up, padding=(px0, px1, py0, py1), gain=up * up)
+    return fir2d(conv(x, w), up=up, padding=(px0, px1, py0, py1), gain=up * up)
   if down > 1 and up == 1:
-    return conv(upfirdn2d(x, f, padding=(px0, px1, py0, py1)), w, stride=down)
+    return conv(fir2d(x, padding=(px0, px1, py0, py1)), w, stride=down)
   if up > 1:
     # zero insertion by lax (length (H-1)*up+1, i.e. without the reference's trailing up-1 zeros)
     y = conv(x, w, padding=((py0, py1 + up - 1), (px0, px1 + up - 1)), lhs_dilation=(up, up))
-    y = upfirdn2d(y, f, gain=up * up)
-    return upfirdn2d(y, f, down=down) if down > 1 else y
+    y = fir2d(y, gain=up * up)
+    return fir2d(y, down=down) if down > 1 else y
   return conv(x, w, padding=((py0, py1), (px0, px1)))
 
 

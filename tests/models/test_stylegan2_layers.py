@@ -14,6 +14,7 @@ import pytest
 
 from reacgan_jax.models import stylegan2_g
 from reacgan_jax.models import stylegan2_layers as L
+from reacgan_jax.ops import fir
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 F4 = np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0
@@ -63,28 +64,39 @@ def np_bias_act(x, b, act, gain, clamp):
   return np.clip(x, -clamp, clamp) if clamp is not None else x
 
 
+FILTERS = {
+    'general': rng(1).standard_normal((4, 3)),  # asymmetric: catches a filter flip or x/y swap
+    # rank one, asymmetric in both directions: the CPU path's two 1-D passes (ops/fir.py)
+    'separable': np.outer(rng(3).standard_normal(4), rng(4).standard_normal(3)),
+}
+
+
+@pytest.mark.parametrize('backend', ['xla', 'onednn'])
+@pytest.mark.parametrize('filt', sorted(FILTERS))
 @pytest.mark.parametrize('up,down,pad', [(1, 1, (1, 2, 0, -1)), (2, 1, (2, 1, 2, 1)),
                                          (1, 2, (1, 1, 1, 1)), (2, 2, (0, 0, 1, 0))])
-def test_upfirdn2d(up, down, pad):
+def test_upfirdn2d(up, down, pad, filt, backend):
   x = rng().standard_normal((2, 7, 6, 3))
-  f = rng(1).standard_normal((4, 3))  # asymmetric: catches a filter flip or an x/y swap
+  f = FILTERS[filt]
+  assert (fir.separable(f) is not None) == (filt == 'separable')
   ref = np_upfirdn(x, f, up, down, pad, gain=1.7)
   got = L.upfirdn2d(jnp.asarray(x, jnp.float32), f.astype(np.float32), up, down, pad,
-                    gain=1.7)
+                    gain=1.7, backend=backend)
   np.testing.assert_allclose(np.asarray(got), ref, **TOL)
 
 
-def test_upsample_downsample_2d():
+@pytest.mark.parametrize('backend', ['xla', 'onednn'])
+def test_upsample_downsample_2d(backend):
   x = rng().standard_normal((2, 8, 8, 3))
-  got_up = L.upsample2d(jnp.asarray(x, jnp.float32), L.setup_filter())
+  got_up = L.upsample2d(jnp.asarray(x, jnp.float32), L.setup_filter(), backend=backend)
   np.testing.assert_allclose(np.asarray(got_up), np_upfirdn(x, F4, up=2, pad=(2, 1, 2, 1),
                                                              gain=4.0), **TOL)
-  got_dn = L.downsample2d(jnp.asarray(x, jnp.float32), L.setup_filter())
+  got_dn = L.downsample2d(jnp.asarray(x, jnp.float32), L.setup_filter(), backend=backend)
   np.testing.assert_allclose(np.asarray(got_dn), np_upfirdn(x, F4, down=2, pad=(1, 1, 1, 1)),
                              **TOL)
   np.testing.assert_allclose(L.setup_filter(), F4, rtol=1e-7)
   # a constant image stays constant inside (DC gain 1)
-  one = L.downsample2d(jnp.ones((1, 8, 8, 1)), L.setup_filter())
+  one = L.downsample2d(jnp.ones((1, 8, 8, 1)), L.setup_filter(), backend=backend)
   np.testing.assert_allclose(np.asarray(one)[0, 1:-1, 1:-1, 0], 1.0, rtol=1e-6)
 
 

@@ -6,6 +6,8 @@ against the XLA path on the same parameters and batches. Needs the `onednn` extr
 by the README's test command); without it the module is skipped with the reason.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -254,17 +256,59 @@ def test_stylegan2_matches_the_xla_path_on_the_same_weights(g_arch, d_arch):
   _assert_gradients_close(grads0, grads1)
 
 
-def test_stylegan2_up_convs_are_the_lhs_dilated_conv():
-  """The zero insertion the oneDNN path uses for up-sampling convs is lax's lhs dilation."""
+@pytest.mark.parametrize('hw,k,up,pad', [
+    ((5, 4), 3, 2, ((2, 3), (1, 2))),  # StyleGAN2-like: partly beyond k - 1 (zero rows added)
+    ((4, 4), 3, 2, ((3, 3), (3, 3))),  # conv2d_resample's 3x3 up-2 padding
+    ((4, 4), 3, 2, ((0, 0), (1, 1))),  # inside k - 1: the output is cropped
+    ((3, 5), 1, 2, ((0, 1), (0, 1))),
+    ((6, 6), 4, 3, ((1, 0), (2, 5)))])
+def test_stylegan2_up_convs_are_the_lhs_dilated_conv(hw, k, up, pad):
+  """Issue 28: an up-sampling conv runs as oneDNN's transposed conv (backward-data as a forward
+  op, no FLOP on inserted zeros); values and both gradients = lax's lhs-dilated conv."""
   from reacgan_jax.models import stylegan2_layers as L  # noqa: PLC0415
 
-  x = jax.random.normal(jax.random.key(0), (2, 5, 4, 3))
-  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 6))
-  pad = ((2, 3), (1, 2))
-  want = L._conv(x, w, padding=pad, lhs_dilation=(2, 2), backend='xla')
-  got = L._conv(x, w, padding=pad, lhs_dilation=(2, 2), backend='onednn')
-  assert got.shape == want.shape == (2, 12, 8, 6)  # (5 - 1) * 2 + 1 + 2 + 3 - 2 rows
+  x = jax.random.normal(jax.random.key(0), (2, *hw, 5))
+  w = jax.random.normal(jax.random.key(1), (k, k, 5, 6))
+  convs = {b: functools.partial(L._conv, padding=pad, lhs_dilation=(up, up), backend=b)
+           for b in ('xla', 'onednn')}
+  want, got = (jax.jit(c)(x, w) for c in convs.values())
+  assert got.shape == want.shape
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+  ct = jax.random.normal(jax.random.key(2), want.shape)
+  grads = [jax.jit(jax.grad(lambda x, w, c=c: jnp.sum(c(x, w) * ct), (0, 1)))(x, w)
+           for c in convs.values()]
+  _assert_gradients_close(grads[0], grads[1])
+  hlo = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(convs['onednn'](x, w)), (0, 1))).lower(
+      x, w)
+  calls = hlo.as_text().count(onednn.TARGET)
+  assert calls == 3, calls  # forward (backward-data), its transpose (forward conv), weights
+
+
+def test_vmapped_convs_run_one_call_per_row():
+  """The seeded sampler vmaps G over rows: the custom call under vmap (forward, per-row
+  gradients, the transposed conv) equals calling it row by row (it raised NotImplementedError:
+  `reacgan-jax sample --seeds` failed on the CPU path)."""
+  x = jax.random.normal(jax.random.key(0), (3, 2, 6, 6, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+  plain = functools.partial(conv_ops.conv_onednn, window_strides=(1, 1),
+                            padding=((1, 1), (1, 1)),
+                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  up = functools.partial(conv_ops.conv_up_onednn, lhs_dilation=(2, 2), padding=((3, 3), (3, 3)))
+  for conv in (plain, up):
+    loss = lambda x, w, conv=conv: jnp.sum(conv(x, w) ** 2)  # noqa: E731
+    fn = lambda x, w, conv=conv, loss=loss: (conv(x, w), jax.grad(loss, (0, 1))(x, w))  # noqa: E731
+    got = jax.jit(jax.vmap(fn, (0, None)))(x, w)
+    rows = [fn(x[i], w) for i in range(x.shape[0])]
+    want = jax.tree.map(lambda *r: jnp.stack(r), *rows)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_a_strided_lhs_dilated_conv_is_refused():
+  from reacgan_jax.models import stylegan2_layers as L  # noqa: PLC0415
+
+  x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+  with pytest.raises(ValueError, match='not a resampling layer'):
+    L._conv(x, w, stride=2, lhs_dilation=(2, 2), backend='onednn')
   with pytest.raises(ValueError, match="conv backend 'cudnn'"):
     L._conv(x, w, backend='cudnn')
 

@@ -162,7 +162,10 @@ def _varying_axes(*arrays) -> tuple[str, ...]:
 
 def _call(kind, a, b, out_shape, out_dtype, strides, padding):
   (pt, pb), (pl, pr) = padding
-  out = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, out_dtype))(
+  # Under vmap (the seeded sampler runs G once per row, vmapped) one call per mapped element:
+  # the handler takes 4-D operands only.
+  out = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, out_dtype),
+                         vmap_method='sequential')(
       a, b, kind=np.int64(kind), stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
       pad_top=np.int64(pt), pad_bottom=np.int64(pb), pad_left=np.int64(pl),
       pad_right=np.int64(pr))
@@ -205,6 +208,33 @@ def _bwd(strides, padding, res, g):
 conv2d.defvjp(_fwd, _bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d_transpose(g, w, strides, padding, out_hw):
+  """The transpose of `conv2d(., w, strides, padding)` applied to g [N, Ho, Wo, O]: an
+  [N, *out_hw, C] array (oneDNN's backward-data primitive run forward: a transposed, i.e.
+  up-sampling, convolution that spends no FLOP on inserted zeros). w is the strided conv's HWIO
+  kernel [KH, KW, C, O]; out_hw must be a size `conv2d` maps back to (Ho, Wo).
+  Gradients: the forward convolution (of g) and the backward-weights primitive.
+  """
+  return _call(1, g, w, (g.shape[0], *out_hw, w.shape[2]), g.dtype, strides, padding)
+
+
+def _t_fwd(g, w, strides, padding, out_hw):
+  return conv2d_transpose(g, w, strides, padding, out_hw), (g, w)
+
+
+def _t_bwd(strides, padding, out_hw, res, dy):
+  del out_hw
+  g, w = res
+  dy = dy.astype(g.dtype)
+  dg = _call(0, dy, w, g.shape, g.dtype, strides, padding)
+  dw = _call(2, dy, g, w.shape, w.dtype, strides, padding)
+  return dg, dw
+
+
+conv2d_transpose.defvjp(_t_fwd, _t_bwd)
+
+
 def supported(x, w, strides, padding) -> bool:
   """Whether `conv2d` takes this convolution (else the caller keeps XLA's)."""
   return (x.ndim == 4 and w.ndim == 4 and x.dtype == w.dtype
@@ -214,5 +244,5 @@ def supported(x, w, strides, padding) -> bool:
           and min(out_hw(x.shape[1:3], w.shape[:2], strides, padding)) >= 1)
 
 
-__all__ = ['OneDNNUnavailable', 'available', 'bf16_supported', 'build', 'conv2d', 'load',
-           'supported']
+__all__ = ['OneDNNUnavailable', 'available', 'bf16_supported', 'build', 'conv2d',
+           'conv2d_transpose', 'load', 'supported']
