@@ -126,6 +126,9 @@ from reacgan_jax.platform import parallel
 from reacgan_jax.train import state as state_lib
 config = (tiny_stylegan2 if sys.argv[1] == 'stylegan2' else tiny).get_config()
 config.eval.batch_size = 8
+# One backend in both processes ('auto' picks oneDNN on one CPU device only): the runs differ in
+# the device count alone, so their pixels must be equal bit for bit.
+config.model.conv_backend = 'xla'
 config, z_threshold = sampling.truncation_plan(config, 0.8)
 mesh = parallel.create_mesh()
 adapter = adapter_lib.build(config, mesh)
