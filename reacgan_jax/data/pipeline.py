@@ -127,12 +127,10 @@ def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
       arrays = data_sources.tfds_memory(builder, split, d.image_size, d.crop)
   else:
     raise ConfigError(f'config.data.source={d.source!r}: expected one of {SOURCES}')
-  from_npz = d.source == 'npz' or (d.source == 'tfds' and builder is None) or (
-      d.source in cifar.SOURCES and arrays.description.startswith('npz'))
-  checks.check_arrays(config, arrays, split, from_npz=from_npz)
+  checks.check_arrays(config, arrays, split, from_npz=arrays.from_npz)
   images = data_sources.resize_images(arrays.images, d.image_size, d.crop)
   _check(arrays, images, config)
-  return data_sources.Arrays(images, arrays.labels, arrays.num_classes, arrays.description)
+  return dataclasses.replace(arrays, images=images)
 
 
 def _check(arrays, images, config):
@@ -162,8 +160,8 @@ def limit_per_class(arrays, n: int):
   if short:
     logging.warning('config.data.train_per_class=%d: classes %s have fewer images; all kept.', n,
                     short)
-  return data_sources.Arrays(arrays.images[keep], labels[keep], arrays.num_classes,
-                             f'{arrays.description}, first {n} per class')
+  return dataclasses.replace(arrays, images=arrays.images[keep], labels=labels[keep],
+                             description=f'{arrays.description}, first {n} per class')
 
 
 def load_arrays(config, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -39,12 +39,15 @@ class Arrays:
 
   images: uint8 [N, H, W, 3] (already at the configured size); labels: int32 [N];
   num_classes: the count the source declares (label_names, class folders, TFDS ClassLabel),
-  None when it declares none; description: which file/dataset this came from.
+  None when it declares none; description: which file/dataset this came from; from_npz: read
+  from an .npz file (whatever source named it: npz, CIFAR's or TFDS's offline fallback), whose
+  resolution the data checks hold against the config.
   """
   images: np.ndarray
   labels: np.ndarray
   num_classes: int | None
   description: str
+  from_npz: bool = False
 
 
 NPZ_LAYOUTS = ('nhwc', 'cifar_rows', 'auto')  # config.data.npz_layout
@@ -212,7 +215,7 @@ def load_npz(path: str, split: str, layout: str, cache) -> Arrays:
   labels = _labels(got[yk], len(images), f'{p}[{yk}]')
   names = got.get('label_names')
   num_classes = len(names) if names is not None and names.ndim == 1 else None
-  arrays = Arrays(images, labels, num_classes, f'npz {p} [{xk}, {yk}]')
+  arrays = Arrays(images, labels, num_classes, f'npz {p} [{xk}, {yk}]', from_npz=True)
   with _MEMO_LOCK:
     _MEMO[memo_key] = arrays
   return arrays

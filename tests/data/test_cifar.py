@@ -278,3 +278,14 @@ def test_a_full_disk_during_the_download_is_one_line_and_keeps_nothing(tmp_path,
                                              r'\(\d+ MB\): free space there, or set'):
     cifar.load(config, 'train', None)
   assert os.listdir(cifar.downloads_dir(config)) == []
+
+
+def test_the_offline_npz_is_held_to_the_configured_resolution(tmp_path):
+  """The npz fallback of the CIFAR source gets the npz checks (Arrays.from_npz, set by the npz
+  reader; it was told by the description's prefix): 16x16 images for image_size 32 are refused,
+  never resized silently."""
+  npz = tmp_path / 'small.npz'
+  np.savez(npz, x_train=np.zeros((4, 16, 16, 3), np.uint8), y_train=np.arange(4) % 10)
+  config = _config(tmp_path, offline_npz=str(npz))
+  with pytest.raises(ValueError, match='npz_resize'):
+    input_pipeline.load_arrays(config, 'train')
