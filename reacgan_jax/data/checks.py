@@ -51,12 +51,12 @@ def check_resolution(config, images_shape, description: str):
         + f'for its resolution, or --config.data.npz_resize=True to resize them to {s}x{s}.')
 
 
-def check_arrays(config, arrays, split: str, *, from_npz: bool):
-  """Both data checks on a loaded sources.Arrays, before any resize (pipeline._load).
-
-  from_npz: the arrays come from an npz file (source=npz, or the offline npz fallback of tfds).
+def check_arrays(config, arrays, split: str):
+  """Both data checks on a loaded sources.Arrays, before any resize (pipeline._load). The
+  resolution check holds for arrays read from an npz file (`arrays.from_npz`: source=npz, or the
+  offline npz fallback of CIFAR or TFDS); folders and TFDS are resized by design.
   """
-  if from_npz:
+  if arrays.from_npz:
     check_resolution(config, arrays.images.shape, arrays.description)
   if split == config.data.train_split:
     check_labels(config, arrays.labels, arrays.num_classes, arrays.description)

@@ -127,7 +127,7 @@ def _load(config, split: str, tfds_resolved=None) -> data_sources.Arrays:
       arrays = data_sources.tfds_memory(builder, split, d.image_size, d.crop)
   else:
     raise ConfigError(f'config.data.source={d.source!r}: expected one of {SOURCES}')
-  checks.check_arrays(config, arrays, split, from_npz=arrays.from_npz)
+  checks.check_arrays(config, arrays, split)
   images = data_sources.resize_images(arrays.images, d.image_size, d.crop)
   _check(arrays, images, config)
   return dataclasses.replace(arrays, images=images)

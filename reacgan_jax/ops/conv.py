@@ -255,6 +255,8 @@ def conv_up_onednn(x, w, lhs_dilation, padding):
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
   xla = functools.partial(lax.conv_general_dilated, window_strides=(1, 1), padding=padding,
                           lhs_dilation=s, dimension_numbers=_NHWC)
+  if x.ndim != 4 or w.ndim != 4:
+    return xla(x, w)
   k = w.shape[:2]
   out = [(n - 1) * d + 1 + lo + hi - kk + 1
          for n, d, (lo, hi), kk in zip(x.shape[1:3], s, padding, k, strict=True)]
@@ -264,8 +266,7 @@ def conv_up_onednn(x, w, lhs_dilation, padding):
   inner = tuple(n - a - b for n, (a, b) in zip(out, zeros, strict=True))
   src = jax.ShapeDtypeStruct((1, *inner, w.shape[3]), x.dtype)  # the strided conv's input
   kernel = jax.ShapeDtypeStruct((*k, w.shape[3], w.shape[2]), w.dtype)  # [KH, KW, O, I]
-  if (x.ndim != 4 or w.ndim != 4 or min(inner) < 1
-      or not onednn.supported(src, kernel, s, t_pad)
+  if (min(inner) < 1 or not onednn.supported(src, kernel, s, t_pad)
       or onednn.out_hw(inner, k, s, t_pad) != tuple(x.shape[1:3])):
     return xla(x, w)
   onednn.load()

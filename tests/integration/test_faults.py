@@ -5,6 +5,7 @@ still restores bit-exactly (`_assert_nothing_lost`). Lock (2), config values (6)
 config (7), FID (8) and user errors (9): exit status, one clear message, no traceback.
 """
 
+import dataclasses
 import errno
 import json
 import logging
@@ -381,14 +382,15 @@ def test_data_checks_classes_and_resolution():
   checks.check_resolution(cfg, (5, 64, 64, 3), 'npz toy.npz')
   # The pipeline's entry point: the eval split may lack classes, the train split may not.
   cfg.data.num_classes, cfg.data.npz_resize = 12, False
-  arrays = data_sources.Arrays(np.zeros((30, 32, 32, 3), np.uint8), labels, None, 'npz toy.npz')
-  checks.check_arrays(cfg, arrays, 'test', from_npz=True)
+  arrays = data_sources.Arrays(np.zeros((30, 32, 32, 3), np.uint8), labels, None, 'npz toy.npz',
+                               from_npz=True)
+  checks.check_arrays(cfg, arrays, 'test')
   with pytest.raises(errors.ConfigError, match='only 10 classes'):
-    checks.check_arrays(cfg, arrays, 'train', from_npz=True)
+    checks.check_arrays(cfg, arrays, 'train')
   big = data_sources.Arrays(np.zeros((30, 64, 64, 3), np.uint8), labels, 12, 'npz big.npz')
-  checks.check_arrays(cfg, big, 'train', from_npz=False)  # folder/tfds: resized by design
+  checks.check_arrays(cfg, big, 'train')  # not from an npz (folder/tfds): resized by design
   with pytest.raises(errors.ConfigError, match='64x64'):
-    checks.check_arrays(cfg, big, 'test', from_npz=True)
+    checks.check_arrays(cfg, dataclasses.replace(big, from_npz=True), 'test')
 
 
 def test_tiny_config_embeds_a_small_reference_set():
