@@ -18,6 +18,10 @@ z = w = 64; the full config at a small --batch works too) with ``config.loss.d_t
          zero insertion + XLA for the up-sampling ones on one x86-64 CPU device,
          models/stylegan2_layers.py); the side ``ours_xla`` is the same with
          conv_backend='xla' (lax convolutions throughout), timed when ours is not XLA.
+  ours bf16  the same with config.model.dtype='bfloat16' (bf16 synthesis and D blocks, float32
+         mapping, epilogue, losses and Adam: models/stylegan2_g.py, stylegan2_d.py), its
+         backend resolved for bf16 ('auto': oneDNN where the CPU has oneDNN bf16 convolutions).
+         --no-bf16 skips it.
   torch  StudioGAN's own Generator / Discriminator (src/models/stylegan2.py, imported from
          --studiogan; its CUDA ops fall back to their reference implementations on CPU),
          built with the same sizes (cAdaIN G, SPD D), float32, NCHW, torch.optim.Adam with our
@@ -76,7 +80,8 @@ def _parse_args(argv=None):
                  help='config file[:variant] under configs/')
   p.add_argument('--batch', type=int, default=32, help='batch size (both sides)')
   p.add_argument('--repeats', type=int, default=5, help='timed calls per figure and side')
-  p.add_argument('--no-bf16', action='store_true', help='skip the torch bf16 autocast side')
+  p.add_argument('--no-bf16', action='store_true',
+                 help='skip the bf16 sides (ours bf16, torch bf16 autocast)')
   p.add_argument('--conv-backend', default='auto',
                  help="our config.model.conv_backend (default 'auto': oneDNN on one x86-64 CPU "
                       "device); when it resolves to 'onednn', an 'ours_xla' side times "
@@ -361,6 +366,12 @@ def _report(res, args):
     row = f'  {f + " min":12}' + ''.join(
         f'{per[s]["best"]:13.3f}{b / per[s]["best"]:15.2f}' for s in sides)
     print(row + ''.join(f'{per[s]["best"] / per["ours"]["best"]:12.2f}x' for s in sides[1:]))
+  if 'ours_bf16' in sides:
+    for f, per in res['times'].items():
+      print(f'  {f} ours_bf16 ({res["bf16_conv_backend"]} convolutions): ' + ', '.join(
+          f'{per[s]["wall"] / per["ours_bf16"]["wall"]:.2f}x {s} (min '
+          f'{per[s]["best"] / per["ours_bf16"]["best"]:.2f}x)' for s in sides
+          if s != 'ours_bf16'))
   print('ours/torch = torch s / our s (speed ratio; > 1: ours faster); "min" rows: fastest repeat '
         'of each side. Load above the CPU count means other jobs shared the cores (torch\'s '
         'OpenMP threads spin at barriers when a core is taken: bimodal walls, CPU s inflated): '
@@ -380,6 +391,13 @@ def main(argv=None):
   sides = {}
   sides['ours'], res['jax_info'] = jax_calls(config, real, labels)
   _warm(sides['ours'])
+  if not args.no_bf16:
+    bf = load_config(args.config, args.batch)
+    bf.model.dtype = 'bfloat16'
+    bf.model.conv_backend = conv_ops.resolve(args.conv_backend, dtype='bfloat16')
+    res['bf16_conv_backend'] = bf.model.conv_backend
+    sides['ours_bf16'], _ = jax_calls(bf, real, labels)
+    _warm(sides['ours_bf16'])
   if config.model.conv_backend != 'xla':
     xla = load_config(args.config, args.batch)
     xla.model.conv_backend = 'xla'

@@ -84,15 +84,12 @@ def _dcgan(config, common):
 
 def _stylegan2(config, common):
   # StyleGAN2 has its own init (equalised lr), no BN, no SN, no attention: only the resolved
-  # convolution backend is taken from `common`.
+  # convolution backend and the compute dtype are taken from `common`.
   m = config.model
   if m.apply_g_sn or m.apply_d_sn:
     raise ConfigError('config.model.backbone=stylegan2 takes no spectral norm (StudioGAN refuses '
                      'it too): set config.model.apply_g_sn=False and config.model.apply_d_sn=False')
-  if m.dtype != 'float32':
-    raise ConfigError(f'config.model.dtype={m.dtype!r}: the stylegan2 backbone computes in float32 '
-                     'only for now (no bf16 path yet); set config.model.dtype=float32')
-  return stylegan2.build(config, common['conv_backend'])
+  return stylegan2.build(config, common['conv_backend'], common['dtype'])
 
 
 BACKBONES = {

@@ -13,6 +13,7 @@ stylegan2_d.py (D + heads), stylegan2_layers.py (blocks), stylegan2_convert.py (
   D.apply({'params': p}, x [N, S, S, 3], y [N] int, train=bool) -> heads.DOutput
 """
 
+import jax.numpy as jnp
 import ml_collections
 
 from reacgan_jax.errors import ConfigError
@@ -42,9 +43,11 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def build(config, conv_backend: str = 'xla'):
+def build(config, conv_backend: str = 'xla', dtype=jnp.float32):
   """(Generator, Discriminator) from config.model.stylegan2, config.data and config.model's
   cond_method, z_dim (MODEL.z_dim) and embed_dim (MODEL.d_embed_dim, the D2DCE head's width).
+  dtype: the compute dtype of the synthesis and D blocks (config.model.dtype resolved:
+  stylegan2_g / stylegan2_d docstrings).
 
   The generator is conditional (StudioGAN cAdaIN) iff cond_method != 'none'. conv_backend: the
   resolved config.model.conv_backend ('xla' | 'onednn', stylegan2_layers).
@@ -62,14 +65,14 @@ def build(config, conv_backend: str = 'xla'):
       channel_base=s.channel_base, channel_max=s.channel_max, architecture=s.g_architecture,
       conv_clamp=s.conv_clamp, style_mixing_prob=s.style_mixing_prob, noise_mode=s.noise_mode,
       eval_truncation_psi=s.truncation_psi, eval_truncation_cutoff=s.truncation_cutoff,
-      conv_backend=conv_backend)
+      conv_backend=conv_backend, dtype=dtype)
   d = stylegan2_d.Discriminator(
       img_resolution=size, num_classes=classes, cond_method=cond,
       architecture=s.d_architecture, channel_base=s.channel_base, channel_max=s.channel_max,
       conv_clamp=s.conv_clamp, mbstd_group_size=s.mbstd_group_size,
       mbstd_num_channels=s.mbstd_num_channels, embed_dim=embed_dim,
       spd_mapping_layers=s.spd_mapping_layers, embed_mapping_layers=s.embed_mapping_layers,
-      conv_backend=conv_backend)
+      conv_backend=conv_backend, dtype=dtype)
   d.check()
   if s.noise_mode not in stylegan2_g.NOISE_MODES:
     raise ConfigError(f'model.stylegan2.noise_mode={s.noise_mode!r}: expected one of '

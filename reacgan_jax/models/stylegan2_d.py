@@ -11,10 +11,16 @@ Heads (config.model.cond_method -> StudioGAN d_cond_mtd), all on the epilogue fe
                    both in D (normalize_d_embed) and our losses.d2d_ce normalises them itself,
                    so the loss values are the same.
 StudioGAN's 'PD' branch of this D reads an attribute it never creates (self.embedding) and
-cannot run, so 'pd' is refused here. Only float32 (no fp16 blocks). Collections: params only.
+cannot run, so 'pd' is refused here. Collections: params only.
+
+Compute dtype (`dtype`, config.model.dtype): the resolution blocks (fromRGB, conv0, conv1, skip)
+take and give `dtype` activations ('bfloat16': bf16 convolutions, float32 accumulation); the
+epilogue (minibatch std, 4x4 conv, fc) and the heads run in float32, as stylegan2-ada forces its
+epilogue to. Parameters and outputs are float32 either way.
 """
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -37,13 +43,14 @@ class DiscriminatorBlock(nn.Module):
   architecture: str = 'resnet'
   conv_clamp: float | None = None
   conv_backend: str = 'xla'  # stylegan2_layers: 'xla' | 'onednn'
+  dtype: Any = jnp.float32  # activations (see the module docstring); img stays float32
 
   @nn.compact
   def __call__(self, x, img):
     conv = lambda n, k, name, **kw: L.Conv2dLayer(n, k, conv_clamp=self.conv_clamp, name=name,
                                                   conv_backend=self.conv_backend, **kw)
     if self.in_channels == 0 or self.architecture == 'skip':
-      y = conv(self.tmp_channels, 1, 'fromrgb', activation='lrelu')(img)
+      y = conv(self.tmp_channels, 1, 'fromrgb', activation='lrelu')(img.astype(self.dtype))
       x = x + y if x is not None else y
       img = (L.downsample2d(img, L.setup_filter(), backend=self.conv_backend)
              if self.architecture == 'skip' else None)
@@ -71,6 +78,7 @@ class DiscriminatorEpilogue(nn.Module):
   @nn.compact
   def __call__(self, x, img):
     c = self.in_channels
+    x = x.astype(jnp.float32)  # float32 whatever the blocks' dtype
     if self.architecture == 'skip':
       x = x + L.Conv2dLayer(c, 1, activation='lrelu', conv_backend=self.conv_backend,
                             name='fromrgb')(img)
@@ -98,6 +106,7 @@ class Discriminator(nn.Module):
   spd_mapping_layers: int = 8  # StudioGAN passes mapping_kwargs={} -> MappingNetwork's 8
   embed_mapping_layers: int = 1
   conv_backend: str = 'xla'  # stylegan2_layers: 'xla' | 'onednn' (config.model.conv_backend)
+  dtype: Any = jnp.float32  # the blocks' activations (config.model.dtype; module docstring)
 
   def channels(self, res):
     return min(self.channel_base // res, self.channel_max)
@@ -122,7 +131,7 @@ class Discriminator(nn.Module):
       cin = self.channels(res) if res < self.img_resolution else 0
       x, img = DiscriminatorBlock(cin, self.channels(res), self.channels(res // 2),
                                   self.architecture, self.conv_clamp, self.conv_backend,
-                                  name=f'b{res}')(x, img)
+                                  self.dtype, name=f'b{res}')(x, img)
     c4 = self.channels(4)
     h = DiscriminatorEpilogue(c4, self.architecture, self.mbstd_group_size,
                               self.mbstd_num_channels, self.conv_clamp, self.conv_backend,

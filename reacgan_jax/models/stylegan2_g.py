@@ -6,13 +6,17 @@ Variable collections:
   params           every trainable weight (same count and shapes as the torch parameters)
   stylegan2_state  mapping/w_avg [w_dim] (tracked mean of W; written only when
                    `update_w_avg=True` and the collection is mutable) and
-                   synthesis/b{res}/conv{0,1}/noise_const [res, res] (fixed, drawn at init)
+                   synthesis/b{res}/conv{0,1}/noise_const [res, res] (fixed, drawn at init)Compute dtype (`dtype`, config.model.dtype): the synthesis blocks' activations and convolutions
+('bfloat16': bf16 operands, float32 accumulation, weights cast per call); the mapping network,
+styles, demodulation coefficients and the RGB skip sum stay float32 (stylegan2-ada's mixed
+precision keeps the same parts in float32). Parameters and outputs are float32 either way.
 rng streams (apply time):
   noise    per-pixel noise for noise_mode='random' (the default, as in the reference)
   mixing   style mixing (second z, cutoff, coin), only when train=True and style_mixing_prob > 0
 """
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -136,6 +140,7 @@ class SynthesisBlock(nn.Module):
   architecture: str = 'skip'
   conv_clamp: float | None = None
   conv_backend: str = 'xla'
+  dtype: Any = jnp.float32  # activations (see the module docstring)
 
   @property
   def num_conv(self):
@@ -153,22 +158,23 @@ class SynthesisBlock(nn.Module):
                                             conv_backend=self.conv_backend, name=name)
     if self.in_channels == 0:
       const = self.param('const', nn.initializers.normal(1.0), (res, res, cout))
-      x = jnp.broadcast_to(const[None], (ws.shape[0], res, res, cout))
+      x = jnp.broadcast_to(const.astype(self.dtype)[None], (ws.shape[0], res, res, cout))
       x = layer('conv1', 1)(x, ws[:, 0], noise_mode)
     elif self.architecture == 'resnet':
+      x = x.astype(self.dtype)
       y = L.Conv2dLayer(cout, 1, use_bias=False, up=2, conv_backend=self.conv_backend,
                         name='skip')(x, gain=math.sqrt(0.5))
       x = layer('conv0', 2)(x, ws[:, 0], noise_mode)
       x = layer('conv1', 1)(x, ws[:, 1], noise_mode, gain=math.sqrt(0.5))
       x = y + x
     else:
-      x = layer('conv0', 2)(x, ws[:, 0], noise_mode)
+      x = layer('conv0', 2)(x.astype(self.dtype), ws[:, 0], noise_mode)
       x = layer('conv1', 1)(x, ws[:, 1], noise_mode)
     if img is not None:
       img = L.upsample2d(img, L.setup_filter(), backend=self.conv_backend)
     if self.num_torgb:
       y = ToRGBLayer(self.img_channels, self.conv_clamp, self.conv_backend, name='torgb')(
-          x, ws[:, self.num_conv])
+          x, ws[:, self.num_conv]).astype(jnp.float32)  # the RGB sum in float32
       img = img + y if img is not None else y
     return x, img
 
@@ -183,6 +189,7 @@ class SynthesisNetwork(nn.Module):
   architecture: str = 'skip'
   conv_clamp: float | None = None
   conv_backend: str = 'xla'
+  dtype: Any = jnp.float32
 
   def block_args(self):
     """[(res, in_channels, out_channels, is_last)] and num_ws, as the reference builds them."""
@@ -213,7 +220,7 @@ class SynthesisNetwork(nn.Module):
     for res, cin, cout, is_last in blocks:
       block = SynthesisBlock(cin, cout, self.w_dim, res, self.img_channels, is_last,
                              self.architecture, self.conv_clamp, self.conv_backend,
-                             name=f'b{res}')
+                             self.dtype, name=f'b{res}')
       n = block.num_conv + block.num_torgb
       x, img = block(x, img, ws[:, w_idx:w_idx + n], noise_mode)
       w_idx += block.num_conv
@@ -246,6 +253,7 @@ class Generator(nn.Module):
   eval_truncation_psi: float = 1.0
   eval_truncation_cutoff: int | None = None
   conv_backend: str = 'xla'  # stylegan2_layers: 'xla' | 'onednn' (config.model.conv_backend)
+  dtype: Any = jnp.float32  # synthesis activations (config.model.dtype; module docstring)
 
   # What the trainer's adapter reads (adapter.ModelAdapter): the rng streams G draws from; in
   # which update G's state moves (StudioGAN generates the D step's fakes with
@@ -259,7 +267,7 @@ class Generator(nn.Module):
     self.synthesis_net = SynthesisNetwork(self.w_dim, self.img_resolution, self.img_channels,
                                           self.channel_base, self.channel_max,
                                           self.architecture, self.conv_clamp,
-                                          self.conv_backend, name='synthesis')
+                                          self.conv_backend, self.dtype, name='synthesis')
     self.num_ws = self.synthesis_net.block_args()[1]
     self.mapping_net = MappingNetwork(self.z_dim, self.num_classes, self.w_dim, self.num_ws,
                                       self.mapping_layers, self.mapping_lr_multiplier,

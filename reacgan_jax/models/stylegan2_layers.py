@@ -7,8 +7,10 @@ gain applied at run time), so `stylegan2_convert` maps a torch state dict leaf b
   conv   weight [kh, kw, in, out] = torch weight.permute(2, 3, 1, 0)
 The FIR resampling is a depthwise `lax.conv` (or shifted slices, below), modulation is the
 reference's non-fused form (scale activations, shared-weight conv, scale again), equal to the
-fused grouped conv up to float rounding. float32 only (the reference's fp16 pre-normalisation is
-not ported).
+fused grouped conv up to float rounding. Every function computes in its input's dtype: with
+config.model.dtype='bfloat16' the networks feed bf16 activations here (stylegan2_g/_d: weights cast
+to bf16 per call, styles, demodulation and the FIR taps in float32); bf16 keeps float32's range,
+so the reference's fp16 pre-normalisation and clamping are not needed.
 
 Convolutions (`conv_backend`, resolved from config.model.conv_backend, issue 28): 'xla' is
 lax.conv_general_dilated throughout (up-sampling convs lhs-dilated, FIR filters depthwise convs).
@@ -71,8 +73,8 @@ def upfirdn2d(x, f, up=1, down=1, padding=(0, 0, 0, 0), flip_filter=False, gain=
   if not flip_filter:  # the reference convolves (flips) unless flip_filter
     f = f[::-1, ::-1]
   taps = fir.separable(f) if backend == 'onednn' else None
-  if taps is not None:
-    return fir.correlate2d_separable(x, *taps, stride=down).astype(x.dtype)
+  if taps is not None:  # float32 taps and sums (bf16 activations: rounded once, at the end)
+    return fir.correlate2d_separable(x.astype(jnp.float32), *taps, stride=down).astype(x.dtype)
   k = jnp.asarray(np.ascontiguousarray(f), x.dtype)[:, :, None, None] * jnp.ones((1, 1, 1, c),
                                                                                    x.dtype)
   return jax.lax.conv_general_dilated(x, k, (down, down), 'VALID', feature_group_count=c,

@@ -145,3 +145,55 @@ def test_build_rejects_bad_config():
     stylegan2.build(config(noise_mode='bogus'))
   with pytest.raises(ValueError, match='image_size'):
     stylegan2.build(config(size=24))
+
+
+@pytest.mark.parametrize('g_arch,d_arch', [('skip', 'orig'), ('resnet', 'skip')])
+def test_bfloat16_blocks_with_float32_mapping_epilogue_and_outputs(g_arch, d_arch):
+  """Issue 28: config.model.dtype='bfloat16' runs the synthesis and D blocks in bf16 (stylegan2-
+  ada's mixed-precision split): the mapping network stays float32 (ws bit-identical), the
+  convolutions of the blocks take bf16 operands, the epilogue/heads and outputs are float32, and
+  G and D compute the same functions as in float32 up to bf16 rounding."""
+  cfg = config(size=16, classes=3, g_architecture=g_arch, d_architecture=d_arch, **TINY)
+  g32, d32 = stylegan2.build(cfg)
+  g16, d16 = stylegan2.build(cfg, dtype=jnp.bfloat16)
+  z = jax.random.normal(jax.random.PRNGKey(1), (4, 8))
+  y = jnp.array([0, 1, 2, 1])
+  k = jax.random.PRNGKey(0)
+  gv = fake_init(g32, {'params': k, 'noise': k}, z, y)
+  x = jax.random.uniform(jax.random.PRNGKey(2), (4, 16, 16, 3), minval=-1, maxval=1)
+  dv = fake_init(d32, k, x, y)
+  for leaf in jax.tree.leaves((gv, dv)):
+    assert leaf.dtype == jnp.float32
+
+  def fwd(g, d):
+    img, ws = g.apply(gv, z, y, noise_mode='const', return_ws=True)
+    return img, ws, d.apply(dv, img, y)
+
+  img32, ws32, out32 = fwd(g32, d32)
+  img16, ws16, out16 = fwd(g16, d16)
+  np.testing.assert_array_equal(ws16, ws32)  # the mapping network is float32 in both
+  assert img16.dtype == out16.adv.dtype == out16.h.dtype == jnp.float32
+  assert not np.array_equal(img16, img32)  # bf16 really used
+  # bf16 keeps 8 mantissa bits (2^-9 relative per rounding, compounding over ~10 layers of
+  # random N(0, 1) weights): the same function, close on average, not to float32 rounding.
+  a, b = np.asarray(img16).ravel(), np.asarray(img32).ravel()
+  assert np.mean(np.abs(a - b)) < 0.02 * np.mean(np.abs(b)) and np.corrcoef(a, b)[0, 1] > 0.999
+  a, b = np.asarray(out16.h), np.asarray(out32.h)
+  assert np.max(np.abs(a - b)) < 0.05 * np.abs(b).max()
+  # Where the dtypes are: every weight conv of the blocks bf16; the epilogue's convs float32
+  # (the FIR filters of the RGB skip, depthwise convs on the float32 image, are not counted).
+  def convs(fn, *args):
+    eqns, out = list(jax.make_jaxpr(fn)(*args).jaxpr.eqns), []
+    while eqns:
+      e = eqns.pop()
+      eqns += [q for j in jax.core.jaxprs_in_params(e.params) for q in j.eqns]
+      if e.primitive.name == 'conv_general_dilated' and e.params['feature_group_count'] == 1:
+        out.append((str(e.invars[0].aval.dtype), e.outvars[0].aval.shape))
+    return out
+
+  g_convs = convs(lambda *a: g16.apply(*a, noise_mode='const'), gv, z, y)
+  d_convs = convs(d16.apply, dv, x, y)
+  assert g_convs and {t for t, _ in g_convs} == {'bfloat16'}, g_convs
+  epilogue = 2 if d_arch == 'skip' else 1  # its conv (and the skip architecture's fromRGB)
+  assert [c for c in d_convs if c[0] != 'bfloat16'] == [('float32', (4, 4, 4, 8))] * epilogue
+  assert len(d_convs) > 1

@@ -256,6 +256,68 @@ def test_stylegan2_matches_the_xla_path_on_the_same_weights(g_arch, d_arch):
   _assert_gradients_close(grads0, grads1)
 
 
+@needs_bf16
+def test_stylegan2_bf16_is_as_close_to_float32_as_xlas_bf16():
+  """Issue 28: StyleGAN2 with config.model.dtype='bfloat16' through oneDNN (bf16 convs, the
+  strided and transposed ones' weight gradients via float32: ops/onednn._wgrad) computes what
+  XLA's bf16 path computes: each is as far from the float32 result as the other (bf16 rounding
+  of every conv output), and the custom calls take bf16 operands."""
+  from configs import tiny_stylegan2  # noqa: PLC0415
+
+  config = tiny_stylegan2.get_config()
+  variables, (_, v32, img32, grads32) = _stylegan2_outputs(config, 'xla')
+  config.model.dtype = 'bfloat16'
+  _, (_, vx, imgx, gradsx) = _stylegan2_outputs(config, 'xla', variables)
+  _, (b1, vd, imgd, gradsd) = _stylegan2_outputs(config, 'onednn', variables)
+  assert b1 == 'onednn' and imgd.dtype == jnp.float32
+
+  def err(a, b):  # mean |a - b| relative to mean |b|
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.mean(np.abs(a - b)) / max(np.mean(np.abs(b)), 1e-30)
+
+  e_x, e_d = err(imgx, img32), err(imgd, img32)
+  assert 0 < e_d <= 1.5 * e_x + 1e-4 and e_d < 0.02, (e_d, e_x)
+  assert abs(float(vd) - float(v32)) <= 1.5 * abs(float(vx) - float(v32)) + 1e-3 * abs(float(v32))
+  for net32, netx, netd in zip(grads32, gradsx, gradsd, strict=True):
+    for a, bx, bd in zip(*(jax.tree.leaves(t) for t in (net32, netx, netd)), strict=True):
+      if np.max(np.abs(a)) > 0:
+        assert err(bd, a) <= 1.5 * err(bx, a) + 2e-3, (err(bd, a), err(bx, a))
+  g, _ = build_models(config)
+  z = jnp.zeros((4, config.model.z_dim))
+  hlo = jax.jit(lambda p: g.apply(p, z, jnp.zeros((4,), jnp.int32),
+                                  noise_mode='const')).lower(variables[0]).as_text()
+  calls = [ln for ln in hlo.splitlines() if onednn.TARGET in ln]
+  assert calls and all('xbf16>' in ln and 'xf32>' not in ln for ln in calls), calls
+
+
+@needs_bf16
+@pytest.mark.parametrize('hw,k,up,pad', [((4, 4), 3, 2, ((3, 3), (3, 3))),
+                                         ((5, 4), 3, 2, ((2, 3), (1, 2)))])
+def test_bf16_up_convs_match_the_definition_on_rounded_operands(hw, k, up, pad):
+  """The bf16 transposed conv (G's up-sampling convs with model.dtype='bfloat16'): values and
+  both gradients equal lax's lhs-dilated conv in float64 on the same bf16 operands, to the
+  output's bf16 rounding plus float32 accumulation."""
+  from reacgan_jax.models import stylegan2_layers as L  # noqa: PLC0415
+
+  bf = [jax.random.normal(jax.random.key(i), s).astype(jnp.bfloat16)
+        for i, s in enumerate(((2, *hw, 5), (k, k, 5, 6)))]
+  conv = functools.partial(L._conv, padding=pad, lhs_dilation=(up, up))
+  y = jax.jit(functools.partial(conv, backend='onednn'))(*bf)
+  ct = jax.random.normal(jax.random.key(2), y.shape).astype(jnp.bfloat16)
+  got = (y, *jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w, backend='onednn')
+                                                    .astype(jnp.float32) * ct), (0, 1)))(*bf))
+  with jax.enable_x64():
+    ref = [jnp.asarray(t, jnp.float64) for t in (*bf, ct)]
+    want = (conv(*ref[:2], backend='xla'),
+            *jax.grad(lambda x, w: jnp.sum(conv(x, w, backend='xla') * ref[2]), (0, 1))(
+                *ref[:2]))
+    want = [np.asarray(t) for t in want]
+  for name, a, ref in zip(('y', 'dx', 'dw'), got, want, strict=True):
+    assert a.dtype == jnp.bfloat16 and a.shape == ref.shape, name
+    e = np.abs(np.asarray(a, np.float64) - ref)
+    assert np.all(e <= 2 ** -8 * np.abs(ref) + 1e-5 * np.abs(ref).max()), (name, e.max())
+
+
 @pytest.mark.parametrize('hw,k,up,pad', [
     ((5, 4), 3, 2, ((2, 3), (1, 2))),  # StyleGAN2-like: partly beyond k - 1 (zero rows added)
     ((4, 4), 3, 2, ((3, 3), (3, 3))),  # conv2d_resample's 3x3 up-2 padding

@@ -114,9 +114,10 @@ def test_stylegan2_refuses_pd_and_spectral_norm():
   with pytest.raises(ValueError, match='apply_d_sn=False'):
     adapter.build(config)
   config = cifar10_stylegan2.get_config()
-  config.model.dtype = 'bfloat16'  # not silently float32
-  with pytest.raises(ValueError, match='float32 only'):
-    adapter.build(config)
+  config.model.dtype = 'bfloat16'  # built in bf16, not silently float32 (issue 28)
+  config.model.conv_backend = 'xla'
+  model = adapter.build(config)
+  assert model.generator.dtype == model.discriminator.dtype == jnp.bfloat16
   config = cifar10_stylegan2.get_config()
   config.model.backbone = 'biggan'
   with pytest.raises(ValueError, match='backbone biggan takes none, acgan, pd, reacgan'):

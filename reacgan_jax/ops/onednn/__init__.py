@@ -197,12 +197,26 @@ def _fwd(x, w, strides, padding):
   return y, (x, w)
 
 
+def _wgrad(x, g, w, strides, padding):
+  """dL/dw of conv2d(x, w, strides, padding) for the output gradient g (backward-weights).
+
+  A strided bf16 one runs on float32 copies of x and g: oneDNN 3.2's bf16 backward-weights
+  kernel for stride > 1 (jit_bf16, NHWC) is 6-8x slower than its float32 one on the same shapes
+  (AMD EPYC Zen 4, avx512_bf16: 516 vs 62 ms for B 64, 33x33x128 -> 16x16x128, 3x3 stride 2;
+  benchmarks/README.md, "StyleGAN2 in bf16"), the casts cost one pass over each operand. Both
+  accumulate in float32; the result is rounded to w's dtype as before.
+  """
+  if x.dtype == jnp.bfloat16 and tuple(strides) != (1, 1):
+    f32 = jnp.float32
+    return _call(2, x.astype(f32), g.astype(f32), w.shape, f32, strides, padding).astype(w.dtype)
+  return _call(2, x, g, w.shape, w.dtype, strides, padding)
+
+
 def _bwd(strides, padding, res, g):
   x, w = res
   g = g.astype(x.dtype)
   dx = _call(1, g, w, x.shape, x.dtype, strides, padding)
-  dw = _call(2, x, g, w.shape, w.dtype, strides, padding)
-  return dx, dw
+  return dx, _wgrad(x, g, w, strides, padding)
 
 
 conv2d.defvjp(_fwd, _bwd)
@@ -228,8 +242,7 @@ def _t_bwd(strides, padding, out_hw, res, dy):
   g, w = res
   dy = dy.astype(g.dtype)
   dg = _call(0, dy, w, g.shape, g.dtype, strides, padding)
-  dw = _call(2, dy, g, w.shape, w.dtype, strides, padding)
-  return dg, dw
+  return dg, _wgrad(dy, g, w, strides, padding)
 
 
 conv2d_transpose.defvjp(_t_fwd, _t_bwd)
