@@ -6,7 +6,8 @@ Variable collections:
   params           every trainable weight (same count and shapes as the torch parameters)
   stylegan2_state  mapping/w_avg [w_dim] (tracked mean of W; written only when
                    `update_w_avg=True` and the collection is mutable) and
-                   synthesis/b{res}/conv{0,1}/noise_const [res, res] (fixed, drawn at init)Compute dtype (`dtype`, config.model.dtype): the synthesis blocks' activations and convolutions
+                   synthesis/b{res}/conv{0,1}/noise_const [res, res] (fixed, drawn at init)
+Compute dtype (`dtype`, config.model.dtype): the synthesis blocks' activations and convolutions
 ('bfloat16': bf16 operands, float32 accumulation, weights cast per call); the mapping network,
 styles, demodulation coefficients and the RGB skip sum stay float32 (stylegan2-ada's mixed
 precision keeps the same parts in float32). Parameters and outputs are float32 either way.

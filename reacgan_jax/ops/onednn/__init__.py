@@ -142,14 +142,25 @@ _BF16_ISAS = ({'avx512f', 'avx512bw', 'avx512vl', 'avx512dq'}, {'avx_ne_convert'
 
 
 @functools.cache
-def bf16_supported() -> bool:
-  """Whether this CPU runs oneDNN's bf16 convolutions (True where /proc/cpuinfo is missing)."""
+def _cpu_flags() -> frozenset[str] | None:
+  """The first CPU's /proc/cpuinfo flags (None where there is no such file or line)."""
   try:
     with open('/proc/cpuinfo') as f:
       flags = next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), None)
   except OSError:
-    return True
-  return flags is None or any(isa <= set(flags) for isa in _BF16_ISAS)
+    return None
+  return None if flags is None else frozenset(flags)
+
+
+def bf16_supported() -> bool:
+  """Whether this CPU runs oneDNN's bf16 convolutions (True where /proc/cpuinfo is missing)."""
+  flags = _cpu_flags()
+  return flags is None or any(isa <= flags for isa in _BF16_ISAS)
+
+
+def has_amx() -> bool:
+  """Whether this CPU has AMX bf16 tiles (oneDNN's brgemm kernels use them for bf16)."""
+  return 'amx_bf16' in (_cpu_flags() or ())
 
 
 def _varying_axes(*arrays) -> tuple[str, ...]:
@@ -204,9 +215,11 @@ def _wgrad(x, g, w, strides, padding):
   kernel for stride > 1 (jit_bf16, NHWC) is 6-8x slower than its float32 one on the same shapes
   (AMD EPYC Zen 4, avx512_bf16: 516 vs 62 ms for B 64, 33x33x128 -> 16x16x128, 3x3 stride 2;
   benchmarks/README.md, "StyleGAN2 in bf16"), the casts cost one pass over each operand. Both
-  accumulate in float32; the result is rounded to w's dtype as before.
+  accumulate in float32; the result is rounded to w's dtype as before. On an AMX CPU oneDNN
+  runs bf16 backward-weights through its AMX brgemm kernels instead: left to them (not measured
+  here: no AMX CPU this session).
   """
-  if x.dtype == jnp.bfloat16 and tuple(strides) != (1, 1):
+  if x.dtype == jnp.bfloat16 and tuple(strides) != (1, 1) and not has_amx():
     f32 = jnp.float32
     return _call(2, x.astype(f32), g.astype(f32), w.shape, f32, strides, padding).astype(w.dtype)
   return _call(2, x, g, w.shape, w.dtype, strides, padding)
