@@ -192,44 +192,37 @@ def out_hw(hw, kernel, strides, padding):
                for n, k, s, (lo, hi) in zip(hw, kernel, strides, padding, strict=True))
 
 
+# The three oneDNN primitives as three linear maps, each a custom_vjp whose backward is made of
+# the other two (not of raw custom calls), so that gradients are differentiable again, as R1 and
+# StyleGAN2's path-length term need (a gradient penalty differentiates D's input gradient with
+# respect to the weights: reverse over reverse; the raw custom call has no derivative). For
+# y = conv2d(x, w) and cotangents gy, gx, gw of y, x, w:
+#   conv2d(x, w)           -> y:  dx = conv2d_transpose(gy, w), dw = conv2d_wgrad(x, gy)
+#   conv2d_transpose(g, w) -> x:  dg = conv2d(gx, w),           dw = conv2d_wgrad(gx, g)
+#   conv2d_wgrad(x, g)     -> w:  dx = conv2d_transpose(g, gw), dg = conv2d(x, gw)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x, w, strides, padding):
   """NHWC x HWIO -> NHWC convolution in oneDNN (x, w float32 or bfloat16, the same dtype).
 
   strides: (sh, sw); padding: ((top, bottom), (left, right)), non-negative. The output has x's
-  dtype. Gradients: oneDNN's backward-data and backward-weights primitives.
+  dtype. Gradients: oneDNN's backward-data and backward-weights primitives (`conv2d_transpose`,
+  `conv2d_wgrad`), themselves differentiable.
   """
-  return _fwd(x, w, strides, padding)[0]
+  ho, wo = out_hw(x.shape[1:3], w.shape[:2], strides, padding)
+  return _call(0, x, w, (x.shape[0], ho, wo, w.shape[3]), x.dtype, strides, padding)
 
 
 def _fwd(x, w, strides, padding):
-  ho, wo = out_hw(x.shape[1:3], w.shape[:2], strides, padding)
-  y = _call(0, x, w, (x.shape[0], ho, wo, w.shape[3]), x.dtype, strides, padding)
-  return y, (x, w)
-
-
-def _wgrad(x, g, w, strides, padding):
-  """dL/dw of conv2d(x, w, strides, padding) for the output gradient g (backward-weights).
-
-  A strided bf16 one runs on float32 copies of x and g: oneDNN 3.2's bf16 backward-weights
-  kernel for stride > 1 (jit_bf16, NHWC) is 6-8x slower than its float32 one on the same shapes
-  (AMD EPYC Zen 4, avx512_bf16: 516 vs 62 ms for B 64, 33x33x128 -> 16x16x128, 3x3 stride 2;
-  benchmarks/README.md, "StyleGAN2 in bf16"), the casts cost one pass over each operand. Both
-  accumulate in float32; the result is rounded to w's dtype as before. On an AMX CPU oneDNN
-  runs bf16 backward-weights through its AMX brgemm kernels instead: left to them (not measured
-  here: no AMX CPU this session).
-  """
-  if x.dtype == jnp.bfloat16 and tuple(strides) != (1, 1) and not has_amx():
-    f32 = jnp.float32
-    return _call(2, x.astype(f32), g.astype(f32), w.shape, f32, strides, padding).astype(w.dtype)
-  return _call(2, x, g, w.shape, w.dtype, strides, padding)
+  return conv2d(x, w, strides, padding), (x, w)
 
 
 def _bwd(strides, padding, res, g):
   x, w = res
   g = g.astype(x.dtype)
-  dx = _call(1, g, w, x.shape, x.dtype, strides, padding)
-  return dx, _wgrad(x, g, w, strides, padding)
+  return (conv2d_transpose(g, w, strides, padding, x.shape[1:3]),
+          conv2d_wgrad(x, g, strides, padding, w.shape[:2]).astype(w.dtype))
 
 
 conv2d.defvjp(_fwd, _bwd)
@@ -254,11 +247,45 @@ def _t_bwd(strides, padding, out_hw, res, dy):
   del out_hw
   g, w = res
   dy = dy.astype(g.dtype)
-  dg = _call(0, dy, w, g.shape, g.dtype, strides, padding)
-  return dg, _wgrad(dy, g, w, strides, padding)
+  return (conv2d(dy, w, strides, padding),
+          conv2d_wgrad(dy, g, strides, padding, w.shape[:2]).astype(w.dtype))
 
 
 conv2d_transpose.defvjp(_t_fwd, _t_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d_wgrad(x, g, strides, padding, kernel_hw):
+  """The weight gradient [KH, KW, C, O] of `conv2d(x, w, strides, padding)` for the output
+  cotangent g [N, Ho, Wo, O] (oneDNN's backward-weights primitive), in x's dtype.
+
+  A strided bf16 one runs on float32 copies of x and g: oneDNN 3.2's bf16 backward-weights
+  kernel for stride > 1 (jit_bf16, NHWC) is slow on this project's AVX-512 CPU without AMX (AMD
+  EPYC Zen 4, avx512_bf16; benchmarks/README.md, "StyleGAN2 in bf16"): ~35 ms per call whatever
+  its size, 516 vs 62 ms float32 at B 64, 33x33x128 -> 16x16x128, 3x3 stride 2 (measured under
+  load). Both accumulate in float32; the result is rounded to bf16 as before. On an AMX CPU
+  oneDNN runs bf16 backward-weights in its AMX brgemm kernels: left to them (not measured here).
+  """
+  shape = (*kernel_hw, x.shape[3], g.shape[3])
+  if x.dtype == jnp.bfloat16 and tuple(strides) != (1, 1) and not has_amx():
+    f32 = jnp.float32
+    return _call(2, x.astype(f32), g.astype(f32), shape, f32, strides, padding).astype(x.dtype)
+  return _call(2, x, g, shape, x.dtype, strides, padding)
+
+
+def _w_fwd(x, g, strides, padding, kernel_hw):
+  return conv2d_wgrad(x, g, strides, padding, kernel_hw), (x, g)
+
+
+def _w_bwd(strides, padding, kernel_hw, res, gw):
+  del kernel_hw
+  x, g = res
+  gw = gw.astype(x.dtype)
+  return (conv2d_transpose(g, gw, strides, padding, x.shape[1:3]),
+          conv2d(x, gw, strides, padding))
+
+
+conv2d_wgrad.defvjp(_w_fwd, _w_bwd)
 
 
 def supported(x, w, strides, padding) -> bool:
@@ -271,4 +298,4 @@ def supported(x, w, strides, padding) -> bool:
 
 
 __all__ = ['OneDNNUnavailable', 'available', 'bf16_supported', 'build', 'conv2d',
-           'conv2d_transpose', 'load', 'supported']
+           'conv2d_transpose', 'conv2d_wgrad', 'has_amx', 'load', 'supported']
