@@ -258,10 +258,10 @@ def test_stylegan2_matches_the_xla_path_on_the_same_weights(g_arch, d_arch):
 
 @needs_bf16
 def test_stylegan2_bf16_is_as_close_to_float32_as_xlas_bf16():
-  """Issue 28: StyleGAN2 with config.model.dtype='bfloat16' through oneDNN (bf16 convs, the
-  strided and transposed ones' weight gradients via float32: ops/onednn._wgrad) computes what
-  XLA's bf16 path computes: each is as far from the float32 result as the other (bf16 rounding
-  of every conv output), and the custom calls take bf16 operands."""
+  """Issue 28: StyleGAN2 with config.model.dtype='bfloat16' through oneDNN (plain, strided and
+  transposed bf16 convs and their gradients) computes what XLA's bf16 path computes: each is as
+  far from the float32 result as the other (bf16 rounding of every conv output), and the custom
+  calls take bf16 operands."""
   from configs import tiny_stylegan2  # noqa: PLC0415
 
   config = tiny_stylegan2.get_config()

@@ -158,11 +158,6 @@ def bf16_supported() -> bool:
   return flags is None or any(isa <= flags for isa in _BF16_ISAS)
 
 
-def has_amx() -> bool:
-  """Whether this CPU has AMX bf16 tiles (oneDNN's brgemm kernels use them for bf16)."""
-  return 'amx_bf16' in (_cpu_flags() or ())
-
-
 def _varying_axes(*arrays) -> tuple[str, ...]:
   """The shard_map axes any of `arrays` varies over (empty outside shard_map)."""
   axes = set()
@@ -257,20 +252,8 @@ conv2d_transpose.defvjp(_t_fwd, _t_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d_wgrad(x, g, strides, padding, kernel_hw):
   """The weight gradient [KH, KW, C, O] of `conv2d(x, w, strides, padding)` for the output
-  cotangent g [N, Ho, Wo, O] (oneDNN's backward-weights primitive), in x's dtype.
-
-  A strided bf16 one runs on float32 copies of x and g: oneDNN 3.2's bf16 backward-weights
-  kernel for stride > 1 (jit_bf16, NHWC) is slow on this project's AVX-512 CPU without AMX (AMD
-  EPYC Zen 4, avx512_bf16; benchmarks/README.md, "StyleGAN2 in bf16"): ~35 ms per call whatever
-  its size, 516 vs 62 ms float32 at B 64, 33x33x128 -> 16x16x128, 3x3 stride 2 (measured under
-  load). Both accumulate in float32; the result is rounded to bf16 as before. On an AMX CPU
-  oneDNN runs bf16 backward-weights in its AMX brgemm kernels: left to them (not measured here).
-  """
-  shape = (*kernel_hw, x.shape[3], g.shape[3])
-  if x.dtype == jnp.bfloat16 and tuple(strides) != (1, 1) and not has_amx():
-    f32 = jnp.float32
-    return _call(2, x.astype(f32), g.astype(f32), shape, f32, strides, padding).astype(x.dtype)
-  return _call(2, x, g, shape, x.dtype, strides, padding)
+  cotangent g [N, Ho, Wo, O] (oneDNN's backward-weights primitive), in x's dtype."""
+  return _call(2, x, g, (*kernel_hw, x.shape[3], g.shape[3]), x.dtype, strides, padding)
 
 
 def _w_fwd(x, g, strides, padding, kernel_hw):
@@ -298,4 +281,4 @@ def supported(x, w, strides, padding) -> bool:
 
 
 __all__ = ['OneDNNUnavailable', 'available', 'bf16_supported', 'build', 'conv2d',
-           'conv2d_transpose', 'conv2d_wgrad', 'has_amx', 'load', 'supported']
+           'conv2d_transpose', 'conv2d_wgrad', 'load', 'supported']
