@@ -14,7 +14,9 @@ gives, per loss, the mean and the largest |bf16 - f32| over the windows, the sam
 than another float32 seed does). Uses gpu_check.trainer (the one adapter to the trainer).
 --variant NAME=KEY=VALUE[,KEY=VALUE...] (repeatable) replaces the bf16 run by runs with those
 config overrides, each compared with the float32 run the same way; the per-run seconds show
-what each variant costs. With --fid N each run ends with a smoke FID of its EMA generator
+what each variant costs. --reference_backend onednn trains the two float32 references on oneDNN
+(StyleGAN2 on the CPU, where XLA's convolutions are several times slower; the two float32 paths
+agree to rounding). With --fid N each run ends with a smoke FID of its EMA generator
 (N samples against the config's eval.num_ref reference images).
 """
 
@@ -82,6 +84,10 @@ def main(argv=None):
                  help='NAME=KEY=VALUE[,KEY=VALUE]: a run with these overrides (default: '
                       'bf16=model.dtype=bfloat16)')
   p.add_argument('--fid', type=int, default=0, help='smoke FID samples at the end (0: none)')
+  p.add_argument('--reference_backend', default='xla', choices=['xla', 'onednn'],
+                 help="conv_backend of the two float32 reference runs (default XLA's; 'onednn' "
+                      'where XLA is slow, e.g. StyleGAN2 on the CPU: the two float32 paths agree '
+                      'to rounding, tests/ops/test_onednn.py)')
   args = p.parse_args(argv)
   # The reference runs are XLA's float32 (the default conv_backend 'auto' may pick oneDNN).
   variants = [v.split('=', 1) for v in (args.variant
@@ -93,7 +99,7 @@ def main(argv=None):
   except (AttributeError, KeyError, ValueError):
     pass
   runs = {}
-  f32 = ['model.dtype=float32', 'model.conv_backend=xla']
+  f32 = ['model.dtype=float32', f'model.conv_backend={args.reference_backend}']
   plan = [('f32', f32, 0)]
   plan += [(name, over.split(','), 0) for name, over in variants]
   plan += [('f32_seed1', f32, 1)]
@@ -112,6 +118,7 @@ def main(argv=None):
                      'ratio_mean': d[k]['mean_abs'] / max(seed[k]['mean_abs'], 1e-12)}
                     for k in d})
   result = dict(config=args.config, steps=args.steps, window=args.window,
+               reference_backend=args.reference_backend, command=' '.join(sys.argv),
                 device=jax.devices()[0].device_kind, runs=runs, summary=summary)
   with open(args.out, 'w') as f:
     json.dump(result, f, indent=1)
