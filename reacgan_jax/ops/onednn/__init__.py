@@ -142,20 +142,14 @@ _BF16_ISAS = ({'avx512f', 'avx512bw', 'avx512vl', 'avx512dq'}, {'avx_ne_convert'
 
 
 @functools.cache
-def _cpu_flags() -> frozenset[str] | None:
-  """The first CPU's /proc/cpuinfo flags (None where there is no such file or line)."""
+def bf16_supported() -> bool:
+  """Whether this CPU runs oneDNN's bf16 convolutions (True where /proc/cpuinfo is missing)."""
   try:
     with open('/proc/cpuinfo') as f:
       flags = next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), None)
   except OSError:
-    return None
-  return None if flags is None else frozenset(flags)
-
-
-def bf16_supported() -> bool:
-  """Whether this CPU runs oneDNN's bf16 convolutions (True where /proc/cpuinfo is missing)."""
-  flags = _cpu_flags()
-  return flags is None or any(isa <= flags for isa in _BF16_ISAS)
+    return True
+  return flags is None or any(isa <= set(flags) for isa in _BF16_ISAS)
 
 
 def _varying_axes(*arrays) -> tuple[str, ...]:
