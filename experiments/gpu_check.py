@@ -128,6 +128,21 @@ def trainer(config):
       to_host=parallel.to_host)
 
 
+def flop_rates(flops, step_s, peak_tflops):
+  """flops_per_step, tflops and frac_peak of a timed step; all None where XLA gave no count.
+
+  jax 0.11.2's GPU backend returned a cost analysis without 'flops' for the lowered step (the
+  H200 run of 2026-12-04): a count of 0 would read as 0 TFLOP/s in the tables, so it is None
+  there (the lowered module is the same program on any backend: take the count from a CPU
+  lowering, as RESULTS.md section 3b does).
+  """
+  if not flops:
+    return dict(flops_per_step=None, tflops=None, frac_peak=None)
+  tflops = flops / step_s / 1e12
+  return dict(flops_per_step=flops, tflops=tflops,
+              frac_peak=tflops / peak_tflops if peak_tflops > 0 else None)
+
+
 def jax_fold(seed, i):
   import jax  # noqa: PLC0415
 
@@ -245,8 +260,7 @@ def ours_race(args, log, stop, make_trainer=None):
               device=jax.devices()[0].device_kind, jax=jax.__version__, compile_s=compile_s,
               first_step_s=times[0], warmup_steps=args.race_warmup, step_s=timed,
               median_step_s=median, img_per_s=args.race_batch * n_d / median,
-              flops_per_step=flops, tflops=flops / median / 1e12,
-              frac_peak=(flops / median / 1e12 / peak) if peak > 0 else None, peak_tflops=peak)
+              **flop_rates(flops, median, peak), peak_tflops=peak)
     del state, compiled, lowered
 
 

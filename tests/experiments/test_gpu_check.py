@@ -149,6 +149,15 @@ def test_markdown_tables_and_ratio(tmp_path):
   assert 'TF32' in md
 
 
+def test_flop_rates_without_an_xla_count_are_unknown_not_zero():
+  assert gpu_check.flop_rates(0.0, 0.08, 494.7) == dict(flops_per_step=None, tflops=None,
+                                                        frac_peak=None)
+  r = gpu_check.flop_rates(10e12, 0.1, 500.0)
+  assert r['flops_per_step'] == 10e12
+  assert abs(r['tflops'] - 100.0) < 1e-9 and abs(r['frac_peak'] - 0.2) < 1e-12
+  assert gpu_check.flop_rates(10e12, 0.1, 0.0)['frac_peak'] is None
+
+
 def test_studiogan_race_skipped_without_studiogan(tmp_path):
   args = gpu_check.build_parser().parse_args(
       ['--budget_s', '100', '--out', str(tmp_path), '--studiogan_src', str(tmp_path / 'none')])
