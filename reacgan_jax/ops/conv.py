@@ -283,3 +283,33 @@ def for_backend(name: str):
   if name not in ('xla', 'onednn'):
     raise ValueError(f"conv backend {name!r}: expected 'xla' or 'onednn' (resolve 'auto' first)")
   return conv_onednn if name == 'onednn' else conv_general_dilated
+
+
+@jax.custom_vjp
+def bias_add(y, bias):
+  """y + bias over the last axis, whose bias gradient is a matrix-vector product.
+
+  Autodiff makes the bias gradient a sum of the output gradient over (B, H, W), which XLA:CPU
+  rewrites into reduce-windows of 32 (its tree-reduction pass) that run at ~1 GB/s: 0.24 s of a
+  1.35 s SNGAN bf16 D update on oneDNN were those sums (benchmarks/README.md, "Bias gradients
+  as matrix products"). ones[B*H*W] @ dy[B*H*W, C] with a float32 accumulator is the same sum
+  through the matmul kernels. Used by the oneDNN backend (the XLA path keeps autodiff's sum, so
+  the recorded float32 behaviours stay bit-identical).
+  """
+  return y + bias
+
+
+def _bias_add_fwd(y, bias):
+  return y + bias, jnp.zeros((0,), bias.dtype)
+
+
+def _bias_add_bwd(res, dy):
+  c = dy.shape[-1]
+  rows = dy.reshape(-1, c)
+  acc = jnp.promote_types(dy.dtype, jnp.float32)  # float32 accumulation (float64 in checks)
+  db = jnp.dot(jnp.ones((rows.shape[0],), dy.dtype), rows, preferred_element_type=acc)
+  return dy, db.astype(res.dtype)
+
+
+bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
+

@@ -102,3 +102,31 @@ def test_flax_conv_uses_it_and_matches():
   params = mods[0].init(jax.random.key(6), x)
   grads = [jax.grad(lambda p, m=m: jnp.sum(jnp.tanh(m.apply(p, x))))(params) for m in mods]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6), *grads)
+
+
+@pytest.mark.parametrize('dtype', ['float64', 'bfloat16'])
+def test_bias_add_gradient_is_the_sum_as_a_matrix_product(dtype):
+  """conv_ops.bias_add: y + b, its bias gradient sum_{B,H,W} dy through a dot (not a reduce).
+
+  float64: equal to the exact sum (and to autodiff's) to 1e-12 relative (sums in another
+  order). bf16: accumulated in float32 and rounded once, so within one bf16 ulp (2^-7 relative)
+  of the exact sum of the bf16 inputs.
+  """
+  rng = np.random.default_rng(0)
+  with jax.enable_x64(dtype == 'float64'):
+    y = jnp.asarray(rng.normal(size=(4, 5, 6, 7)), dtype)
+    b = jnp.asarray(rng.normal(size=(7,)), dtype)
+    dy = jnp.asarray(rng.normal(size=(4, 5, 6, 7)), dtype)
+    got_y, vjp = jax.vjp(conv_ops.bias_add, y, b)
+    want_y, want_vjp = jax.vjp(lambda y, b: y + b, y, b)
+    np.testing.assert_array_equal(got_y, want_y)
+    (gy, gb), (wy, wb) = vjp(dy), want_vjp(dy)
+    np.testing.assert_array_equal(gy, wy)
+    assert gb.dtype == b.dtype
+    exact = np.asarray(dy, np.float64).sum((0, 1, 2))
+    tol = 1e-12 if dtype == 'float64' else 2.0 ** -7
+    np.testing.assert_allclose(np.asarray(gb, np.float64), exact, rtol=tol, atol=tol * 10)
+    if dtype == 'float64':
+      np.testing.assert_allclose(np.asarray(wb), exact, rtol=tol, atol=tol * 10)
+    backward = str(jax.make_jaxpr(vjp)(dy))
+    assert 'dot_general' in backward and 'reduce_sum' not in backward

@@ -500,3 +500,41 @@ def test_stylegan2_penalties_differentiate_through_the_onednn_path():
   (v0, g0), (v1, g1) = out['xla'], out['onednn']
   np.testing.assert_allclose(v1, v0, rtol=1e-4)
   _assert_gradients_close(g0, g1)
+
+
+@pytest.mark.parametrize('stride,use_bias', [(1, True), (2, True), (1, False)])
+def test_onednn_conv_module_is_nn_conv_with_a_dot_for_the_bias_gradient(stride, use_bias):
+  """layers.conv on the oneDNN backend (layers.OnednnConv): nn.Conv's parameter tree and initial
+  values, its outputs and input / kernel gradients exactly; the bias gradient, a float32
+  matrix-vector product instead of a reduction, to 1e-5 relative (another summation order)."""
+  import flax.linen as nn  # noqa: PLC0415
+
+  from reacgan_jax.models import layers  # noqa: PLC0415
+
+  init = nn.initializers.orthogonal()
+  ours = layers.conv(8, 3, init, jnp.float32, 'c', stride=stride, use_bias=use_bias,
+                     backend='onednn')
+  assert isinstance(ours, layers.OnednnConv)
+  ref = nn.Conv(8, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
+                use_bias=use_bias, kernel_init=init, dtype=jnp.float32,
+                conv_general_dilated=conv_ops.conv_onednn, name='c')
+  rng = np.random.default_rng(stride)
+  x = jnp.asarray(rng.normal(size=(4, 8, 8, 5)), jnp.float32)
+  v_ours = ours.init(jax.random.PRNGKey(3), x)
+  v_ref = ref.init(jax.random.PRNGKey(3), x)
+  assert jax.tree.structure(v_ours) == jax.tree.structure(v_ref)
+  for a, b in zip(jax.tree.leaves(v_ours), jax.tree.leaves(v_ref), strict=True):
+    np.testing.assert_array_equal(a, b)
+  dy = jnp.asarray(rng.normal(size=(4, 8 // stride, 8 // stride, 8)), jnp.float32)
+  y1, vjp1 = jax.vjp(ours.apply, v_ours, x)
+  y2, vjp2 = jax.vjp(ref.apply, v_ref, x)
+  np.testing.assert_array_equal(y1, y2)
+  (g1, gx1), (g2, gx2) = vjp1(dy), vjp2(dy)
+  np.testing.assert_array_equal(gx1, gx2)
+  p1, p2 = g1['params'], g2['params']
+  np.testing.assert_array_equal(p1['kernel'], p2['kernel'])
+  assert ('bias' in p1) == use_bias
+  if use_bias:
+    np.testing.assert_allclose(p1['bias'], p2['bias'], rtol=1e-5, atol=1e-5)
+    bwd = str(jax.make_jaxpr(vjp1)(dy))
+    assert 'dot_general' in bwd
