@@ -204,7 +204,7 @@ class OnednnConv(nn.Module):
 
   The parameters are nn.Conv's: 'kernel' [k, k, C_in, C_out] then 'bias' [C_out] (float32,
   zeros), created in that order in a module of the same name, so the parameter tree and its
-  initial values are the same as nn.Conv's (tests/models/test_models.py). What differs is the
+  initial values are the same as nn.Conv's (tests/ops/test_onednn.py). What differs is the
   bias gradient: a matrix-vector product instead of XLA:CPU's slow tree-reduced sum.
   """
   features: int
