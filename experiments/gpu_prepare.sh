@@ -29,7 +29,9 @@ ls .whl/ml_collections-1.1.0-py3-none-any.whl 2>/dev/null || $PY -m pip download
 # A call carries at most 64 MiB: the working tree that travels (tracked files and untracked ones
 # git does not ignore) plus its carried paths. Call 1 is the fullest (part1 + studiogan + .whl),
 # so the part size is what it leaves, less 512 KiB for what gets committed before the lease.
-tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb | tail -1 | cut -f1)
+# one du for the whole list (xargs could split it, and tail -1 would then see one batch's total)
+tree=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- | tail -1 \
+  | cut -f1)
 extra=$(du -sb .gpu_parts/studiogan .whl | awk '{s+=$1} END {print s}')
 room=$(( (64 << 20) - tree - extra - (512 << 10) ))
 PART_MIB=${PART_MIB:-$(awk -v r="$room" 'BEGIN {printf "%.2f", r / 1048576 - 0.005}')}
