@@ -55,17 +55,73 @@ def get_init(name: str, which: str) -> Callable:
   return INITS[name]
 
 
-def upsample2x(x):
-  """Nearest-neighbour 2x upsampling [B, H, W, C] -> [B, 2H, 2W, C] (F.interpolate nearest)."""
-  b, h, w, c = x.shape
-  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-  return x.reshape(b, 2 * h, 2 * w, c)
+def upsample2x(x, backend: str = 'xla'):
+  """Nearest-neighbour 2x upsampling [B, H, W, C] -> [B, 2H, 2W, C] (F.interpolate 'nearest').
+
+  backend 'onednn': the same values, with `upsample2x_window_sums`' gradient (see there).
+  """
+  if backend == 'onednn':
+    return upsample2x_window_sums(x)
+  return _nearest2x(x)
 
 
-def avg_pool2x(x):
-  """2x2 average pooling, stride 2 (nn.AvgPool2d(2)) [B, H, W, C] -> [B, H/2, W/2, C]."""
+def avg_pool2x(x, backend: str = 'xla'):
+  """2x2 average pooling, stride 2 (nn.AvgPool2d(2)) [B, H, W, C] -> [B, H/2, W/2, C].
+
+  backend 'onednn': `avg_pool2x_window_sums` (the same mean in float32, summed by strided adds).
+  """
+  if backend == 'onednn':
+    return avg_pool2x_window_sums(x)
   b, h, w, c = x.shape
   return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+# The oneDNN backend's pooling and the upsampling's gradient. XLA:CPU runs the reduce of a
+# 2x2-window mean (or of the sum autodiff makes for the upsampling's broadcast) at ~0.5 G
+# elements/s: the pooling of one 64x32x32x128 bf16 activation took 16-19 ms, the same sums as
+# two strided adds in one loop fusion 1.6 ms (benchmarks/README.md, "Window sums as strided
+# adds"). Sums and means accumulate in float32 and round once to the input dtype, as
+# jnp.mean does; the XLA backend keeps the reduce (its recorded results stay bit-identical).
+
+
+def _window_sums(x):
+  """Float32 sum of each 2x2 window, stride 2: [B, H, W, C] -> [B, H/2, W/2, C]."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // 2, 2, w // 2, 2 * c).astype(jnp.float32)
+  rows = x[:, :, 0] + x[:, :, 1]           # [B, H/2, W/2, 2C]: the two columns side by side
+  return rows[..., :c] + rows[..., c:]
+
+
+def _nearest2x(x):
+  b, h, w, c = x.shape
+  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(
+      b, 2 * h, 2 * w, c)
+
+
+@jax.custom_vjp
+def avg_pool2x_window_sums(x):
+  """2x2 average pooling as strided adds (float32 accumulation, result in x's dtype).
+
+  Gradient: the nearest 2x upsampling of g / 4 (exact: a power of two).
+  """
+  return (_window_sums(x) * 0.25).astype(x.dtype)
+
+
+avg_pool2x_window_sums.defvjp(
+    lambda x: (avg_pool2x_window_sums(x), None),
+    lambda _, g: (_nearest2x(g * jnp.asarray(0.25, g.dtype)),))
+
+
+@jax.custom_vjp
+def upsample2x_window_sums(x):
+  """Nearest 2x upsampling whose gradient is the 2x2 window sums of g (float32 accumulation,
+  rounded once to g's dtype) by strided adds."""
+  return _nearest2x(x)
+
+
+upsample2x_window_sums.defvjp(
+    lambda x: (_nearest2x(x), None),
+    lambda _, g: (_window_sums(g).astype(g.dtype),))
 
 
 def max_pool2x(x):
@@ -256,11 +312,11 @@ class GenBlock(nn.Module):
     c = lambda k, name: conv(self.features, k, self.kernel_init, self.dtype, name,
                              backend=self.conv_backend)
     h = nn.relu(norm(x, 'bn1'))
-    h = c(3, 'conv1')(upsample2x(h))
+    h = c(3, 'conv1')(upsample2x(h, self.conv_backend))
     h = nn.relu(norm(h, 'bn2'))
     h = c(3, 'conv2')(h)
     # A 1x1 conv commutes with nearest upsampling: conv first is exact and 4x cheaper.
-    x0 = upsample2x(c(1, 'conv0')(x))
+    x0 = upsample2x(c(1, 'conv0')(x), self.conv_backend)
     return h + x0
 
 
@@ -294,8 +350,9 @@ class DiscOptBlock(_DiscBlockFields):
     c, bn = _disc_layers(self, train)
     h = c(3, 'conv1')(x)
     h = nn.relu(bn(h, 'bn1'))
-    h = avg_pool2x(c(3, 'conv2')(h))
-    x0 = c(1, 'conv0')(bn(avg_pool2x(x), 'bn0'))
+    pool = lambda h: avg_pool2x(h, self.conv_backend)
+    h = pool(c(3, 'conv2')(h))
+    x0 = c(1, 'conv0')(bn(pool(x), 'bn0'))
     return h + x0
 
 
@@ -315,7 +372,7 @@ class DiscBlock(_DiscBlockFields):
   @nn.compact
   def __call__(self, x, train: bool):
     c, bn = _disc_layers(self, train)
-    pool = avg_pool2x if self.downsample else (lambda h: h)
+    pool = (lambda h: avg_pool2x(h, self.conv_backend)) if self.downsample else (lambda h: h)
     h = nn.relu(bn(x, 'bn1'))
     x0 = x if self.use_bn else h  # the in-place ReLU aliasing, see the class docstring
     h = c(3, 'conv1')(h)

@@ -430,6 +430,51 @@ def test_batchnorm_matches_reference(groups):
     layers.BatchNorm(groups=3).init(KEY, jnp.zeros((4, 2, 2, 1)), False)
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_window_sum_pooling_and_upsampling_match_their_definitions(dtype):
+  """The oneDNN backend's 2x2 average pooling and nearest-upsampling gradient (strided adds,
+  float32 accumulation) against their float64 definitions on the same (rounded) inputs.
+
+  Pooling: a float32 mean of 4 float32 terms is within 3 roundings of the terms' absolute sum
+  (asserted at 1e-6 of it); of 4 bf16 terms the float32 sum is exact and the result rounded
+  once, within half a bf16 ulp (2^-9 relative; asserted at 2^-8 of the absolute sum). Its gradient g / 4, upsampled, is exact in either dtype. The
+  upsampling's values are the XLA path's bit for bit; its gradient, the 2x2 window sums of g,
+  within the same bounds as the pooling. Neither has a reduce left (the point of them).
+  """
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(2, 6, 4, 3)), dtype)
+  g_small = jnp.asarray(rng.normal(size=(2, 3, 2, 3)), dtype)
+  g_big = jnp.asarray(rng.normal(size=(2, 12, 8, 3)), dtype)
+  x64, gs64, gb64 = (np.asarray(a, np.float64) for a in (x, g_small, g_big))
+  windows = lambda a: a.reshape(a.shape[0], a.shape[1] // 2, 2, a.shape[2] // 2, 2, a.shape[3])
+  nearest = lambda a: a.repeat(2, axis=1).repeat(2, axis=2)
+  rtol = 1e-6 if dtype == 'float32' else 2.0 ** -8
+
+  def assert_window_sums(got, a, scale):
+    err = np.abs(np.asarray(got, np.float64) - windows(a).sum((2, 4)) * scale)
+    bound = rtol * np.abs(windows(a)).sum((2, 4)) * scale
+    assert np.all(err <= bound), float(np.max(err / bound))
+
+  y, vjp = jax.vjp(lambda a: layers.avg_pool2x(a, 'onednn'), x)
+  assert y.dtype == x.dtype
+  assert_window_sums(y, x64, 0.25)
+  (gx,) = vjp(g_small)
+  np.testing.assert_array_equal(np.asarray(gx, np.float64), nearest(gs64) / 4)
+
+  u, vjp = jax.vjp(lambda a: layers.upsample2x(a, 'onednn'), x)
+  np.testing.assert_array_equal(u, layers.upsample2x(x))
+  (gu,) = vjp(g_big)
+  assert gu.dtype == x.dtype
+  assert_window_sums(gu, gb64, 1.0)
+
+  for fn in (lambda a: layers.avg_pool2x(a, 'onednn'), lambda a: layers.upsample2x(a, 'onednn')):
+    _, f_vjp = jax.vjp(fn, x)
+    jaxprs = str(jax.make_jaxpr(fn)(x)) + str(jax.make_jaxpr(f_vjp)(fn(x)))
+    assert 'reduce_sum' not in jaxprs
+  # The XLA backend keeps its reduce (recorded float32 results stay bit-identical).
+  assert 'reduce_sum' in str(jax.make_jaxpr(layers.avg_pool2x)(x))
+
+
 def test_conditional_bn_gain_is_one_plus_gamma():
   rng = np.random.default_rng(1)
   x, a = rng.normal(size=(4, 2, 2, 3)), rng.normal(size=(4, 5))

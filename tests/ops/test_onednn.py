@@ -543,3 +543,58 @@ def test_onednn_conv_module_is_nn_conv_with_a_dot_for_the_bias_gradient(stride, 
     np.testing.assert_allclose(p1['bias'], p2['bias'], rtol=1e-5, atol=1e-5)
     bwd = str(jax.make_jaxpr(vjp1)(dy))
     assert 'dot_general' in bwd
+
+
+@pytest.mark.parametrize('dtype', ['float32', pytest.param('bfloat16', marks=needs_bf16)])
+def test_resnet_blocks_match_the_xla_path(dtype):
+  """GenBlock, DiscOptBlock and DiscBlock on the oneDNN backend (its convolutions, bias
+  gradients, window-sum pooling and upsampling gradient) against the XLA backend on the same
+  parameters: outputs and every gradient. float32: the bounds of the model test above
+  (summation order). bf16: as close to XLA's float32 result as XLA's own bf16 path is (mean
+  relative error at most 1.5x XLA bf16's plus 2e-3, as the StyleGAN2 test), both rounding
+  every activation to bf16."""
+  from reacgan_jax.models import layers  # noqa: PLC0415
+
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(4, 8, 8, 6)), jnp.float32)
+  affine = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+  blocks = {
+      'gen': lambda b, dt: layers.GenBlock(8, dtype=dt, conv_backend=b),
+      'opt': lambda b, dt: layers.DiscOptBlock(8, dtype=dt, conv_backend=b),
+      'disc': lambda b, dt: layers.DiscBlock(8, dtype=dt, conv_backend=b),
+  }
+
+  def err(a, b):  # mean |a - b| relative to mean |b|
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.mean(np.abs(a - b)) / max(np.mean(np.abs(b)), 1e-30)
+
+  for name, make in blocks.items():
+    args = (x, affine, True) if name == 'gen' else (x, True)
+    variables = make('xla', jnp.float32).init(jax.random.PRNGKey(1), *args)
+    params, rest = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+
+    def run(backend, dt, make=make, args=args, params=params, rest=rest):
+      def loss(p, x):
+        y, _ = make(backend, dt).apply({'params': p, **rest}, x, *args[1:],
+                                       mutable=['batch_stats'])
+        return jnp.sum(jnp.sin(y.astype(jnp.float32))), y
+      (_, y), (gp, gx) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+      return y.astype(jnp.float32), (gp, {'x': gx})
+
+    y32, g32 = run('xla', jnp.float32)
+    if name != 'gen':  # no BN in these D blocks: the oneDNN backend leaves no reduce at all
+      grad = lambda b: jax.grad(lambda x, ct: jnp.vdot(make(b, jnp.float32).apply(
+          variables, x, False), ct))
+      ct = make('xla', jnp.float32).apply(variables, x, False)
+      jaxprs = {b: str(jax.make_jaxpr(grad(b))(x, ct)) for b in ('xla', 'onednn')}
+      assert 'reduce_sum' in jaxprs['xla'] and 'reduce_sum' not in jaxprs['onednn'], name
+    if dtype == 'float32':
+      y1, g1 = run('onednn', jnp.float32)
+      np.testing.assert_allclose(y1, y32, rtol=0, atol=1e-5, err_msg=name)
+      _assert_gradients_close(g32, g1)
+      continue
+    (yx, gx), (yd, gd) = run('xla', jnp.bfloat16), run('onednn', jnp.bfloat16)
+    assert 0 < err(yd, y32) <= 1.5 * err(yx, y32) + 2e-3, (name, err(yd, y32), err(yx, y32))
+    for a, bx, bd in zip(*(jax.tree.leaves(t) for t in (g32, gx, gd)), strict=True):
+      if np.max(np.abs(a)) > 0:
+        assert err(bd, a) <= 1.5 * err(bx, a) + 2e-3, (name, err(bd, a), err(bx, a))
