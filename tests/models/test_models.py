@@ -437,9 +437,10 @@ def test_window_sum_pooling_and_upsampling_match_their_definitions(dtype):
 
   Pooling: a float32 mean of 4 float32 terms is within 3 roundings of the terms' absolute sum
   (asserted at 1e-6 of it); of 4 bf16 terms the float32 sum is exact and the result rounded
-  once, within half a bf16 ulp (2^-9 relative; asserted at 2^-8 of the absolute sum). Its gradient g / 4, upsampled, is exact in either dtype. The
-  upsampling's values are the XLA path's bit for bit; its gradient, the 2x2 window sums of g,
-  within the same bounds as the pooling. Neither has a reduce left (the point of them).
+  once, within half a bf16 ulp (2^-9 relative; asserted at 2^-8 of the absolute sum). Its
+  gradient g / 4, upsampled, is exact in either dtype. The upsampling's values are the XLA
+  path's bit for bit; its gradient, the 2x2 window sums of g, within the same bounds as the
+  pooling. Neither has a reduce left (the point of them).
   """
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.normal(size=(2, 6, 4, 3)), dtype)
