@@ -474,6 +474,13 @@ def test_window_sum_pooling_and_upsampling_match_their_definitions(dtype):
     assert 'reduce_sum' not in jaxprs
   # The XLA backend keeps its reduce (recorded float32 results stay bit-identical).
   assert 'reduce_sum' in str(jax.make_jaxpr(layers.avg_pool2x)(x))
+  # Differentiable twice (R1 differentiates D's input gradient again): equal to the XLA path's.
+  x32 = x.astype(jnp.float32)
+  twice = {}
+  for b in ('xla', 'onednn'):
+    f = lambda a, b=b: jnp.sum(jnp.sin(layers.avg_pool2x(layers.upsample2x(jnp.sin(a), b), b)))
+    twice[b] = jax.grad(lambda a, f=f: jnp.sum(jax.grad(f)(a) ** 2))(x32)
+  np.testing.assert_allclose(twice['onednn'], twice['xla'], rtol=1e-5, atol=1e-6)
 
 
 def test_conditional_bn_gain_is_one_plus_gamma():
