@@ -38,13 +38,14 @@ class _GenNorm(nn.Module):
   groups: int
   kernel_init: Callable
   dtype: Any
+  backend: str = 'xla'  # config.model.conv_backend (layers.ConditionalBatchNorm)
 
   @nn.compact
   def __call__(self, x, affine, train: bool):
     if affine is None:
       return layers.BatchNorm(groups=self.groups, dtype=self.dtype, name='bn')(x, not train)
-    return layers.ConditionalBatchNorm(self.groups, self.kernel_init, self.dtype, name='cbn')(
-        x, affine, not train)
+    return layers.ConditionalBatchNorm(self.groups, self.kernel_init, self.dtype, self.backend,
+                                       name='cbn')(x, affine, not train)
 
 
 class DeepConvGenerator(nn.Module):
@@ -69,7 +70,8 @@ class DeepConvGenerator(nn.Module):
       # torch ConvTranspose2d(k=4, s=2, p=1) == lax.conv_transpose padding k - 1 - p = 2: 2x.
       h = nn.ConvTranspose(f, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
                            kernel_init=self.kernel_init, dtype=self.dtype, name=f'deconv{i}')(h)
-      h = nn.relu(_GenNorm(self.bn_groups, self.kernel_init, self.dtype, name=f'bn{i}')(
+      h = nn.relu(_GenNorm(self.bn_groups, self.kernel_init, self.dtype, self.conv_backend,
+                           name=f'bn{i}')(
           h, affine, train))
       if i + 1 == self.attn_block:
         h = layers.SelfAttention(self.kernel_init, self.dtype, self.conv_backend,

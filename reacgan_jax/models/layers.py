@@ -124,6 +124,51 @@ upsample2x_window_sums.defvjp(
     lambda _, g: (_window_sums(g).astype(g.dtype),))
 
 
+def _halving_sum(z, axis):
+  """Sum over `axis` by halving: z[:n/2] + z[n/2:], repeated (odd lengths padded with a zero)."""
+  while z.shape[axis] > 1:
+    if z.shape[axis] % 2:
+      z = jnp.concatenate([z, jnp.zeros_like(jax.lax.slice_in_dim(z, 0, 1, axis=axis))], axis)
+    n = z.shape[axis] // 2
+    z = jax.lax.slice_in_dim(z, 0, n, axis=axis) + jax.lax.slice_in_dim(z, n, 2 * n, axis=axis)
+  return jax.lax.squeeze(z, (axis,))
+
+
+def _hw_sums(z):
+  """Float32 sums over H and W of [B, H, W, C] -> [B, C], as elementwise adds (see below)."""
+  return _halving_sum(_halving_sum(z.astype(jnp.float32), 1), 1)
+
+
+@jax.custom_vjp
+def per_sample_affine(y, gain, bias):
+  """y [B, H, W, C] * gain [B, C] + bias [B, C] in y's dtype (the conditional BN's affine; gain
+  and bias float32 parameters' outputs, cast to y's dtype as the XLA path casts them).
+
+  Its gain and bias gradients, the sums over (H, W) of g * y and of g, are halving trees of
+  elementwise adds with float32 accumulation, returned in float32 (gain's dtype), instead of
+  XLA:CPU's reduce over non-minor axes (~1 G elements/s: 131 ms of a traced SNGAN bf16 G update;
+  benchmarks/README.md "Conditional BN sums as halving adds"). Used by the oneDNN backend; the XLA
+  backend keeps autodiff's sums (recorded results bit-identical).
+  """
+  t = y.dtype
+  return y * gain.astype(t)[:, None, None, :] + bias.astype(t)[:, None, None, :]
+
+
+def _psa_fwd(y, gain, bias):
+  return per_sample_affine(y, gain, bias), (y, gain, bias)
+
+
+def _psa_bwd(res, g):
+  y, gain, bias = res
+  g32 = g.astype(jnp.float32)
+  return (g * gain[:, None, None, :].astype(g.dtype),
+          _hw_sums(g32 * y.astype(jnp.float32)).astype(gain.dtype),
+          _hw_sums(g32).astype(bias.dtype))
+
+
+per_sample_affine.defvjp(_psa_fwd, _psa_bwd)
+
+
 def max_pool2x(x):
   """2x2 max pooling, stride 2 (nn.MaxPool2d(2, 2)) [B, H, W, C] -> [B, H/2, W/2, C]."""
   b, h, w, c = x.shape
@@ -197,6 +242,7 @@ class ConditionalBatchNorm(nn.Module):
   groups: int = 1
   kernel_init: Callable = nn.initializers.orthogonal()
   dtype: Dtype = jnp.float32
+  backend: str = 'xla'  # config.model.conv_backend: 'onednn' takes `per_sample_affine`
 
   @nn.compact
   def __call__(self, x, affine, use_running_average: bool):
@@ -207,6 +253,8 @@ class ConditionalBatchNorm(nn.Module):
                                   dtype=self.dtype, name=name)
     gain = 1.0 + dense('gain_linear')(affine)
     bias = dense('bias_linear')(affine)
+    if self.backend == 'onednn':
+      return per_sample_affine(y, gain, bias)
     return y * gain[:, None, None, :].astype(self.dtype) + bias[:, None, None, :].astype(self.dtype)
 
 
@@ -306,7 +354,8 @@ class GenBlock(nn.Module):
     def norm(h, name):
       if affine is None:
         return BatchNorm(groups=self.groups, dtype=self.dtype, name=name)(h, not train)
-      return ConditionalBatchNorm(self.groups, self.kernel_init, self.dtype, name=name)(
+      return ConditionalBatchNorm(self.groups, self.kernel_init, self.dtype, self.conv_backend,
+                                  name=name)(
           h, affine, not train)
 
     c = lambda k, name: conv(self.features, k, self.kernel_init, self.dtype, name,

@@ -483,6 +483,41 @@ def test_window_sum_pooling_and_upsampling_match_their_definitions(dtype):
   np.testing.assert_allclose(twice['onednn'], twice['xla'], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_per_sample_affine_matches_its_definition(dtype):
+  """The oneDNN backend's conditional-BN affine y * gain + bias (per sample and channel): values
+  as the XLA path computes them, bit for bit; the input gradient g * gain likewise; the gain and
+  bias gradients, sums over (H, W) by halving adds in float32 (odd sizes padded), against the
+  float64 sums of the same (rounded) inputs within float32 rounding of the terms' absolute sum
+  (1e-6); no reduce in the backward (the point); differentiable again, as the plain expression."""
+  rng = np.random.default_rng(6)
+  y = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), dtype)      # odd W: the padded halving
+  gain = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), dtype)
+
+  def plain(y, gain, bias):  # ConditionalBatchNorm's XLA path
+    return y * gain[:, None, None, :].astype(y.dtype) + bias[:, None, None, :].astype(y.dtype)
+
+  out, vjp = jax.vjp(layers.per_sample_affine, y, gain, bias)
+  want, want_vjp = jax.vjp(plain, y, gain, bias)
+  np.testing.assert_array_equal(out, want)
+  (dy, dgain, dbias), (wdy, _, _) = vjp(g), want_vjp(g)
+  np.testing.assert_array_equal(dy, wdy)
+  assert dgain.dtype == dbias.dtype == jnp.float32
+  y64, g64 = np.asarray(y, np.float64), np.asarray(g, np.float64)
+  for got, terms in ((dgain, g64 * y64), (dbias, g64)):
+    err = np.abs(np.asarray(got, np.float64) - terms.sum((1, 2)))
+    assert np.all(err <= 1e-6 * np.abs(terms).sum((1, 2))), err
+  assert 'reduce_sum' not in str(jax.make_jaxpr(vjp)(g))
+  f32 = [a.astype(jnp.float32) for a in (y, gain, bias)]
+  twice = [jax.grad(lambda *a, f=f: jnp.sum(jax.grad(
+      lambda *b: jnp.sum(jnp.sin(f(*b))), argnums=(0, 1, 2))(*a)[1] ** 2), argnums=(0, 1))(*f32)
+           for f in (layers.per_sample_affine, plain)]
+  for a, b in zip(*twice, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_conditional_bn_gain_is_one_plus_gamma():
   rng = np.random.default_rng(1)
   x, a = rng.normal(size=(4, 2, 2, 3)), rng.normal(size=(4, 5))

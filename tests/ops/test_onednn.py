@@ -582,7 +582,15 @@ def test_resnet_blocks_match_the_xla_path(dtype):
       return y.astype(jnp.float32), (gp, {'x': gx})
 
     y32, g32 = run('xla', jnp.float32)
-    if name != 'gen':  # no BN in these D blocks: the oneDNN backend leaves no reduce at all
+    if name == 'gen':  # the conditional BN's affine and the upsampling take the oneDNN forms
+      jaxprs = {}
+      for b in ('xla', 'onednn'):
+        module = make(b, jnp.float32)
+        fwd = lambda x, m=module, v=variables: m.apply(v, x, affine, True, mutable=['batch_stats'])
+        jaxprs[b] = str(jax.make_jaxpr(fwd)(x))
+      for fn in ('per_sample_affine', 'upsample2x_window_sums'):
+        assert fn in jaxprs['onednn'] and fn not in jaxprs['xla'], fn
+    else:  # no BN in these D blocks: the oneDNN backend leaves no reduce at all
       ct = make('xla', jnp.float32).apply(variables, x, False)
       jaxprs = {}
       for b in ('xla', 'onednn'):
