@@ -142,10 +142,11 @@ def _hw_sums(z):
 @jax.custom_vjp
 def per_sample_affine(y, gain, bias):
   """y [B, H, W, C] * gain [B, C] + bias [B, C] in y's dtype (the conditional BN's affine; gain
-  and bias float32 parameters' outputs, cast to y's dtype as the XLA path casts them).
+  and bias, the outputs of its linears, cast to y's dtype as the XLA path casts them).
 
   Its gain and bias gradients, the sums over (H, W) of g * y and of g, are halving trees of
-  elementwise adds with float32 accumulation, returned in float32 (gain's dtype), instead of
+  elementwise adds of float32 terms (the products are not rounded to y's dtype), rounded once to
+  gain's / bias's dtype (bf16 in a bf16 model, whose linears compute in bf16), instead of
   XLA:CPU's reduce over non-minor axes (~1 G elements/s: 131 ms of a traced SNGAN bf16 G update;
   benchmarks/README.md "Conditional BN sums as halving adds"). Used by the oneDNN backend; the XLA
   backend keeps autodiff's sums (recorded results bit-identical).
