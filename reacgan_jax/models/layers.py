@@ -149,10 +149,15 @@ def per_sample_affine(y, gain, bias):
   gain's / bias's dtype (bf16 in a bf16 model, whose linears compute in bf16), instead of
   XLA:CPU's reduce over non-minor axes (~1 G elements/s: 131 ms of a traced SNGAN bf16 G update;
   benchmarks/README.md "Conditional BN sums as halving adds"). Used by the oneDNN backend; the XLA
-  backend keeps autodiff's sums (recorded results bit-identical).
+  backend keeps autodiff's sums of the same expression (recorded results bit-identical).
   """
+  return _per_sample_affine_autodiff(y, gain, bias)
+
+
+def _per_sample_affine_autodiff(y, gain, bias):
+  """The expression itself (the XLA backend's conditional-BN affine, differentiated by JAX)."""
   t = y.dtype
-  return y * gain.astype(t)[:, None, None, :] + bias.astype(t)[:, None, None, :]
+  return y * gain[:, None, None, :].astype(t) + bias[:, None, None, :].astype(t)
 
 
 def _psa_fwd(y, gain, bias):
@@ -254,9 +259,8 @@ class ConditionalBatchNorm(nn.Module):
                                   dtype=self.dtype, name=name)
     gain = 1.0 + dense('gain_linear')(affine)
     bias = dense('bias_linear')(affine)
-    if self.backend == 'onednn':
-      return per_sample_affine(y, gain, bias)
-    return y * gain[:, None, None, :].astype(self.dtype) + bias[:, None, None, :].astype(self.dtype)
+    affine_fn = per_sample_affine if self.backend == 'onednn' else _per_sample_affine_autodiff
+    return affine_fn(y, gain, bias)   # y is in self.dtype (BatchNorm's output)
 
 
 class SelfAttention(nn.Module):
