@@ -15,6 +15,7 @@
 // Primitive descriptors, primitives and reorders are cached per shape/dtype/attribute key.
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -51,6 +52,24 @@ struct Plan {
   bool reorder_w = false;
   dnnl::reorder w_reorder;                  // HWIO -> prim layout (kind 0, 1) or back (kind 2)
   dnnl::memory::desc scratch_md;
+};
+
+// A buffer that grows to the largest size asked of it and is reused (uninitialised: a
+// std::vector would zero it); 64-byte aligned.
+class Buffer {
+ public:
+  void* Get(size_t size) {
+    if (size > size_ || !data_) {
+      size_ = (size + 64) / 64 * 64;   // never 0: oneDNN takes a null handle as "no buffer"
+      data_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, size_)));
+    }
+    return data_.get();
+  }
+
+ private:
+  struct Free { void operator()(uint8_t* p) const { std::free(p); } };
+  std::unique_ptr<uint8_t, Free> data_;
+  size_t size_ = 0;
 };
 
 using Key = std::tuple<int64_t, std::vector<int64_t>, int, int, int>;
@@ -159,12 +178,14 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
     dnnl::memory a_mem(plan->a_md, eng, a.untyped_data());
     dnnl::memory b_mem(plan->b_md, eng, b.untyped_data());
     dnnl::memory o_mem(plan->out_md, eng, out->untyped_data());
-    // Uninitialised buffers (a std::vector would zero them on every call).
-    std::unique_ptr<uint8_t[]> scratch(new uint8_t[plan->scratch_md.get_size() + 1]);
-    dnnl::memory s_mem(plan->scratch_md, eng, scratch.get());
-    std::unique_ptr<uint8_t[]> wbuf(
-        new uint8_t[plan->reorder_w ? plan->w_prim_md.get_size() : 1]);
-    dnnl::memory w_mem = plan->reorder_w ? dnnl::memory(plan->w_prim_md, eng, wbuf.get())
+    // The scratchpad and the reordered kernel live in buffers kept across calls (run_mu
+    // serialises the calls): a fresh allocation of this size is a fresh mmap whose pages the
+    // kernel zero-fills on first touch, on every call.
+    static Buffer scratch, wbuf;
+    dnnl::memory s_mem(plan->scratch_md, eng, scratch.Get(plan->scratch_md.get_size()));
+    dnnl::memory w_mem = plan->reorder_w
+                             ? dnnl::memory(plan->w_prim_md, eng,
+                                            wbuf.Get(plan->w_prim_md.get_size()))
                                          : (kind == 2 ? o_mem : b_mem);
     if (kind == 0) {
       if (plan->reorder_w) plan->w_reorder.execute(strm, b_mem, w_mem);
