@@ -309,12 +309,14 @@ def conv(features: int, kernel: int, kernel_init: Callable, dtype: Dtype, name: 
 
 
 class OnednnConv(nn.Module):
-  """nn.Conv's NHWC 2-D convolution on the oneDNN backend, its bias added by conv_ops.bias_add.
+  """nn.Conv's NHWC 2-D convolution on the oneDNN backend, its bias inside oneDNN's primitives.
 
   The parameters are nn.Conv's: 'kernel' [k, k, C_in, C_out] then 'bias' [C_out] (float32,
   zeros), created in that order in a module of the same name, so the parameter tree and its
-  initial values are the same as nn.Conv's (tests/ops/test_onednn.py). What differs is the
-  bias gradient: a matrix-vector product instead of XLA:CPU's slow tree-reduced sum.
+  initial values are the same as nn.Conv's (tests/ops/test_onednn.py). What differs is where
+  the bias goes (conv_ops.conv_bias_onednn): the float32 bias is added to the convolution's
+  float32 accumulator before its one rounding to the compute dtype, and its gradient comes from
+  the weight gradient's primitive, so neither costs XLA a pass over the activation.
   """
   features: int
   kernel: int
@@ -330,14 +332,14 @@ class OnednnConv(nn.Module):
                    (self.kernel, self.kernel, x.shape[-1], self.features), jnp.float32)
     b = (self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
          if self.use_bias else None)
-    x, k, b = promote_dtype(x, k, b, dtype=self.dtype)
-    p = self.padding
-    y = conv_ops.conv_onednn(
-        x, k, (self.stride, self.stride), ((p, p), (p, p)), lhs_dilation=(1, 1),
-        rhs_dilation=(1, 1),
+    x, k = promote_dtype(x, k, dtype=self.dtype)
+    s, p = (self.stride, self.stride), ((self.padding, self.padding),) * 2
+    if b is not None:   # float32: added inside oneDNN before the one rounding to x's dtype
+      return conv_ops.conv_bias_onednn(x, k, b, s, p)
+    return conv_ops.conv_onednn(
+        x, k, s, p, lhs_dilation=(1, 1), rhs_dilation=(1, 1),
         dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, k.shape,
                                                          ('NHWC', 'HWIO', 'NHWC')))
-    return y if b is None else conv_ops.bias_add(y, b)
 
 
 class GenBlock(nn.Module):

@@ -240,6 +240,25 @@ def conv_onednn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
       lhs, rhs, cpu=lambda x, w: onednn.conv2d(x, w, strides, padding), default=xla)
 
 
+def conv_bias_onednn(x, w, b, strides, padding):
+  """NHWC x HWIO convolution plus the bias b [O] (`conv_onednn(...) + b`), the bias inside
+  oneDNN's primitives when lowered for CPU (onednn.conv2d_bias: added before the one rounding to
+  x's dtype, its gradient from the weight gradient's primitive); elsewhere, and for shapes oneDNN
+  does not take, the XLA convolution and `bias_add`."""
+  strides = tuple(int(s) for s in strides)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+
+  def xla(x, w, b):
+    y = conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
+    return bias_add(y, b.astype(y.dtype))
+
+  if not onednn.supported(x, w, strides, padding):
+    return xla(x, w, b)
+  onednn.load()
+  return lax.platform_dependent(
+      x, w, b, cpu=lambda x, w, b: onednn.conv2d_bias(x, w, b, strides, padding), default=xla)
+
+
 def conv_up_onednn(x, w, lhs_dilation, padding):
   """lax.conv_general_dilated(x, w, (1, 1), padding, lhs_dilation=lhs_dilation) for NHWC x and
   HWIO w (an up-sampling convolution, as StyleGAN2's), through oneDNN when lowered for CPU.
@@ -293,8 +312,9 @@ def bias_add(y, bias):
   rewrites into reduce-windows of 32 (its tree-reduction pass) that run at ~1 GB/s: 0.24 s of a
   1.35 s SNGAN bf16 D update on oneDNN were those sums (benchmarks/README.md, "Bias gradients
   as matrix products"). ones[B*H*W] @ dy[B*H*W, C] with a float32 accumulator is the same sum
-  through the matmul kernels. Used by the oneDNN backend (the XLA path keeps autodiff's sum, so
-  the recorded float32 behaviours stay bit-identical).
+  through the matmul kernels. The oneDNN backend's conv layers use it where oneDNN does not
+  run (`conv_bias_onednn` off CPU or on shapes it refuses); the XLA path keeps autodiff's sum, so
+  the recorded float32 behaviours stay bit-identical.
   """
   return y + bias
 

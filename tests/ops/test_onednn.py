@@ -79,6 +79,31 @@ def test_float32_passes_match_the_float64_definition(b, h, w, c, o, k, strides, 
                                err_msg=name)
 
 
+def _ours_bias(x, w, b, g, strides, padding):
+  y, vjp = jax.vjp(lambda x, w, b: onednn.conv2d_bias(x, w, b, strides, padding), x, w, b)
+  return (y, *vjp(g))
+
+
+@pytest.mark.parametrize('b,h,w,c,o,k,strides,padding', SHAPES)
+def test_float32_passes_with_the_bias_inside_match_the_float64_definition(b, h, w, c, o, k,
+                                                                          strides, padding):
+  """conv2d_bias: y = conv(x, w) + bias, and its gradients dx, dw and the bias gradient (the sum
+  of g over N, H, W, which the backward-weights primitive returns beside dw)."""
+  rng = np.random.default_rng(5)
+  x, wt, bias = (rng.standard_normal(s) for s in ((b, h, w, c), (k, k, c, o), (o,)))
+  ho, wo = onednn.out_hw((h, w), (k, k), strides, padding)
+  g = rng.standard_normal((b, ho, wo, o))
+  y, dx, dw = _definition(x, wt, g, strides, padding)
+  want = (y + bias, dx, dw, g.sum((0, 1, 2)))
+  got = _ours_bias(*(jnp.asarray(t, jnp.float32) for t in (x, wt, bias, g)), strides, padding)
+  # As the passes without a bias (1e-5 of the largest entry: ~100 float32 ulps of sums of at
+  # most b*ho*wo terms); the bias and its gradient stay float32.
+  for name, a, ref in zip(('y', 'dx', 'dw', 'db'), got, want, strict=True):
+    assert a.shape == ref.shape and a.dtype == jnp.float32, name
+    np.testing.assert_allclose(np.asarray(a), ref, rtol=0, atol=1e-5 * np.abs(ref).max(),
+                               err_msg=name)
+
+
 needs_bf16 = pytest.mark.skipif(not onednn.bf16_supported(),
                                 reason='this CPU has no oneDNN bf16 convolution (no AVX-512)')
 
@@ -99,6 +124,29 @@ def test_bfloat16_passes_match_the_definition_on_rounded_operands(b, h, w, c, o,
     assert a.dtype == jnp.bfloat16, name
     err = np.abs(np.asarray(a, np.float64) - ref)
     assert np.all(err <= 2 ** -8 * np.abs(ref) + 1e-5 * np.abs(ref).max()), (name, err.max())
+
+
+@needs_bf16
+@pytest.mark.parametrize('b,h,w,c,o,k,strides,padding', SHAPES[:3])
+def test_bfloat16_passes_with_the_bias_inside_match_the_definition(b, h, w, c, o, k, strides,
+                                                                    padding):
+  """bf16 x, w and g with a float32 bias: the bias is added to the float32 accumulator before
+  the one rounding of y to bf16, and its gradient comes back float32 (not rounded to bf16)."""
+  rng = np.random.default_rng(6)
+  ho, wo = onednn.out_hw((h, w), (k, k), strides, padding)
+  bf = [jnp.asarray(rng.standard_normal(s), jnp.bfloat16)
+        for s in ((b, h, w, c), (k, k, c, o), (b, ho, wo, o))]
+  bias = jnp.asarray(rng.standard_normal(o), jnp.float32)
+  x64, w64, g64 = (np.asarray(t, np.float64) for t in bf)
+  y, dx, dw = _definition(x64, w64, g64, strides, padding)
+  want = (y + np.asarray(bias, np.float64), dx, dw, g64.sum((0, 1, 2)))
+  got = _ours_bias(bf[0], bf[1], bias, bf[2], strides, padding)
+  for name, a, ref in zip(('y', 'dx', 'dw', 'db'), got, want, strict=True):
+    assert a.dtype == (jnp.float32 if name == 'db' else jnp.bfloat16), name
+    # bf16 outputs: one rounding (2^-8 relative) + float32 accumulation; db: float32 only.
+    rounding = 0 if name == 'db' else 2 ** -8
+    err = np.abs(np.asarray(a, np.float64) - ref)
+    assert np.all(err <= rounding * np.abs(ref) + 1e-5 * np.abs(ref).max()), (name, err.max())
 
 
 def _model_outputs(config, params=None):
@@ -482,6 +530,29 @@ def test_gradients_of_gradients_match_lax(b, h, w, c, o, k, strides, padding):
   _assert_gradients_close(want, got)
 
 
+@pytest.mark.parametrize('b,h,w,c,o,k,strides,padding', [SHAPES[0], SHAPES[3]])
+def test_gradients_of_gradients_with_the_bias_inside_match_lax(b, h, w, c, o, k, strides, padding):
+  """The same through conv2d_bias and conv2d_wgrad_bias: a penalty on the input gradient and on
+  the weight and bias gradients, differentiated w.r.t. x, w and the bias (conv2d_wgrad_bias's
+  own VJP: its bias-gradient cotangent flows back to g as a broadcast)."""
+  rng = np.random.default_rng(4)
+  x, wt, bias = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+                 for s in ((b, h, w, c), (k, k, c, o), (o,)))
+  ho, wo = onednn.out_hw((h, w), (k, k), strides, padding)
+  ct = jnp.asarray(rng.standard_normal((b, ho, wo, o)), jnp.float32)
+  convs = {'xla': lambda x, w, bias: jax.lax.conv_general_dilated(
+               x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias,
+           'onednn': lambda x, w, bias: onednn.conv2d_bias(x, w, bias, strides, padding)}
+
+  def penalty(conv, x, w, bias):
+    gx, gw, gb = jax.grad(lambda *a: jnp.sum(jnp.sin(conv(*a)) * ct), (0, 1, 2))(x, w, bias)
+    return jnp.sum(gx ** 2) + jnp.sum(jnp.sin(gw)) + jnp.sum(jnp.sin(gb))
+
+  want, got = (jax.jit(jax.grad(functools.partial(penalty, convs[n]), (0, 1, 2)))(x, wt, bias)
+               for n in ('xla', 'onednn'))
+  _assert_gradients_close(want, got)
+
+
 @pytest.mark.slow  # 30 s (second derivatives of tiny StyleGAN2 on both backends): CI's slow suite
 def test_stylegan2_penalties_differentiate_through_the_onednn_path():
   """R1 (D's input gradient) and path length (G's gradient w.r.t. ws, through the transposed
@@ -517,10 +588,11 @@ def test_stylegan2_penalties_differentiate_through_the_onednn_path():
 
 
 @pytest.mark.parametrize('stride,use_bias', [(1, True), (2, True), (1, False)])
-def test_onednn_conv_module_is_nn_conv_with_a_dot_for_the_bias_gradient(stride, use_bias):
+def test_onednn_conv_module_is_nn_conv_with_the_bias_inside_onednn(stride, use_bias):
   """layers.conv on the oneDNN backend (layers.OnednnConv): nn.Conv's parameter tree and initial
-  values, its outputs and input / kernel gradients exactly; the bias gradient, a float32
-  matrix-vector product instead of a reduction, to 1e-5 relative (another summation order)."""
+  values, its outputs and input / kernel gradients exactly (float32: the bias added to the
+  float32 accumulator is the same one rounding as adding it after); the bias gradient, which the
+  backward-weights primitive sums, to 1e-5 relative (another summation order than XLA's)."""
   import flax.linen as nn  # noqa: PLC0415
 
   from reacgan_jax.models import layers  # noqa: PLC0415
@@ -551,7 +623,8 @@ def test_onednn_conv_module_is_nn_conv_with_a_dot_for_the_bias_gradient(stride, 
   if use_bias:
     np.testing.assert_allclose(p1['bias'], p2['bias'], rtol=1e-5, atol=1e-5)
     bwd = str(jax.make_jaxpr(vjp1)(dy))
-    assert 'dot_general' in bwd
+    assert onednn.TARGET_WGRAD_BIAS in bwd and 'reduce_sum' not in bwd
+    assert onednn.TARGET_BIAS in str(jax.make_jaxpr(ours.apply)(v_ours, x))
 
 
 @pytest.mark.parametrize('dtype', ['float32', pytest.param('bfloat16', marks=needs_bf16)])

@@ -29,6 +29,8 @@ from absl import logging
 from reacgan_jax.platform import paths
 
 TARGET = 'reacgan_dnnl_conv'
+TARGET_BIAS = 'reacgan_dnnl_conv_bias'         # kind 0 with the layer's bias
+TARGET_WGRAD_BIAS = 'reacgan_dnnl_wgrad_bias'  # kind 2 with the bias gradient
 _SRC = pathlib.Path(__file__).with_name('dnnl_conv.cc')
 _DIST, _DEVEL = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'
 _INSTALL_HINT = ("pip install -e '.[onednn]' (the PyPI wheels onednn-cpu-gomp and "
@@ -120,7 +122,9 @@ def load() -> str:
   # oneDNN is already in the process (torch's libtorch_cpu.so exports its own, older dnnl_*
   # symbols; without it, importing torch first would silently route our calls to that copy).
   so = ctypes.CDLL(str(build()), mode=os.RTLD_LOCAL | os.RTLD_DEEPBIND)
-  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(so.ReacganDnnlConv), platform='cpu')
+  for target, fn in ((TARGET, so.ReacganDnnlConv), (TARGET_BIAS, so.ReacganDnnlConvBias),
+                     (TARGET_WGRAD_BIAS, so.ReacganDnnlWgradBias)):
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(fn), platform='cpu')
   v = [ctypes.c_int() for _ in range(3)]
   so.ReacganDnnlVersion(*[ctypes.byref(i) for i in v])
   return '.'.join(str(i.value) for i in v)
@@ -160,15 +164,19 @@ def _varying_axes(*arrays) -> tuple[str, ...]:
   return tuple(sorted(axes))
 
 
-def _call(kind, a, b, out_shape, out_dtype, strides, padding):
+def _attrs(strides, padding):
   (pt, pb), (pl, pr) = padding
+  return dict(stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
+              pad_top=np.int64(pt), pad_bottom=np.int64(pb), pad_left=np.int64(pl),
+              pad_right=np.int64(pr))
+
+
+def _call(kind, a, b, out_shape, out_dtype, strides, padding):
   # Under vmap (the seeded sampler runs G once per row, vmapped) one call per mapped element:
   # the handler takes 4-D operands only.
   out = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, out_dtype),
                          vmap_method='sequential')(
-      a, b, kind=np.int64(kind), stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
-      pad_top=np.int64(pt), pad_bottom=np.int64(pb), pad_left=np.int64(pl),
-      pad_right=np.int64(pr))
+      a, b, kind=np.int64(kind), **_attrs(strides, padding))
   # Inside shard_map (the sharded evaluation, evaluation/on_mesh.py) the call's result is
   # per-device like its input: typed so, or lax.platform_dependent's branches (the XLA one is
   # varying) disagree. Forward and input gradient only: nothing takes weight gradients there.
@@ -265,6 +273,69 @@ def _w_bwd(strides, padding, kernel_hw, res, gw):
 conv2d_wgrad.defvjp(_w_fwd, _w_bwd)
 
 
+# A conv layer with its bias, through the same primitives with the bias inside them (the two
+# bias targets): the forward adds it before its one rounding to x's dtype, and the weight
+# gradient's primitive returns the bias gradient (the sum of g over N, H, W, float32) beside dw,
+# so neither the bias add nor its gradient costs XLA a pass over the activation (on the Intel
+# AMX CPU those passes were up to a fifth of the SNGAN bf16 D update: benchmarks/README.md,
+# "Conv biases inside oneDNN"). The bias is float32 whatever x's dtype.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def conv2d_bias(x, w, b, strides, padding):
+  """`conv2d(x, w, strides, padding) + b` with the bias b [O] added inside oneDNN (in float32,
+  rounded once to x's dtype). Gradients: `conv2d_transpose` and `conv2d_wgrad_bias`."""
+  ho, wo = out_hw(x.shape[1:3], w.shape[:2], strides, padding)
+  out = jax.ffi.ffi_call(TARGET_BIAS, jax.ShapeDtypeStruct((x.shape[0], ho, wo, w.shape[3]),
+                                                           x.dtype),
+                         vmap_method='sequential')(
+      x, w, b.astype(jnp.float32), **_attrs(strides, padding))
+  axes = _varying_axes(x, w, b)
+  return jax.lax.pcast(out, axes, to='varying') if axes else out
+
+
+def _b_fwd(x, w, b, strides, padding):
+  return conv2d_bias(x, w, b, strides, padding), (x, w, b)
+
+
+def _b_bwd(strides, padding, res, g):
+  x, w, b = res
+  g = g.astype(x.dtype)
+  dw, db = conv2d_wgrad_bias(x, g, strides, padding, w.shape[:2])
+  return (conv2d_transpose(g, w, strides, padding, x.shape[1:3]), dw.astype(w.dtype),
+          db.astype(b.dtype))
+
+
+conv2d_bias.defvjp(_b_fwd, _b_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d_wgrad_bias(x, g, strides, padding, kernel_hw):
+  """(`conv2d_wgrad(x, g, ...)`, the bias gradient: g summed over N, H, W in float32 [O]), both
+  from one backward-weights primitive."""
+  return jax.ffi.ffi_call(
+      TARGET_WGRAD_BIAS,
+      (jax.ShapeDtypeStruct((*kernel_hw, x.shape[3], g.shape[3]), x.dtype),
+       jax.ShapeDtypeStruct((g.shape[3],), jnp.float32)),
+      vmap_method='sequential')(x, g, **_attrs(strides, padding))
+
+
+def _wb_fwd(x, g, strides, padding, kernel_hw):
+  return conv2d_wgrad_bias(x, g, strides, padding, kernel_hw), (x, g)
+
+
+def _wb_bwd(strides, padding, kernel_hw, res, cot):
+  del kernel_hw
+  x, g = res
+  gw, gb = cot
+  gw = gw.astype(x.dtype)
+  dg = conv2d(x, gw, strides, padding) + gb.astype(g.dtype)
+  return conv2d_transpose(g, gw, strides, padding, x.shape[1:3]), dg
+
+
+conv2d_wgrad_bias.defvjp(_wb_fwd, _wb_bwd)
+
+
 def supported(x, w, strides, padding) -> bool:
   """Whether `conv2d` takes this convolution (else the caller keeps XLA's)."""
   return (x.ndim == 4 and w.ndim == 4 and x.dtype == w.dtype
@@ -274,5 +345,5 @@ def supported(x, w, strides, padding) -> bool:
           and min(out_hw(x.shape[1:3], w.shape[:2], strides, padding)) >= 1)
 
 
-__all__ = ['OneDNNUnavailable', 'available', 'bf16_supported', 'build', 'conv2d',
-           'conv2d_transpose', 'conv2d_wgrad', 'load', 'supported']
+__all__ = ['OneDNNUnavailable', 'available', 'bf16_supported', 'build', 'conv2d', 'conv2d_bias',
+           'conv2d_transpose', 'conv2d_wgrad', 'conv2d_wgrad_bias', 'load', 'supported']

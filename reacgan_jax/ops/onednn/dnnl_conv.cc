@@ -10,7 +10,10 @@
 //   kind 1  dx [N,H,W,C]   = input gradient of kind 0 from g [N,Ho,Wo,O] and w
 //   kind 2  dw [KH,KW,C,O] = weight gradient of kind 0 from x and g
 // Strides and the four paddings are attributes; every operand is float32 or bfloat16 (oneDNN
-// accumulates in float32 either way). Activations stay NHWC (oneDNN's brgemm kernels take it
+// accumulates in float32 either way). Two more targets carry a conv layer's bias (float32 [O])
+// through the same primitives: ReacganDnnlConvBias (kind 0 with the bias added before the one
+// rounding to y's dtype) and ReacganDnnlWgradBias (kind 2 also returning the bias gradient, the
+// sum of g over N, H, W, float32), so that neither costs a pass of XLA over the activation. Activations stay NHWC (oneDNN's brgemm kernels take it
 // directly); kernels are reordered to and from the blocked layout the primitive asks for.
 // Primitive descriptors, primitives and reorders are cached per shape/dtype/attribute key.
 
@@ -22,6 +25,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -52,6 +56,7 @@ struct Plan {
   bool reorder_w = false;
   dnnl::reorder w_reorder;                  // HWIO -> prim layout (kind 0, 1) or back (kind 2)
   dnnl::memory::desc scratch_md;
+  dnnl::memory::desc bias_md;               // float32 [O]: the bias (kind 0) or its gradient (2)
 };
 
 // A buffer that grows to the largest size asked of it and is reused (uninitialised: a
@@ -77,9 +82,11 @@ using Key = std::tuple<int64_t, std::vector<int64_t>, int, int, int>;
 std::shared_ptr<Plan> MakePlan(int64_t kind, const dnnl::memory::dims& src,
                                const dnnl::memory::dims& wei, const dnnl::memory::dims& dst,
                                dt t_src, dt t_wei, dt t_dst, const dnnl::memory::dims& strides,
-                               const dnnl::memory::dims& pad_l, const dnnl::memory::dims& pad_r) {
+                               const dnnl::memory::dims& pad_l, const dnnl::memory::dims& pad_r,
+                               bool bias) {
   auto& eng = Engine();
   auto plan = std::make_shared<Plan>();
+  if (bias) plan->bias_md = dnnl::memory::desc({wei[0]}, dt::f32, tag::a);
   dnnl::memory::desc src_md(src, t_src, tag::nhwc);
   dnnl::memory::desc dst_md(dst, t_dst, tag::nhwc);
   dnnl::memory::desc wei_plain(wei, t_wei, tag::hwio);
@@ -87,10 +94,16 @@ std::shared_ptr<Plan> MakePlan(int64_t kind, const dnnl::memory::dims& src,
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   // The forward descriptor (itself, or the hint of the backward ones) in the operand dtypes.
-  auto fwd_pd = dnnl::convolution_forward::primitive_desc(
-      eng, kind == 0 ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training,
-      dnnl::algorithm::convolution_direct, src_md, wei_any, dst_md, strides, pad_l, pad_r,
-      kind == 0 ? attr : dnnl::primitive_attr());
+  const auto prop =
+      kind == 0 ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training;
+  const auto algo = dnnl::algorithm::convolution_direct;
+  const auto fwd_attr = kind == 0 ? attr : dnnl::primitive_attr();
+  auto fwd_pd = bias ? dnnl::convolution_forward::primitive_desc(
+                           eng, prop, algo, src_md, wei_any, plan->bias_md, dst_md, strides,
+                           pad_l, pad_r, fwd_attr)
+                     : dnnl::convolution_forward::primitive_desc(
+                           eng, prop, algo, src_md, wei_any, dst_md, strides, pad_l, pad_r,
+                           fwd_attr);
   if (kind == 0) {
     plan->prim = dnnl::convolution_forward(fwd_pd);
     plan->w_prim_md = fwd_pd.weights_desc();
@@ -98,16 +111,19 @@ std::shared_ptr<Plan> MakePlan(int64_t kind, const dnnl::memory::dims& src,
     plan->scratch_md = fwd_pd.scratchpad_desc();
   } else if (kind == 1) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
-        eng, dnnl::algorithm::convolution_direct, src_md, wei_any, dst_md, strides, pad_l, pad_r,
+        eng, algo, src_md, wei_any, dst_md, strides, pad_l, pad_r,
         fwd_pd, attr);
     plan->prim = dnnl::convolution_backward_data(pd);
     plan->w_prim_md = pd.weights_desc();
     plan->a_md = dst_md; plan->b_md = wei_plain; plan->out_md = src_md;
     plan->scratch_md = pd.scratchpad_desc();
   } else {
-    auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        eng, dnnl::algorithm::convolution_direct, src_md, wei_any, dst_md, strides, pad_l, pad_r,
-        fwd_pd, attr);
+    auto pd = bias ? dnnl::convolution_backward_weights::primitive_desc(
+                         eng, algo, src_md, wei_any, plan->bias_md, dst_md, strides, pad_l,
+                         pad_r, fwd_pd, attr)
+                   : dnnl::convolution_backward_weights::primitive_desc(
+                         eng, algo, src_md, wei_any, dst_md, strides, pad_l, pad_r, fwd_pd,
+                         attr);
     plan->prim = dnnl::convolution_backward_weights(pd);
     plan->w_prim_md = pd.diff_weights_desc();
     plan->a_md = src_md; plan->b_md = dst_md; plan->out_md = wei_plain;
@@ -126,7 +142,8 @@ std::shared_ptr<Plan> MakePlan(int64_t kind, const dnnl::memory::dims& src,
 std::shared_ptr<Plan> GetPlan(const Key& key, int64_t kind, const dnnl::memory::dims& src,
                               const dnnl::memory::dims& wei, const dnnl::memory::dims& dst,
                               dt t_src, dt t_wei, dt t_dst, const dnnl::memory::dims& strides,
-                              const dnnl::memory::dims& pad_l, const dnnl::memory::dims& pad_r) {
+                              const dnnl::memory::dims& pad_l, const dnnl::memory::dims& pad_r,
+                              bool bias) {
   static std::mutex mu;
   static std::map<Key, std::shared_ptr<Plan>> cache;
   {
@@ -134,16 +151,20 @@ std::shared_ptr<Plan> GetPlan(const Key& key, int64_t kind, const dnnl::memory::
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
   }
-  auto plan = MakePlan(kind, src, wei, dst, t_src, t_wei, t_dst, strides, pad_l, pad_r);
+  auto plan = MakePlan(kind, src, wei, dst, t_src, t_wei, t_dst, strides, pad_l, pad_r, bias);
   std::lock_guard<std::mutex> lock(mu);
   cache.emplace(key, plan);
   return plan;
 }
 
-ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t kind,
-                int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
-                int64_t pad_left, int64_t pad_right) {
+// bias: nullptr, or a float32 [O] buffer: the bias read by kind 0, the bias gradient written by
+// kind 2 (its size is checked by the callers).
+ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer>& out, void* bias,
+               int64_t kind, int64_t stride_h, int64_t stride_w, int64_t pad_top,
+               int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
   if (kind < 0 || kind > 2) return ffi::Error::InvalidArgument("dnnl_conv: kind must be 0, 1 or 2");
+  if (bias != nullptr && kind == 1)
+    return ffi::Error::InvalidArgument("dnnl_conv: the input gradient takes no bias");
   auto ad = a.dimensions(), bd = b.dimensions(), od = out->dimensions();
   if (ad.size() != 4 || bd.size() != 4 || od.size() != 4)
     return ffi::Error::InvalidArgument("dnnl_conv: operands must be 4-D (NHWC / HWIO)");
@@ -163,7 +184,8 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
       pad_r{pad_bottom, pad_right};
   std::vector<int64_t> shape;
   for (auto* d : {xs, ws, ys}) shape.insert(shape.end(), d, d + 4);
-  shape.insert(shape.end(), {stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right});
+  shape.insert(shape.end(), {stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
+                            bias != nullptr});
   Key key{kind, shape, static_cast<int>(t_src), static_cast<int>(t_wei), static_cast<int>(t_dst)};
   // One convolution at a time: XLA runs independent ops concurrently on its thread pool (D on
   // the real and on the fake batch, say), and each call's OpenMP team already spans every core;
@@ -172,7 +194,8 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
   static std::mutex run_mu;
   std::lock_guard<std::mutex> run_lock(run_mu);
   try {
-    auto plan = GetPlan(key, kind, src, wei, dst, t_src, t_wei, t_dst, strides, pad_l, pad_r);
+    auto plan = GetPlan(key, kind, src, wei, dst, t_src, t_wei, t_dst, strides, pad_l, pad_r,
+                        bias != nullptr);
     auto& eng = Engine();
     dnnl::stream strm(eng);
     dnnl::memory a_mem(plan->a_md, eng, a.untyped_data());
@@ -189,15 +212,20 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
                                          : (kind == 2 ? o_mem : b_mem);
     if (kind == 0) {
       if (plan->reorder_w) plan->w_reorder.execute(strm, b_mem, w_mem);
-      plan->prim.execute(strm, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, w_mem},
-                                {DNNL_ARG_DST, o_mem}, {DNNL_ARG_SCRATCHPAD, s_mem}});
+      std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, w_mem},
+                                                 {DNNL_ARG_DST, o_mem}, {DNNL_ARG_SCRATCHPAD, s_mem}};
+      if (bias != nullptr) args.emplace(DNNL_ARG_BIAS, dnnl::memory(plan->bias_md, eng, bias));
+      plan->prim.execute(strm, args);
     } else if (kind == 1) {
       if (plan->reorder_w) plan->w_reorder.execute(strm, b_mem, w_mem);
       plan->prim.execute(strm, {{DNNL_ARG_DIFF_DST, a_mem}, {DNNL_ARG_WEIGHTS, w_mem},
                                 {DNNL_ARG_DIFF_SRC, o_mem}, {DNNL_ARG_SCRATCHPAD, s_mem}});
     } else {
-      plan->prim.execute(strm, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_DIFF_DST, b_mem},
-                                {DNNL_ARG_DIFF_WEIGHTS, w_mem}, {DNNL_ARG_SCRATCHPAD, s_mem}});
+      std::unordered_map<int, dnnl::memory> args{
+          {DNNL_ARG_SRC, a_mem}, {DNNL_ARG_DIFF_DST, b_mem}, {DNNL_ARG_DIFF_WEIGHTS, w_mem},
+          {DNNL_ARG_SCRATCHPAD, s_mem}};
+      if (bias != nullptr) args.emplace(DNNL_ARG_DIFF_BIAS, dnnl::memory(plan->bias_md, eng, bias));
+      plan->prim.execute(strm, args);
       if (plan->reorder_w) plan->w_reorder.execute(strm, w_mem, o_mem);
     }
     strm.wait();
@@ -207,7 +235,67 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
   return ffi::Error::Success();
 }
 
+ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t kind,
+                int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
+                int64_t pad_left, int64_t pad_right) {
+  return Run(a, b, out, nullptr, kind, stride_h, stride_w, pad_top, pad_bottom, pad_left,
+             pad_right);
+}
+
+bool IsBias(const ffi::AnyBuffer& bias, int64_t channels) {
+  auto d = bias.dimensions();
+  return bias.element_type() == ffi::DataType::F32 && d.size() == 1 && d[0] == channels;
+}
+
+// y = conv(x, w) + bias (kind 0; the bias float32 [O]).
+ffi::Error ConvBias(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer bias,
+                    ffi::Result<ffi::AnyBuffer> y, int64_t stride_h, int64_t stride_w,
+                    int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+  auto wd = w.dimensions();
+  if (wd.size() != 4 || !IsBias(bias, wd[3]))
+    return ffi::Error::InvalidArgument("dnnl_conv: the bias must be float32 [O]");
+  return Run(x, w, y, bias.untyped_data(), 0, stride_h, stride_w, pad_top, pad_bottom, pad_left,
+             pad_right);
+}
+
+// dw and the bias gradient db = sum of g over (N, H, W) (kind 2; db float32 [O]).
+ffi::Error WgradBias(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::AnyBuffer> dw,
+                     ffi::Result<ffi::AnyBuffer> db, int64_t stride_h, int64_t stride_w,
+                     int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+  auto gd = g.dimensions();
+  if (gd.size() != 4 || !IsBias(*db, gd[3]))
+    return ffi::Error::InvalidArgument("dnnl_conv: the bias gradient must be float32 [O]");
+  return Run(x, g, dw, db->untyped_data(), 2, stride_h, stride_w, pad_top, pad_bottom, pad_left,
+             pad_right);
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlConvBias, ConvBias,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlWgradBias, WgradBias,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlConv, Conv,
                               ffi::Ffi::Bind()
