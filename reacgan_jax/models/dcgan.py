@@ -43,7 +43,8 @@ class _GenNorm(nn.Module):
   @nn.compact
   def __call__(self, x, affine, train: bool):
     if affine is None:
-      return layers.BatchNorm(groups=self.groups, dtype=self.dtype, name='bn')(x, not train)
+      return layers.BatchNorm(groups=self.groups, dtype=self.dtype, backend=self.backend,
+                              name='bn')(x, not train)
     return layers.ConditionalBatchNorm(self.groups, self.kernel_init, self.dtype, self.backend,
                                        name='cbn')(x, affine, not train)
 
@@ -100,7 +101,8 @@ class DeepConvDiscriminator(_DFields):
   @nn.compact
   def __call__(self, x, y, train: bool = False):
     d = self.conv_dim
-    bn = lambda h, name: (layers.BatchNorm(groups=self.bn_groups, dtype=self.dtype, name=name)(
+    bn = lambda h, name: (layers.BatchNorm(groups=self.bn_groups, dtype=self.dtype,
+                                           backend=self.conv_backend, name=name)(
         h, not train) if self.use_bn else h)
     conv = lambda f, k, s, name: layers.conv(f, k, self.kernel_init, self.dtype, name, stride=s,
                                              padding=1, backend=self.conv_backend)
@@ -139,7 +141,8 @@ class DCGANGenerator(nn.Module):
     for i, f in enumerate((2 * c, c)):
       h = nn.ConvTranspose(f, (5, 5), strides=(2, 2), padding='SAME',
                            kernel_init=self.kernel_init, dtype=self.dtype, name=f'deconv{i}')(h)
-      h = layers.BatchNorm(groups=self.bn_groups, dtype=self.dtype, name=f'bn{i}')(h, not train)
+      h = layers.BatchNorm(groups=self.bn_groups, dtype=self.dtype, backend=self.conv_backend,
+                           name=f'bn{i}')(h, not train)
       h = nn.relu(h)
     h = nn.ConvTranspose(3, (5, 5), strides=(2, 2), padding='SAME', kernel_init=self.kernel_init,
                          dtype=self.dtype, name='deconv_out')(h)
@@ -162,7 +165,8 @@ class DCGANDiscriminator(_DFields):
       h = layers.conv(m * d, 3, self.kernel_init, self.dtype, f'conv{i}', stride=s, padding=1,
                       backend=self.conv_backend)(h)
       if self.use_bn and i > 0:
-        h = layers.BatchNorm(groups=self.bn_groups, dtype=self.dtype, name=f'bn{i}')(h, not train)
+        h = layers.BatchNorm(groups=self.bn_groups, dtype=self.dtype, backend=self.conv_backend,
+                             name=f'bn{i}')(h, not train)
       h = nn.leaky_relu(h, 0.2)
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = h.astype(jnp.float32).reshape(h.shape[0], -1)

@@ -204,6 +204,7 @@ class BatchNorm(nn.Module):
   epsilon: float = BN_EPS
   momentum: float = BN_MOMENTUM
   dtype: Dtype = jnp.float32
+  backend: str = 'xla'  # config.model.conv_backend: 'onednn' runs batch statistics in oneDNN
 
   @nn.compact
   def __call__(self, x, use_running_average: bool):
@@ -213,6 +214,20 @@ class BatchNorm(nn.Module):
     if keep_stats:
       ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (c,), jnp.float32)
       ra_var = self.variable('batch_stats', 'var', jnp.ones, (c,), jnp.float32)
+    if self.backend == 'onednn' and not use_running_average and self.groups == 1:
+      # oneDNN's primitives (conv_ops.batch_norm_onednn): the same two-pass float32 statistics
+      # and normalisation, in x's compute dtype, a few passes over x instead of ~10 XLA fusions.
+      scale, bias = ((self.param('scale', nn.initializers.ones, (c,), jnp.float32),
+                      self.param('bias', nn.initializers.zeros, (c,), jnp.float32))
+                     if self.use_scale_bias else (None, None))
+      y, mean, var = conv_ops.batch_norm_onednn(x, scale, bias, self.epsilon)
+      if keep_stats and not self.is_initializing():
+        n = x.size // c
+        mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean
+        ra_var.value = m * ra_var.value + (1 - m) * var * (n / max(n - 1, 1))
+      return y.astype(self.dtype)
     if use_running_average:
       y = (x32 - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
     else:
@@ -253,8 +268,8 @@ class ConditionalBatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x, affine, use_running_average: bool):
     c = x.shape[-1]
-    y = BatchNorm(use_scale_bias=False, groups=self.groups, dtype=self.dtype, name='bn')(
-        x, use_running_average)
+    y = BatchNorm(use_scale_bias=False, groups=self.groups, dtype=self.dtype,
+                  backend=self.backend, name='bn')(x, use_running_average)
     dense = lambda name: nn.Dense(c, use_bias=False, kernel_init=self.kernel_init,
                                   dtype=self.dtype, name=name)
     gain = 1.0 + dense('gain_linear')(affine)
@@ -360,7 +375,8 @@ class GenBlock(nn.Module):
   def __call__(self, x, affine, train: bool):
     def norm(h, name):
       if affine is None:
-        return BatchNorm(groups=self.groups, dtype=self.dtype, name=name)(h, not train)
+        return BatchNorm(groups=self.groups, dtype=self.dtype, backend=self.conv_backend,
+                         name=name)(h, not train)
       return ConditionalBatchNorm(self.groups, self.kernel_init, self.dtype, self.conv_backend,
                                   name=name)(
           h, affine, not train)
@@ -380,7 +396,8 @@ def _disc_layers(block, train):
   """(conv(k, name), bn(h, name)) of a D block: its width and init; BN only with `use_bn`."""
   c = lambda k, name: conv(block.features, k, block.kernel_init, block.dtype, name,
                            backend=block.conv_backend)
-  bn = lambda h, name: (BatchNorm(groups=block.groups, dtype=block.dtype, name=name)(h, not train)
+  bn = lambda h, name: (BatchNorm(groups=block.groups, dtype=block.dtype,
+                                  backend=block.conv_backend, name=name)(h, not train)
                         if block.use_bn else h)
   return c, bn
 

@@ -69,7 +69,8 @@ class ResNetGenerator(nn.Module):
       if i + 1 == self.attn_block:
         h = layers.SelfAttention(self.kernel_init, self.dtype, self.conv_backend,
                                  name='attention')(h)
-    h = layers.BatchNorm(groups=self.bn_groups, dtype=self.dtype, name='bn_out')(h, not train)
+    h = layers.BatchNorm(groups=self.bn_groups, dtype=self.dtype, backend=self.conv_backend,
+                         name='bn_out')(h, not train)
     h = layers.conv(3, 3, self.kernel_init, self.dtype, 'conv_out',
                     backend=self.conv_backend)(nn.relu(h))
     return jnp.tanh(h.astype(jnp.float32))

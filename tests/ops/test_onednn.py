@@ -149,6 +149,113 @@ def test_bfloat16_passes_with_the_bias_inside_match_the_definition(b, h, w, c, o
     assert np.all(err <= rounding * np.abs(ref) + 1e-5 * np.abs(ref).max()), (name, err.max())
 
 
+def _bn_definition(x, scale, shift, eps, g):
+  """float64: training-mode BN over (N, H, W), its statistics, and the vjp of <y, g>."""
+  mean = x.mean((0, 1, 2))
+  var = ((x - mean) ** 2).mean((0, 1, 2))
+  inv = 1 / np.sqrt(var + eps)
+  xhat = (x - mean) * inv
+  s = np.ones_like(mean) if scale is None else scale
+  y = xhat * s + (0 if shift is None else shift)
+  gs = g * s
+  dx = inv * (gs - gs.mean((0, 1, 2)) - xhat * (gs * xhat).mean((0, 1, 2)))
+  return y, mean, var, dx, (g * xhat).sum((0, 1, 2)), g.sum((0, 1, 2))
+
+
+def _ours_bn(x, scale, shift, eps, g):
+  (y, (mean, var)), vjp = jax.vjp(lambda x, s, b: onednn.batch_norm(x, s, b, eps), x, scale,
+                                  shift)
+  dx, ds, db = vjp((g, (jnp.zeros_like(mean), jnp.zeros_like(var))))
+  return y, mean, var, dx, ds, db
+
+
+@pytest.mark.parametrize('affine', [True, False])
+@pytest.mark.parametrize('dtype', ['float32', pytest.param('bfloat16', marks=needs_bf16)])
+def test_batch_norm_matches_the_float64_definition(affine, dtype):
+  """onednn.batch_norm (oneDNN's training-mode BN): y, the batch mean and biased variance, and
+  the gradients of x, scale and shift, against float64 sums on the same (rounded) operands."""
+  rng = np.random.default_rng(7)
+  eps = 1e-4
+  t = jnp.dtype(dtype)
+  x = jnp.asarray(rng.standard_normal((4, 6, 5, 16)) * 3 + 2, t)  # |mean| ~ std: no cancellation
+  g = jnp.asarray(rng.standard_normal(x.shape), t)
+  scale, shift = ((jnp.asarray(rng.standard_normal(16), jnp.float32) for _ in range(2))
+                  if affine else (None, None))
+  f64 = lambda a: None if a is None else np.asarray(a, np.float64)  # noqa: E731
+  want = _bn_definition(f64(x), f64(scale), f64(shift), eps, f64(g))
+  got = _ours_bn(x, scale, shift, eps, g)
+  # float32: sums of 480 terms per channel, 1e-5 of the largest entry (~100 ulps); bf16 y and dx
+  # are rounded once to bf16 (2^-8 relative) on top of that.
+  rounding = 2 ** -8 if dtype == 'bfloat16' else 0
+  for name, a, ref in zip(('y', 'mean', 'var', 'dx', 'dscale', 'dshift'), got, want,
+                          strict=True):
+    if not affine and name in ('dscale', 'dshift'):
+      assert a is None, name
+      continue
+    assert a.shape == ref.shape, name
+    assert a.dtype == (t if name in ('y', 'dx') else jnp.float32), name
+    r = rounding if name in ('y', 'dx') else 0
+    err = np.abs(np.asarray(a, np.float64) - ref)
+    assert np.all(err <= r * np.abs(ref) + 1e-5 * np.abs(ref).max()), (name, err.max())
+
+
+@pytest.mark.parametrize('affine', [True, False])
+def test_batch_norm_gradients_of_gradients_match_the_jnp_definition(affine):
+  """A penalty on BN's input gradient, differentiated w.r.t. x, scale and shift: through
+  batch_norm_grad's VJP (the jnp definition's second derivative) it equals autodiff of the jnp
+  definition run twice (the first derivative is oneDNN's)."""
+  rng = np.random.default_rng(8)
+  eps = 1e-4
+  x = jnp.asarray(rng.standard_normal((3, 4, 4, 8)) + 1, jnp.float32)
+  scale, shift = ((jnp.asarray(rng.standard_normal(8), jnp.float32) for _ in range(2))
+                  if affine else (None, None))
+  bns = {'jnp': lambda x, s, b: onednn._bn_reference(x, s, b, eps),
+         'onednn': lambda x, s, b: onednn.batch_norm(x, s, b, eps)[0]}
+
+  def penalty(bn, x, s, b):
+    gx = jax.grad(lambda x: jnp.sum(jnp.sin(bn(x, s, b))))(x)
+    return jnp.sum(gx ** 2)
+
+  args = (0, 1, 2) if affine else (0,)
+  want, got = (jax.jit(jax.grad(functools.partial(penalty, bns[n]), args))(x, scale, shift)
+               for n in ('jnp', 'onednn'))
+  _assert_gradients_close(want, got)
+
+
+@pytest.mark.parametrize('groups', [1, 2])
+def test_batchnorm_module_on_onednn_is_the_xla_module(groups):
+  """layers.BatchNorm with backend='onednn': the same parameters, outputs, input and parameter
+  gradients and running statistics as the XLA module (to float32 summation order); eval mode
+  (running averages) and per-group statistics (groups > 1) keep the XLA code."""
+  from reacgan_jax.models import layers  # noqa: PLC0415
+
+  rng = np.random.default_rng(9)
+  x = jnp.asarray(rng.standard_normal((4, 6, 6, 8)) * 2 + 1, jnp.float32)
+  g = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+  mods = {b: layers.BatchNorm(groups=groups, backend=b) for b in ('xla', 'onednn')}
+  v = mods['xla'].init(jax.random.key(0), x, False)
+  assert jax.tree.structure(mods['onednn'].init(jax.random.key(0), x, False)) == \
+      jax.tree.structure(v)
+
+  def run(b, v):
+    def f(p, x):
+      return mods[b].apply({**v, 'params': p}, x, False, mutable=['batch_stats'])
+    (y, cols), vjp = jax.vjp(f, v['params'], x)
+    gp, gx = vjp((g, jax.tree.map(jnp.zeros_like, cols)))
+    return y, cols, gp, gx
+
+  want, got = run('xla', v), run('onednn', v)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(a))) + 1e-7)
+  jaxpr = str(jax.make_jaxpr(lambda x: mods['onednn'].apply(v, x, False,
+                                                           mutable=['batch_stats']))(x))
+  assert (onednn.TARGET_BN_FWD in jaxpr) == (groups == 1)
+  eval_jaxpr = str(jax.make_jaxpr(lambda x: mods['onednn'].apply(v, x, True))(x))
+  assert onednn.TARGET_BN_FWD not in eval_jaxpr
+  np.testing.assert_allclose(mods['onednn'].apply(v, x, True), mods['xla'].apply(v, x, True),
+                             rtol=0, atol=0)
+
+
 def _model_outputs(config, params=None):
   g, d = build_models(config)
   z = jax.random.normal(jax.random.key(1), (8, config.model.z_dim))

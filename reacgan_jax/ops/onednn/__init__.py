@@ -31,6 +31,7 @@ from reacgan_jax.platform import paths
 TARGET = 'reacgan_dnnl_conv'
 TARGET_BIAS = 'reacgan_dnnl_conv_bias'         # kind 0 with the layer's bias
 TARGET_WGRAD_BIAS = 'reacgan_dnnl_wgrad_bias'  # kind 2 with the bias gradient
+TARGET_BN_FWD, TARGET_BN_BWD = 'reacgan_dnnl_bn_fwd', 'reacgan_dnnl_bn_bwd'
 _SRC = pathlib.Path(__file__).with_name('dnnl_conv.cc')
 _DIST, _DEVEL = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'
 _INSTALL_HINT = ("pip install -e '.[onednn]' (the PyPI wheels onednn-cpu-gomp and "
@@ -123,7 +124,8 @@ def load() -> str:
   # symbols; without it, importing torch first would silently route our calls to that copy).
   so = ctypes.CDLL(str(build()), mode=os.RTLD_LOCAL | os.RTLD_DEEPBIND)
   for target, fn in ((TARGET, so.ReacganDnnlConv), (TARGET_BIAS, so.ReacganDnnlConvBias),
-                     (TARGET_WGRAD_BIAS, so.ReacganDnnlWgradBias)):
+                     (TARGET_WGRAD_BIAS, so.ReacganDnnlWgradBias),
+                     (TARGET_BN_FWD, so.ReacganDnnlBnFwd), (TARGET_BN_BWD, so.ReacganDnnlBnBwd)):
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(fn), platform='cpu')
   v = [ctypes.c_int() for _ in range(3)]
   so.ReacganDnnlVersion(*[ctypes.byref(i) for i in v])
@@ -336,6 +338,105 @@ def _wb_bwd(strides, padding, kernel_hw, res, cot):
 conv2d_wgrad_bias.defvjp(_wb_fwd, _wb_bwd)
 
 
+# Batch normalisation in training mode (batch statistics over N, H, W), oneDNN's primitives:
+# the statistics in one pass each over the activation, the normalisation in one, the backward in
+# two, where XLA:CPU's two-pass float32 statistics, normalisation and their autodiff
+# materialised float32 copies of the activation some ten times per BN (the largest share of the
+# bf16 G update on the Intel AMX CPU: benchmarks/README.md, "Batch norm inside oneDNN").
+
+
+def _bn_reference(x, scale, shift, eps):
+  """The jnp definition (layers.BatchNorm's, groups = 1): y in x's dtype, float32 statistics."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, (0, 1, 2))
+  var = jnp.mean(jnp.square(x32 - mean), (0, 1, 2))
+  y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+  if scale is not None:
+    y = y * scale + shift
+  return y.astype(x.dtype)
+
+
+def _bn_stat(c):
+  return jax.ShapeDtypeStruct((c,), jnp.float32)
+
+
+def _bn_call_fwd(x, scale, shift, eps):
+  c = x.shape[-1]
+  affine = scale is not None
+  ones = jnp.ones((c,), jnp.float32)
+  return jax.ffi.ffi_call(
+      TARGET_BN_FWD, (jax.ShapeDtypeStruct(x.shape, x.dtype), _bn_stat(c), _bn_stat(c)),
+      vmap_method='sequential')(
+      x, scale if affine else ones, shift if affine else 0 * ones, eps=np.float32(eps),
+      affine=np.int64(affine))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm(x, scale, shift, eps):
+  """Training-mode batch norm of NHWC x over (N, H, W) in oneDNN: (y, (mean, var)).
+
+  y = (x - mean) / sqrt(var + eps) [* scale + shift] in x's dtype (float32 or bfloat16);
+  mean and the biased variance var are float32 [C]. scale, shift: float32 [C], or both None
+  (no affine). The statistics are outputs for the running averages only: their cotangents are
+  not propagated (layers.BatchNorm stops their gradient). The gradient of y is oneDNN's backward
+  primitive, whose own derivative (a gradient penalty through a BN) is the jnp definition's.
+  """
+  y, mean, var = _bn_call_fwd(x, scale, shift, eps)
+  return y, (mean, var)
+
+
+def _bn_fwd(x, scale, shift, eps):
+  y, (mean, var) = batch_norm(x, scale, shift, eps)  # itself: differentiable again (see conv2d)
+  return (y, (mean, var)), (x, scale, shift, mean, var)
+
+
+def _bn_bwd(eps, res, cot):
+  x, scale, shift, mean, var = res
+  dy = cot[0].astype(x.dtype)   # the statistics' cotangents are dropped (see the docstring)
+  dx, dscale, dshift = batch_norm_grad(x, scale, shift, dy, mean, var, eps)
+  if scale is None:
+    return dx, None, None
+  return dx, dscale, dshift
+
+
+batch_norm.defvjp(_bn_fwd, _bn_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def batch_norm_grad(x, scale, shift, dy, mean, var, eps):
+  """(dx, dscale, dshift) of `batch_norm`'s y for the cotangent dy, from oneDNN's backward
+  primitive (mean, var: the forward's statistics). Differentiable: its VJP is the jnp
+  definition's second derivative (the statistics recomputed from x)."""
+  c = x.shape[-1]
+  affine = scale is not None
+  ones = jnp.ones((c,), jnp.float32)
+  return jax.ffi.ffi_call(
+      TARGET_BN_BWD, (jax.ShapeDtypeStruct(x.shape, x.dtype), _bn_stat(c), _bn_stat(c)),
+      vmap_method='sequential')(
+      x, dy, mean, var, scale if affine else ones, eps=np.float32(eps), affine=np.int64(affine))
+
+
+def _bng_fwd(x, scale, shift, dy, mean, var, eps):
+  return batch_norm_grad(x, scale, shift, dy, mean, var, eps), (x, scale, shift, dy, mean, var)
+
+
+def _bng_bwd(eps, res, cot):
+  x, scale, shift, dy, mean, var = res
+
+  def grads(x, scale, shift, dy):
+    _, vjp = jax.vjp(lambda x, s, b: _bn_reference(x, s, b, eps), x, scale, shift)
+    return vjp(dy)
+
+  _, vjp = jax.vjp(grads, x, scale, shift, dy)
+  if scale is None:   # the primitive's zero dscale / dshift stand for no affine: nothing flows
+    cot = (cot[0], None, None)
+  dx, dscale, dshift, ddy = vjp(cot)
+  return dx, dscale, dshift, ddy, jnp.zeros_like(mean), jnp.zeros_like(var)
+
+
+batch_norm_grad.defvjp(_bng_fwd, _bng_bwd)
+
+
 def supported(x, w, strides, padding) -> bool:
   """Whether `conv2d` takes this convolution (else the caller keeps XLA's)."""
   return (x.ndim == 4 and w.ndim == 4 and x.dtype == w.dtype
@@ -345,5 +446,6 @@ def supported(x, w, strides, padding) -> bool:
           and min(out_hw(x.shape[1:3], w.shape[:2], strides, padding)) >= 1)
 
 
-__all__ = ['OneDNNUnavailable', 'available', 'bf16_supported', 'build', 'conv2d', 'conv2d_bias',
+__all__ = ['OneDNNUnavailable', 'available', 'batch_norm', 'batch_norm_grad', 'bf16_supported',
+           'build', 'conv2d', 'conv2d_bias',
            'conv2d_transpose', 'conv2d_wgrad', 'conv2d_wgrad_bias', 'load', 'supported']

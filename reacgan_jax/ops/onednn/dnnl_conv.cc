@@ -42,6 +42,11 @@ dnnl::engine& Engine() {
   return eng;
 }
 
+std::mutex& RunMutex() {   // one oneDNN call at a time (see Run), convolutions and BN alike
+  static std::mutex mu;
+  return mu;
+}
+
 bool ToDnnl(ffi::DataType t, dt* out) {
   if (t == ffi::DataType::F32) { *out = dt::f32; return true; }
   if (t == ffi::DataType::BF16) { *out = dt::bf16; return true; }
@@ -191,8 +196,7 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer>& 
   // the real and on the fake batch, say), and each call's OpenMP team already spans every core;
   // two teams at once oversubscribe the cores (measured: a 3x3 conv at 326 ms beside its twin
   // at 187 ms, both ~175 ms alone). A waiting XLA thread blocks here instead of spinning.
-  static std::mutex run_mu;
-  std::lock_guard<std::mutex> run_lock(run_mu);
+  std::lock_guard<std::mutex> run_lock(RunMutex());
   try {
     auto plan = GetPlan(key, kind, src, wei, dst, t_src, t_wei, t_dst, strides, pad_l, pad_r,
                         bias != nullptr);
@@ -201,7 +205,7 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer>& 
     dnnl::memory a_mem(plan->a_md, eng, a.untyped_data());
     dnnl::memory b_mem(plan->b_md, eng, b.untyped_data());
     dnnl::memory o_mem(plan->out_md, eng, out->untyped_data());
-    // The scratchpad and the reordered kernel live in buffers kept across calls (run_mu
+    // The scratchpad and the reordered kernel live in buffers kept across calls (RunMutex
     // serialises the calls): a fresh allocation of this size is a fresh mmap whose pages the
     // kernel zero-fills on first touch, on every call.
     static Buffer scratch, wbuf;
@@ -269,6 +273,131 @@ ffi::Error WgradBias(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::AnyBuf
              pad_right);
 }
 
+// Batch normalisation in training mode over (N, H, W) of an NHWC x [N, H, W, C] (float32 or
+// bfloat16; statistics, scale and shift float32), oneDNN's batch_normalization primitives:
+//   forward  (x, scale, shift) -> y = (x - mean) / sqrt(var + eps) [* scale + shift], mean, var
+//   backward (x, dy, mean, var, scale) -> dx, dscale, dshift
+// var is the biased batch variance. affine = 0: no scale / shift (dscale, dshift are zeros).
+struct BnPlan {
+  dnnl::primitive fwd, bwd;
+  dnnl::memory::desc x_md, stat_md, scratch_fwd, scratch_bwd;
+};
+
+std::shared_ptr<BnPlan> GetBnPlan(const int64_t* xs, dt t, float eps, bool affine) {
+  static std::mutex mu;
+  static std::map<std::tuple<std::vector<int64_t>, int, float, bool>, std::shared_ptr<BnPlan>>
+      cache;
+  auto key = std::make_tuple(std::vector<int64_t>(xs, xs + 4), static_cast<int>(t), eps, affine);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  auto& eng = Engine();
+  auto plan = std::make_shared<BnPlan>();
+  plan->x_md = dnnl::memory::desc({xs[0], xs[3], xs[1], xs[2]}, t, tag::nhwc);
+  plan->stat_md = dnnl::memory::desc({xs[3]}, dt::f32, tag::a);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto flags = affine ? (dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift)
+                      : dnnl::normalization_flags::none;
+  auto fpd = dnnl::batch_normalization_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_training, plan->x_md, plan->x_md, eps, flags, attr);
+  auto bpd = dnnl::batch_normalization_backward::primitive_desc(
+      eng, affine ? dnnl::prop_kind::backward : dnnl::prop_kind::backward_data, plan->x_md,
+      plan->x_md, plan->x_md, eps, flags, fpd, attr);
+  plan->fwd = dnnl::batch_normalization_forward(fpd);
+  plan->bwd = dnnl::batch_normalization_backward(bpd);
+  plan->scratch_fwd = fpd.scratchpad_desc();
+  plan->scratch_bwd = bpd.scratchpad_desc();
+  std::lock_guard<std::mutex> lock(mu);
+  cache.emplace(key, plan);
+  return plan;
+}
+
+bool IsStat(const ffi::AnyBuffer& v, int64_t c) {
+  auto d = v.dimensions();
+  return v.element_type() == ffi::DataType::F32 && d.size() == 1 && d[0] == c;
+}
+
+ffi::Error BnFwd(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
+                 ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
+                 ffi::Result<ffi::AnyBuffer> var, float eps, int64_t affine) {
+  auto xd = x.dimensions();
+  dt t;
+  if (xd.size() != 4 || !ToDnnl(x.element_type(), &t) || y->element_type() != x.element_type())
+    return ffi::Error::InvalidArgument("dnnl_bn: x and y must be 4-D float32 / bfloat16 (NHWC)");
+  const int64_t c = xd[3];
+  if (!IsStat(scale, c) || !IsStat(shift, c) || !IsStat(*mean, c) || !IsStat(*var, c))
+    return ffi::Error::InvalidArgument("dnnl_bn: scale, shift, mean, var must be float32 [C]");
+  std::lock_guard<std::mutex> run_lock(RunMutex());
+  try {
+    auto plan = GetBnPlan(xd.begin(), t, eps, affine != 0);
+    auto& eng = Engine();
+    dnnl::stream strm(eng);
+    static Buffer scratch;
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, dnnl::memory(plan->x_md, eng, x.untyped_data())},
+        {DNNL_ARG_DST, dnnl::memory(plan->x_md, eng, y->untyped_data())},
+        {DNNL_ARG_MEAN, dnnl::memory(plan->stat_md, eng, mean->untyped_data())},
+        {DNNL_ARG_VARIANCE, dnnl::memory(plan->stat_md, eng, var->untyped_data())},
+        {DNNL_ARG_SCRATCHPAD,
+         dnnl::memory(plan->scratch_fwd, eng, scratch.Get(plan->scratch_fwd.get_size()))}};
+    if (affine) {
+      args.emplace(DNNL_ARG_SCALE, dnnl::memory(plan->stat_md, eng, scale.untyped_data()));
+      args.emplace(DNNL_ARG_SHIFT, dnnl::memory(plan->stat_md, eng, shift.untyped_data()));
+    }
+    plan->fwd.execute(strm, args);
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("dnnl_bn: oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error BnBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer mean, ffi::AnyBuffer var,
+                 ffi::AnyBuffer scale, ffi::Result<ffi::AnyBuffer> dx,
+                 ffi::Result<ffi::AnyBuffer> dscale, ffi::Result<ffi::AnyBuffer> dshift,
+                 float eps, int64_t affine) {
+  auto xd = x.dimensions();
+  dt t;
+  if (xd.size() != 4 || !ToDnnl(x.element_type(), &t) || dy.element_type() != x.element_type() ||
+      dx->element_type() != x.element_type())
+    return ffi::Error::InvalidArgument("dnnl_bn: x, dy, dx must be 4-D float32 / bfloat16, alike");
+  const int64_t c = xd[3];
+  if (!IsStat(mean, c) || !IsStat(var, c) || !IsStat(scale, c) || !IsStat(*dscale, c) ||
+      !IsStat(*dshift, c))
+    return ffi::Error::InvalidArgument("dnnl_bn: statistics and scales must be float32 [C]");
+  std::lock_guard<std::mutex> run_lock(RunMutex());
+  try {
+    auto plan = GetBnPlan(xd.begin(), t, eps, affine != 0);
+    auto& eng = Engine();
+    dnnl::stream strm(eng);
+    static Buffer scratch;
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, dnnl::memory(plan->x_md, eng, x.untyped_data())},
+        {DNNL_ARG_DIFF_DST, dnnl::memory(plan->x_md, eng, dy.untyped_data())},
+        {DNNL_ARG_MEAN, dnnl::memory(plan->stat_md, eng, mean.untyped_data())},
+        {DNNL_ARG_VARIANCE, dnnl::memory(plan->stat_md, eng, var.untyped_data())},
+        {DNNL_ARG_DIFF_SRC, dnnl::memory(plan->x_md, eng, dx->untyped_data())},
+        {DNNL_ARG_SCRATCHPAD,
+         dnnl::memory(plan->scratch_bwd, eng, scratch.Get(plan->scratch_bwd.get_size()))}};
+    if (affine) {
+      args.emplace(DNNL_ARG_SCALE, dnnl::memory(plan->stat_md, eng, scale.untyped_data()));
+      args.emplace(DNNL_ARG_DIFF_SCALE, dnnl::memory(plan->stat_md, eng, dscale->untyped_data()));
+      args.emplace(DNNL_ARG_DIFF_SHIFT, dnnl::memory(plan->stat_md, eng, dshift->untyped_data()));
+    } else {
+      std::memset(dscale->untyped_data(), 0, c * sizeof(float));
+      std::memset(dshift->untyped_data(), 0, c * sizeof(float));
+    }
+    plan->bwd.execute(strm, args);
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("dnnl_bn: oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlConvBias, ConvBias,
@@ -296,6 +425,30 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlWgradBias, WgradBias,
                                   .Attr<int64_t>("pad_bottom")
                                   .Attr<int64_t>("pad_left")
                                   .Attr<int64_t>("pad_right"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlBnFwd, BnFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("eps")
+                                  .Attr<int64_t>("affine"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlBnBwd, BnBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("eps")
+                                  .Attr<int64_t>("affine"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlConv, Conv,
                               ffi::Ffi::Bind()
