@@ -124,3 +124,21 @@ def test_a_mistyped_backend_is_refused_before_training(key):
   config[section][name] = 'gpu'
   with pytest.raises(ConfigError, match=rf"config.{key}='gpu': expected one of auto, xla, onednn"):
     validate.validate_config(config)
+
+
+def test_the_extension_builds_wherever_its_wheels_and_a_compiler_are():
+  """Where the `onednn` extra and g++ are installed (the README's test command installs both on
+  x86-64 Linux), the extension must build and load: a compile error would otherwise only skip
+  tests/ops/test_onednn.py (its skip reason) and turn 'auto' into XLA, with nothing red."""
+  import importlib.metadata  # noqa: PLC0415
+  import platform  # noqa: PLC0415
+  import shutil  # noqa: PLC0415
+
+  try:
+    importlib.metadata.version('onednn-devel-cpu-gomp')
+  except importlib.metadata.PackageNotFoundError:
+    pytest.skip('the onednn extra is not installed')
+  if platform.machine() != 'x86_64' or not (shutil.which('g++') or shutil.which('c++')):
+    pytest.skip('no x86-64 C++ compiler here')
+  ok, why = onednn.available()
+  assert ok, why

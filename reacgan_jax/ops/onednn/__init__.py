@@ -360,15 +360,19 @@ def _bn_stat(c):
   return jax.ShapeDtypeStruct((c,), jnp.float32)
 
 
-def _bn_call_fwd(x, scale, shift, eps):
+def _bn_ffi(target, x, operands, eps, affine):
+  """One BN custom call: outputs (x-shaped in x's dtype, float32 [C], float32 [C])."""
   c = x.shape[-1]
-  affine = scale is not None
-  ones = jnp.ones((c,), jnp.float32)
   return jax.ffi.ffi_call(
-      TARGET_BN_FWD, (jax.ShapeDtypeStruct(x.shape, x.dtype), _bn_stat(c), _bn_stat(c)),
-      vmap_method='sequential')(
-      x, scale if affine else ones, shift if affine else 0 * ones, eps=np.float32(eps),
-      affine=np.int64(affine))
+      target, (jax.ShapeDtypeStruct(x.shape, x.dtype), _bn_stat(c), _bn_stat(c)),
+      vmap_method='sequential')(*operands, eps=np.float32(eps), affine=np.int64(affine))
+
+
+def _bn_call_fwd(x, scale, shift, eps):
+  affine = scale is not None
+  ones = jnp.ones((x.shape[-1],), jnp.float32)   # unread without affine
+  return _bn_ffi(TARGET_BN_FWD, x, (x, scale if affine else ones, shift if affine else ones),
+                 eps, affine)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -407,13 +411,9 @@ def batch_norm_grad(x, scale, shift, dy, mean, var, eps):
   """(dx, dscale, dshift) of `batch_norm`'s y for the cotangent dy, from oneDNN's backward
   primitive (mean, var: the forward's statistics). Differentiable: its VJP is the jnp
   definition's second derivative (the statistics recomputed from x)."""
-  c = x.shape[-1]
   affine = scale is not None
-  ones = jnp.ones((c,), jnp.float32)
-  return jax.ffi.ffi_call(
-      TARGET_BN_BWD, (jax.ShapeDtypeStruct(x.shape, x.dtype), _bn_stat(c), _bn_stat(c)),
-      vmap_method='sequential')(
-      x, dy, mean, var, scale if affine else ones, eps=np.float32(eps), affine=np.int64(affine))
+  ones = jnp.ones((x.shape[-1],), jnp.float32)   # unread without affine
+  return _bn_ffi(TARGET_BN_BWD, x, (x, dy, mean, var, scale if affine else ones), eps, affine)
 
 
 def _bng_fwd(x, scale, shift, dy, mean, var, eps):

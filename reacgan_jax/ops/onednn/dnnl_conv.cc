@@ -26,6 +26,7 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -320,6 +321,33 @@ bool IsStat(const ffi::AnyBuffer& v, int64_t c) {
   return v.element_type() == ffi::DataType::F32 && d.size() == 1 && d[0] == c;
 }
 
+// Runs the forward or backward BN primitive of the plan for (x's shape, dtype, eps, affine) on
+// the given buffers (activation-shaped arguments: SRC, DST, DIFF_SRC, DIFF_DST; the rest float32
+// [C]), one oneDNN call at a time.
+ffi::Error RunBn(bool forward, const int64_t* xs, dt t, float eps, bool affine,
+                 const std::vector<std::pair<int, void*>>& buffers) {
+  std::lock_guard<std::mutex> run_lock(RunMutex());
+  try {
+    auto plan = GetBnPlan(xs, t, eps, affine);
+    auto& eng = Engine();
+    dnnl::stream strm(eng);
+    static Buffer scratch;
+    const auto& scratch_md = forward ? plan->scratch_fwd : plan->scratch_bwd;
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SCRATCHPAD, dnnl::memory(scratch_md, eng, scratch.Get(scratch_md.get_size()))}};
+    for (const auto& [arg, ptr] : buffers) {
+      const bool act = arg == DNNL_ARG_SRC || arg == DNNL_ARG_DST || arg == DNNL_ARG_DIFF_SRC ||
+                       arg == DNNL_ARG_DIFF_DST;
+      args.emplace(arg, dnnl::memory(act ? plan->x_md : plan->stat_md, eng, ptr));
+    }
+    (forward ? plan->fwd : plan->bwd).execute(strm, args);
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("dnnl_bn: oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error BnFwd(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
                  ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
                  ffi::Result<ffi::AnyBuffer> var, float eps, int64_t affine) {
@@ -330,29 +358,15 @@ ffi::Error BnFwd(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
   const int64_t c = xd[3];
   if (!IsStat(scale, c) || !IsStat(shift, c) || !IsStat(*mean, c) || !IsStat(*var, c))
     return ffi::Error::InvalidArgument("dnnl_bn: scale, shift, mean, var must be float32 [C]");
-  std::lock_guard<std::mutex> run_lock(RunMutex());
-  try {
-    auto plan = GetBnPlan(xd.begin(), t, eps, affine != 0);
-    auto& eng = Engine();
-    dnnl::stream strm(eng);
-    static Buffer scratch;
-    std::unordered_map<int, dnnl::memory> args{
-        {DNNL_ARG_SRC, dnnl::memory(plan->x_md, eng, x.untyped_data())},
-        {DNNL_ARG_DST, dnnl::memory(plan->x_md, eng, y->untyped_data())},
-        {DNNL_ARG_MEAN, dnnl::memory(plan->stat_md, eng, mean->untyped_data())},
-        {DNNL_ARG_VARIANCE, dnnl::memory(plan->stat_md, eng, var->untyped_data())},
-        {DNNL_ARG_SCRATCHPAD,
-         dnnl::memory(plan->scratch_fwd, eng, scratch.Get(plan->scratch_fwd.get_size()))}};
-    if (affine) {
-      args.emplace(DNNL_ARG_SCALE, dnnl::memory(plan->stat_md, eng, scale.untyped_data()));
-      args.emplace(DNNL_ARG_SHIFT, dnnl::memory(plan->stat_md, eng, shift.untyped_data()));
-    }
-    plan->fwd.execute(strm, args);
-    strm.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("dnnl_bn: oneDNN: ") + e.what());
+  std::vector<std::pair<int, void*>> buffers{{DNNL_ARG_SRC, x.untyped_data()},
+                                             {DNNL_ARG_DST, y->untyped_data()},
+                                             {DNNL_ARG_MEAN, mean->untyped_data()},
+                                             {DNNL_ARG_VARIANCE, var->untyped_data()}};
+  if (affine) {
+    buffers.emplace_back(DNNL_ARG_SCALE, scale.untyped_data());
+    buffers.emplace_back(DNNL_ARG_SHIFT, shift.untyped_data());
   }
-  return ffi::Error::Success();
+  return RunBn(true, xd.begin(), t, eps, affine != 0, buffers);
 }
 
 ffi::Error BnBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer mean, ffi::AnyBuffer var,
@@ -368,63 +382,49 @@ ffi::Error BnBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer mean, ffi::
   if (!IsStat(mean, c) || !IsStat(var, c) || !IsStat(scale, c) || !IsStat(*dscale, c) ||
       !IsStat(*dshift, c))
     return ffi::Error::InvalidArgument("dnnl_bn: statistics and scales must be float32 [C]");
-  std::lock_guard<std::mutex> run_lock(RunMutex());
-  try {
-    auto plan = GetBnPlan(xd.begin(), t, eps, affine != 0);
-    auto& eng = Engine();
-    dnnl::stream strm(eng);
-    static Buffer scratch;
-    std::unordered_map<int, dnnl::memory> args{
-        {DNNL_ARG_SRC, dnnl::memory(plan->x_md, eng, x.untyped_data())},
-        {DNNL_ARG_DIFF_DST, dnnl::memory(plan->x_md, eng, dy.untyped_data())},
-        {DNNL_ARG_MEAN, dnnl::memory(plan->stat_md, eng, mean.untyped_data())},
-        {DNNL_ARG_VARIANCE, dnnl::memory(plan->stat_md, eng, var.untyped_data())},
-        {DNNL_ARG_DIFF_SRC, dnnl::memory(plan->x_md, eng, dx->untyped_data())},
-        {DNNL_ARG_SCRATCHPAD,
-         dnnl::memory(plan->scratch_bwd, eng, scratch.Get(plan->scratch_bwd.get_size()))}};
-    if (affine) {
-      args.emplace(DNNL_ARG_SCALE, dnnl::memory(plan->stat_md, eng, scale.untyped_data()));
-      args.emplace(DNNL_ARG_DIFF_SCALE, dnnl::memory(plan->stat_md, eng, dscale->untyped_data()));
-      args.emplace(DNNL_ARG_DIFF_SHIFT, dnnl::memory(plan->stat_md, eng, dshift->untyped_data()));
-    } else {
-      std::memset(dscale->untyped_data(), 0, c * sizeof(float));
-      std::memset(dshift->untyped_data(), 0, c * sizeof(float));
-    }
-    plan->bwd.execute(strm, args);
-    strm.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("dnnl_bn: oneDNN: ") + e.what());
+  std::vector<std::pair<int, void*>> buffers{{DNNL_ARG_SRC, x.untyped_data()},
+                                             {DNNL_ARG_DIFF_DST, dy.untyped_data()},
+                                             {DNNL_ARG_MEAN, mean.untyped_data()},
+                                             {DNNL_ARG_VARIANCE, var.untyped_data()},
+                                             {DNNL_ARG_DIFF_SRC, dx->untyped_data()}};
+  if (affine) {
+    buffers.emplace_back(DNNL_ARG_SCALE, scale.untyped_data());
+    buffers.emplace_back(DNNL_ARG_DIFF_SCALE, dscale->untyped_data());
+    buffers.emplace_back(DNNL_ARG_DIFF_SHIFT, dshift->untyped_data());
+  } else {
+    std::memset(dscale->untyped_data(), 0, c * sizeof(float));
+    std::memset(dshift->untyped_data(), 0, c * sizeof(float));
   }
-  return ffi::Error::Success();
+  return RunBn(false, xd.begin(), t, eps, affine != 0, buffers);
+}
+
+// The strides and paddings every convolution target takes, after its operands.
+template <typename Binding>
+auto WithConvAttrs(Binding binding) {
+  return std::move(binding)
+      .template Attr<int64_t>("stride_h")
+      .template Attr<int64_t>("stride_w")
+      .template Attr<int64_t>("pad_top")
+      .template Attr<int64_t>("pad_bottom")
+      .template Attr<int64_t>("pad_left")
+      .template Attr<int64_t>("pad_right");
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlConvBias, ConvBias,
-                              ffi::Ffi::Bind()
+                              WithConvAttrs(ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_bottom")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("pad_right"));
+                                  .Ret<ffi::AnyBuffer>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlWgradBias, WgradBias,
-                              ffi::Ffi::Bind()
+                              WithConvAttrs(ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_bottom")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("pad_right"));
+                                  .Ret<ffi::AnyBuffer>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlBnFwd, BnFwd,
                               ffi::Ffi::Bind()
@@ -451,17 +451,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlBnBwd, BnBwd,
                                   .Attr<int64_t>("affine"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlConv, Conv,
-                              ffi::Ffi::Bind()
+                              WithConvAttrs(ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("kind")
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_bottom")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("pad_right"));
+));
 
 // oneDNN's version, for the Python side to record beside results.
 extern "C" int ReacganDnnlVersion(int* major, int* minor, int* patch) {
