@@ -299,13 +299,19 @@ def test_models_match_the_xla_path_on_the_same_weights(backbone, cond):
 
 
 def _assert_gradients_close(grads0, grads1):
-  """1e-4 of each leaf's largest entry, plus 1e-6 of the network's largest (a conv bias in
-  front of BN has a zero true gradient; both paths give rounding noise there)."""
+  """1e-4 of each leaf's largest entry, plus 4e-6 of the network's largest.
+
+  The second term is for a conv bias in front of BN, whose true gradient is zero: both paths
+  return the rounding noise of a float32 sum of dx over the N*H*W positions (<= 2048 in these
+  tests), up to ~eps * sqrt(n) * max|dx| ~ 6e-8 * 45 ~ 3e-6 of the largest gradient. XLA's sum
+  happened to land at ~1e-7 and was allowed 1e-6; oneDNN's BN backward (another summation
+  order) lands at 1.3e-6 on deep_conv's D (session 17).
+  """
   for net0, net1 in zip(grads0, grads1, strict=True):
     scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(net0))
     for a, b in zip(jax.tree.leaves(net0), jax.tree.leaves(net1), strict=True):
       np.testing.assert_allclose(b, a, rtol=0,
-                                 atol=1e-4 * float(jnp.max(jnp.abs(a))) + 1e-6 * scale)
+                                 atol=1e-4 * float(jnp.max(jnp.abs(a))) + 4e-6 * scale)
 
 
 def _mean_rel_err(a, b):
