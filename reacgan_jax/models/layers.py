@@ -222,11 +222,8 @@ class BatchNorm(nn.Module):
                      if self.use_scale_bias else (None, None))
       y, mean, var = conv_ops.batch_norm_onednn(x, scale, bias, self.epsilon)
       if keep_stats and not self.is_initializing():
-        n = x.size // c
-        mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
-        m = self.momentum
-        ra_mean.value = m * ra_mean.value + (1 - m) * mean
-        ra_var.value = m * ra_var.value + (1 - m) * var * (n / max(n - 1, 1))
+        mean, var = jax.lax.stop_gradient((mean, var))
+        self._update_running(ra_mean, ra_var, mean[None], var[None], x.size // c)
       return y.astype(self.dtype)
     if use_running_average:
       y = (x32 - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
@@ -241,15 +238,21 @@ class BatchNorm(nn.Module):
       var = jnp.mean(jnp.square(xg - mean), axes, keepdims=True)  # two-pass: no cancellation
       y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
       if keep_stats and not self.is_initializing():
-        n = xg[0].size // c
-        unbiased = var.reshape(g, c) * (n / max(n - 1, 1))
-        m = self.momentum
-        ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean.reshape(g, c), 0)
-        ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(unbiased, 0)
+        self._update_running(ra_mean, ra_var, mean.reshape(g, c), var.reshape(g, c),
+                             xg[0].size // c)
     if self.use_scale_bias:
       y = y * self.param('scale', nn.initializers.ones, (c,), jnp.float32)
       y = y + self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     return y.astype(self.dtype)
+
+  def _update_running(self, ra_mean, ra_var, mean, var, n):
+    """Momentum update of the running averages from the batch statistics of each group
+    (mean, biased var: [groups, C], n values each): towards the mean of the group means and of
+    the unbiased group variances (as torch)."""
+    unbiased = var * (n / max(n - 1, 1))
+    m = self.momentum
+    ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, 0)
+    ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(unbiased, 0)
 
 
 class ConditionalBatchNorm(nn.Module):

@@ -262,17 +262,9 @@ def conv_bias_onednn(x, w, b, strides, padding):
 def batch_norm_onednn(x, scale, shift, eps):
   """Training-mode batch norm of NHWC x over (N, H, W): (y in x's dtype, float32 mean, float32
   biased variance), in oneDNN's batch_normalization primitives when lowered for CPU
-  (onednn.batch_norm), elsewhere the same two-pass float32 definition in jnp. scale / shift:
-  float32 [C], or both None."""
-
-  def xla(x, scale, shift):
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, (0, 1, 2))
-    var = jnp.mean(jnp.square(x32 - mean), (0, 1, 2))
-    y = (x32 - mean) * lax.rsqrt(var + eps)
-    if scale is not None:
-      y = y * scale + shift
-    return y.astype(x.dtype), mean, var
+  (onednn.batch_norm), elsewhere the same two-pass float32 definition in jnp
+  (onednn.batch_norm_reference). scale / shift: float32 [C], or both None."""
+  xla = functools.partial(onednn.batch_norm_reference, eps=eps)
 
   if x.ndim != 4 or x.dtype not in (jnp.float32, jnp.bfloat16):
     return xla(x, scale, shift)

@@ -280,7 +280,7 @@ conv2d_wgrad.defvjp(_w_fwd, _w_bwd)
 # gradient's primitive returns the bias gradient (the sum of g over N, H, W, float32) beside dw,
 # so neither the bias add nor its gradient costs XLA a pass over the activation (on the Intel
 # AMX CPU those passes were up to a fifth of the SNGAN bf16 D update: benchmarks/README.md,
-# "Conv biases inside oneDNN"). The bias is float32 whatever x's dtype.
+# "On the Intel AMX CPU"). The bias is float32 whatever x's dtype.
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -342,29 +342,28 @@ conv2d_wgrad_bias.defvjp(_wb_fwd, _wb_bwd)
 # the statistics in one pass each over the activation, the normalisation in one, the backward in
 # two, where XLA:CPU's two-pass float32 statistics, normalisation and their autodiff
 # materialised float32 copies of the activation some ten times per BN (the largest share of the
-# bf16 G update on the Intel AMX CPU: benchmarks/README.md, "Batch norm inside oneDNN").
+# bf16 G update on the Intel AMX CPU: benchmarks/README.md, "On the Intel AMX CPU").
 
 
-def _bn_reference(x, scale, shift, eps):
-  """The jnp definition (layers.BatchNorm's, groups = 1): y in x's dtype, float32 statistics."""
+def batch_norm_reference(x, scale, shift, eps):
+  """`batch_norm`'s jnp definition (layers.BatchNorm's, groups = 1): (y in x's dtype, float32
+  mean, float32 biased variance), two-pass statistics. What runs off CPU (conv_ops.
+  batch_norm_onednn) and what `batch_norm_grad` differentiates for second derivatives."""
   x32 = x.astype(jnp.float32)
-  mean = jnp.mean(x32, (0, 1, 2))
-  var = jnp.mean(jnp.square(x32 - mean), (0, 1, 2))
+  axes = tuple(range(x.ndim - 1))   # NHWC: (N, H, W); any rank, channels last
+  mean = jnp.mean(x32, axes)
+  var = jnp.mean(jnp.square(x32 - mean), axes)
   y = (x32 - mean) * jax.lax.rsqrt(var + eps)
   if scale is not None:
     y = y * scale + shift
-  return y.astype(x.dtype)
-
-
-def _bn_stat(c):
-  return jax.ShapeDtypeStruct((c,), jnp.float32)
+  return y.astype(x.dtype), mean, var
 
 
 def _bn_ffi(target, x, operands, eps, affine):
   """One BN custom call: outputs (x-shaped in x's dtype, float32 [C], float32 [C])."""
-  c = x.shape[-1]
+  stat = jax.ShapeDtypeStruct((x.shape[-1],), jnp.float32)
   return jax.ffi.ffi_call(
-      target, (jax.ShapeDtypeStruct(x.shape, x.dtype), _bn_stat(c), _bn_stat(c)),
+      target, (jax.ShapeDtypeStruct(x.shape, x.dtype), stat, stat),
       vmap_method='sequential')(*operands, eps=np.float32(eps), affine=np.int64(affine))
 
 
@@ -424,7 +423,7 @@ def _bng_bwd(eps, res, cot):
   x, scale, shift, dy, mean, var = res
 
   def grads(x, scale, shift, dy):
-    _, vjp = jax.vjp(lambda x, s, b: _bn_reference(x, s, b, eps), x, scale, shift)
+    _, vjp = jax.vjp(lambda x, s, b: batch_norm_reference(x, s, b, eps)[0], x, scale, shift)
     return vjp(dy)
 
   _, vjp = jax.vjp(grads, x, scale, shift, dy)
@@ -446,6 +445,7 @@ def supported(x, w, strides, padding) -> bool:
           and min(out_hw(x.shape[1:3], w.shape[:2], strides, padding)) >= 1)
 
 
-__all__ = ['OneDNNUnavailable', 'available', 'batch_norm', 'batch_norm_grad', 'bf16_supported',
+__all__ = ['OneDNNUnavailable', 'available', 'batch_norm', 'batch_norm_grad',
+           'batch_norm_reference', 'bf16_supported',
            'build', 'conv2d', 'conv2d_bias',
            'conv2d_transpose', 'conv2d_wgrad', 'conv2d_wgrad_bias', 'load', 'supported']

@@ -10,12 +10,14 @@
 //   kind 1  dx [N,H,W,C]   = input gradient of kind 0 from g [N,Ho,Wo,O] and w
 //   kind 2  dw [KH,KW,C,O] = weight gradient of kind 0 from x and g
 // Strides and the four paddings are attributes; every operand is float32 or bfloat16 (oneDNN
-// accumulates in float32 either way). Two more targets carry a conv layer's bias (float32 [O])
-// through the same primitives: ReacganDnnlConvBias (kind 0 with the bias added before the one
-// rounding to y's dtype) and ReacganDnnlWgradBias (kind 2 also returning the bias gradient, the
-// sum of g over N, H, W, float32), so that neither costs a pass of XLA over the activation. Activations stay NHWC (oneDNN's brgemm kernels take it
+// accumulates in float32 either way). Activations stay NHWC (oneDNN's brgemm kernels take it
 // directly); kernels are reordered to and from the blocked layout the primitive asks for.
 // Primitive descriptors, primitives and reorders are cached per shape/dtype/attribute key.
+// Two more targets carry a conv layer's bias (float32 [O]) through the same primitives:
+// ReacganDnnlConvBias (kind 0 with the bias added before the one rounding to y's dtype) and
+// ReacganDnnlWgradBias (kind 2 also returning the bias gradient, the sum of g over N, H, W,
+// float32), so that neither costs a pass of XLA over the activation. Two more run batch norm
+// (ReacganDnnlBnFwd / ReacganDnnlBnBwd, below).
 
 #include <cstdint>
 #include <cstdlib>
@@ -83,6 +85,12 @@ class Buffer {
   size_t size_ = 0;
 };
 
+// The scratchpad every primitive runs with: one buffer, as RunMutex lets one call run at a time.
+Buffer& Scratch() {
+  static Buffer scratch;
+  return scratch;
+}
+
 using Key = std::tuple<int64_t, std::vector<int64_t>, int, int, int>;
 
 std::shared_ptr<Plan> MakePlan(int64_t kind, const dnnl::memory::dims& src,
@@ -145,22 +153,30 @@ std::shared_ptr<Plan> MakePlan(int64_t kind, const dnnl::memory::dims& src,
   return plan;
 }
 
-std::shared_ptr<Plan> GetPlan(const Key& key, int64_t kind, const dnnl::memory::dims& src,
-                              const dnnl::memory::dims& wei, const dnnl::memory::dims& dst,
-                              dt t_src, dt t_wei, dt t_dst, const dnnl::memory::dims& strides,
-                              const dnnl::memory::dims& pad_l, const dnnl::memory::dims& pad_r,
-                              bool bias) {
+// The plan cached under `key`, made by `make()` on its first use (one cache per key/plan type;
+// made outside the lock: two first uses of a key build the same plan, the first one stays).
+template <typename K, typename P, typename Make>
+std::shared_ptr<P> Cached(const K& key, Make make) {
   static std::mutex mu;
-  static std::map<Key, std::shared_ptr<Plan>> cache;
+  static std::map<K, std::shared_ptr<P>> cache;
   {
     std::lock_guard<std::mutex> lock(mu);
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
   }
-  auto plan = MakePlan(kind, src, wei, dst, t_src, t_wei, t_dst, strides, pad_l, pad_r, bias);
+  std::shared_ptr<P> plan = make();
   std::lock_guard<std::mutex> lock(mu);
-  cache.emplace(key, plan);
-  return plan;
+  return cache.emplace(key, plan).first->second;
+}
+
+std::shared_ptr<Plan> GetPlan(const Key& key, int64_t kind, const dnnl::memory::dims& src,
+                              const dnnl::memory::dims& wei, const dnnl::memory::dims& dst,
+                              dt t_src, dt t_wei, dt t_dst, const dnnl::memory::dims& strides,
+                              const dnnl::memory::dims& pad_l, const dnnl::memory::dims& pad_r,
+                              bool bias) {
+  return Cached<Key, Plan>(key, [&] {
+    return MakePlan(kind, src, wei, dst, t_src, t_wei, t_dst, strides, pad_l, pad_r, bias);
+  });
 }
 
 // bias: nullptr, or a float32 [O] buffer: the bias read by kind 0, the bias gradient written by
@@ -209,16 +225,17 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer>& 
     // The scratchpad and the reordered kernel live in buffers kept across calls (RunMutex
     // serialises the calls): a fresh allocation of this size is a fresh mmap whose pages the
     // kernel zero-fills on first touch, on every call.
-    static Buffer scratch, wbuf;
-    dnnl::memory s_mem(plan->scratch_md, eng, scratch.Get(plan->scratch_md.get_size()));
+    static Buffer wbuf;
+    dnnl::memory s_mem(plan->scratch_md, eng, Scratch().Get(plan->scratch_md.get_size()));
     dnnl::memory w_mem = plan->reorder_w
                              ? dnnl::memory(plan->w_prim_md, eng,
                                             wbuf.Get(plan->w_prim_md.get_size()))
                                          : (kind == 2 ? o_mem : b_mem);
     if (kind == 0) {
       if (plan->reorder_w) plan->w_reorder.execute(strm, b_mem, w_mem);
-      std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, w_mem},
-                                                 {DNNL_ARG_DST, o_mem}, {DNNL_ARG_SCRATCHPAD, s_mem}};
+      std::unordered_map<int, dnnl::memory> args{
+          {DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, o_mem},
+          {DNNL_ARG_SCRATCHPAD, s_mem}};
       if (bias != nullptr) args.emplace(DNNL_ARG_BIAS, dnnl::memory(plan->bias_md, eng, bias));
       plan->prim.execute(strm, args);
     } else if (kind == 1) {
@@ -229,7 +246,8 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer>& 
       std::unordered_map<int, dnnl::memory> args{
           {DNNL_ARG_SRC, a_mem}, {DNNL_ARG_DIFF_DST, b_mem}, {DNNL_ARG_DIFF_WEIGHTS, w_mem},
           {DNNL_ARG_SCRATCHPAD, s_mem}};
-      if (bias != nullptr) args.emplace(DNNL_ARG_DIFF_BIAS, dnnl::memory(plan->bias_md, eng, bias));
+      if (bias != nullptr)
+        args.emplace(DNNL_ARG_DIFF_BIAS, dnnl::memory(plan->bias_md, eng, bias));
       plan->prim.execute(strm, args);
       if (plan->reorder_w) plan->w_reorder.execute(strm, w_mem, o_mem);
     }
@@ -247,9 +265,10 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
              pad_right);
 }
 
-bool IsBias(const ffi::AnyBuffer& bias, int64_t channels) {
-  auto d = bias.dimensions();
-  return bias.element_type() == ffi::DataType::F32 && d.size() == 1 && d[0] == channels;
+// Whether v is a float32 vector of n entries (a bias, its gradient, BN statistics or scales).
+bool IsF32Vector(const ffi::AnyBuffer& v, int64_t n) {
+  auto d = v.dimensions();
+  return v.element_type() == ffi::DataType::F32 && d.size() == 1 && d[0] == n;
 }
 
 // y = conv(x, w) + bias (kind 0; the bias float32 [O]).
@@ -257,7 +276,7 @@ ffi::Error ConvBias(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer bias,
                     ffi::Result<ffi::AnyBuffer> y, int64_t stride_h, int64_t stride_w,
                     int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
   auto wd = w.dimensions();
-  if (wd.size() != 4 || !IsBias(bias, wd[3]))
+  if (wd.size() != 4 || !IsF32Vector(bias, wd[3]))
     return ffi::Error::InvalidArgument("dnnl_conv: the bias must be float32 [O]");
   return Run(x, w, y, bias.untyped_data(), 0, stride_h, stride_w, pad_top, pad_bottom, pad_left,
              pad_right);
@@ -268,7 +287,7 @@ ffi::Error WgradBias(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::AnyBuf
                      ffi::Result<ffi::AnyBuffer> db, int64_t stride_h, int64_t stride_w,
                      int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
   auto gd = g.dimensions();
-  if (gd.size() != 4 || !IsBias(*db, gd[3]))
+  if (gd.size() != 4 || !IsF32Vector(*db, gd[3]))
     return ffi::Error::InvalidArgument("dnnl_conv: the bias gradient must be float32 [O]");
   return Run(x, g, dw, db->untyped_data(), 2, stride_h, stride_w, pad_top, pad_bottom, pad_left,
              pad_right);
@@ -284,24 +303,15 @@ struct BnPlan {
   dnnl::memory::desc x_md, stat_md, scratch_fwd, scratch_bwd;
 };
 
-std::shared_ptr<BnPlan> GetBnPlan(const int64_t* xs, dt t, float eps, bool affine) {
-  static std::mutex mu;
-  static std::map<std::tuple<std::vector<int64_t>, int, float, bool>, std::shared_ptr<BnPlan>>
-      cache;
-  auto key = std::make_tuple(std::vector<int64_t>(xs, xs + 4), static_cast<int>(t), eps, affine);
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    auto it = cache.find(key);
-    if (it != cache.end()) return it->second;
-  }
+std::shared_ptr<BnPlan> MakeBnPlan(const int64_t* xs, dt t, float eps, bool affine) {
   auto& eng = Engine();
   auto plan = std::make_shared<BnPlan>();
   plan->x_md = dnnl::memory::desc({xs[0], xs[3], xs[1], xs[2]}, t, tag::nhwc);
   plan->stat_md = dnnl::memory::desc({xs[3]}, dt::f32, tag::a);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  auto flags = affine ? (dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift)
-                      : dnnl::normalization_flags::none;
+  using flag = dnnl::normalization_flags;
+  auto flags = affine ? (flag::use_scale | flag::use_shift) : flag::none;
   auto fpd = dnnl::batch_normalization_forward::primitive_desc(
       eng, dnnl::prop_kind::forward_training, plan->x_md, plan->x_md, eps, flags, attr);
   auto bpd = dnnl::batch_normalization_backward::primitive_desc(
@@ -311,14 +321,13 @@ std::shared_ptr<BnPlan> GetBnPlan(const int64_t* xs, dt t, float eps, bool affin
   plan->bwd = dnnl::batch_normalization_backward(bpd);
   plan->scratch_fwd = fpd.scratchpad_desc();
   plan->scratch_bwd = bpd.scratchpad_desc();
-  std::lock_guard<std::mutex> lock(mu);
-  cache.emplace(key, plan);
   return plan;
 }
 
-bool IsStat(const ffi::AnyBuffer& v, int64_t c) {
-  auto d = v.dimensions();
-  return v.element_type() == ffi::DataType::F32 && d.size() == 1 && d[0] == c;
+std::shared_ptr<BnPlan> GetBnPlan(const int64_t* xs, dt t, float eps, bool affine) {
+  using BnKey = std::tuple<std::vector<int64_t>, int, float, bool>;
+  BnKey key{std::vector<int64_t>(xs, xs + 4), static_cast<int>(t), eps, affine};
+  return Cached<BnKey, BnPlan>(key, [&] { return MakeBnPlan(xs, t, eps, affine); });
 }
 
 // Runs the forward or backward BN primitive of the plan for (x's shape, dtype, eps, affine) on
@@ -331,10 +340,10 @@ ffi::Error RunBn(bool forward, const int64_t* xs, dt t, float eps, bool affine,
     auto plan = GetBnPlan(xs, t, eps, affine);
     auto& eng = Engine();
     dnnl::stream strm(eng);
-    static Buffer scratch;
     const auto& scratch_md = forward ? plan->scratch_fwd : plan->scratch_bwd;
     std::unordered_map<int, dnnl::memory> args{
-        {DNNL_ARG_SCRATCHPAD, dnnl::memory(scratch_md, eng, scratch.Get(scratch_md.get_size()))}};
+        {DNNL_ARG_SCRATCHPAD,
+         dnnl::memory(scratch_md, eng, Scratch().Get(scratch_md.get_size()))}};
     for (const auto& [arg, ptr] : buffers) {
       const bool act = arg == DNNL_ARG_SRC || arg == DNNL_ARG_DST || arg == DNNL_ARG_DIFF_SRC ||
                        arg == DNNL_ARG_DIFF_DST;
@@ -356,7 +365,8 @@ ffi::Error BnFwd(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
   if (xd.size() != 4 || !ToDnnl(x.element_type(), &t) || y->element_type() != x.element_type())
     return ffi::Error::InvalidArgument("dnnl_bn: x and y must be 4-D float32 / bfloat16 (NHWC)");
   const int64_t c = xd[3];
-  if (!IsStat(scale, c) || !IsStat(shift, c) || !IsStat(*mean, c) || !IsStat(*var, c))
+  if (!IsF32Vector(scale, c) || !IsF32Vector(shift, c) || !IsF32Vector(*mean, c) ||
+      !IsF32Vector(*var, c))
     return ffi::Error::InvalidArgument("dnnl_bn: scale, shift, mean, var must be float32 [C]");
   std::vector<std::pair<int, void*>> buffers{{DNNL_ARG_SRC, x.untyped_data()},
                                              {DNNL_ARG_DST, y->untyped_data()},
@@ -379,8 +389,8 @@ ffi::Error BnBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer mean, ffi::
       dx->element_type() != x.element_type())
     return ffi::Error::InvalidArgument("dnnl_bn: x, dy, dx must be 4-D float32 / bfloat16, alike");
   const int64_t c = xd[3];
-  if (!IsStat(mean, c) || !IsStat(var, c) || !IsStat(scale, c) || !IsStat(*dscale, c) ||
-      !IsStat(*dshift, c))
+  if (!IsF32Vector(mean, c) || !IsF32Vector(var, c) || !IsF32Vector(scale, c) ||
+      !IsF32Vector(*dscale, c) || !IsF32Vector(*dshift, c))
     return ffi::Error::InvalidArgument("dnnl_bn: statistics and scales must be float32 [C]");
   std::vector<std::pair<int, void*>> buffers{{DNNL_ARG_SRC, x.untyped_data()},
                                              {DNNL_ARG_DIFF_DST, dy.untyped_data()},
@@ -455,8 +465,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlConv, Conv,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("kind")
-));
+                                  .Attr<int64_t>("kind")));
 
 // oneDNN's version, for the Python side to record beside results.
 extern "C" int ReacganDnnlVersion(int* major, int* minor, int* patch) {
