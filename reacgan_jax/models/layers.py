@@ -335,6 +335,10 @@ class OnednnConv(nn.Module):
   the bias goes (conv_ops.conv_bias_onednn): the float32 bias is added to the convolution's
   float32 accumulator before its one rounding to the compute dtype, and its gradient comes from
   the weight gradient's primitive, so neither costs XLA a pass over the activation.
+
+  upsample=True (3x3, stride 1, padding 1): the conv of the nearest 2x upsampled x, computed as
+  one transposed convolution of x (conv_ops.upsample_conv_onednn: 16 multiply-adds per input
+  pixel and output channel where the upsampled conv spends 36, no upsampled copy of x).
   """
   features: int
   kernel: int
@@ -343,6 +347,7 @@ class OnednnConv(nn.Module):
   use_bias: bool
   kernel_init: Callable
   dtype: Dtype
+  upsample: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -350,6 +355,11 @@ class OnednnConv(nn.Module):
                    (self.kernel, self.kernel, x.shape[-1], self.features), jnp.float32)
     b = (self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
          if self.use_bias else None)
+    if self.upsample:
+      if (self.kernel, self.stride, self.padding) != (3, 1, 1):
+        raise ValueError('OnednnConv(upsample=True) takes a 3x3 conv, stride 1, padding 1')
+      b = jnp.zeros((self.features,), jnp.float32) if b is None else b
+      return conv_ops.upsample_conv_onednn(x, k, b, self.dtype)  # k cast after its sums
     x, k = promote_dtype(x, k, dtype=self.dtype)
     s, p = (self.stride, self.stride), ((self.padding, self.padding),) * 2
     if b is not None:   # float32: added inside oneDNN before the one rounding to x's dtype
@@ -387,7 +397,16 @@ class GenBlock(nn.Module):
     c = lambda k, name: conv(self.features, k, self.kernel_init, self.dtype, name,
                              backend=self.conv_backend)
     h = nn.relu(norm(x, 'bn1'))
-    h = c(3, 'conv1')(upsample2x(h, self.conv_backend))
+    # On oneDNN in float32 the conv of the upsampled h runs as one transposed conv (2.25x fewer
+    # multiply-adds; SNGAN's float32 G update 1.24x faster on the AMX CPU). In bf16 oneDNN 3.2's
+    # AMX deconvolution kernels are slower than its convolutions at 8x8 and 16x16 and gain
+    # little at 32x32, so bf16 keeps the upsampled conv (benchmarks/README.md, "Upsampling
+    # convs as transposed convs").
+    if self.conv_backend == 'onednn' and jnp.dtype(self.dtype) == jnp.float32:
+      h = OnednnConv(self.features, 3, 1, 1, True, self.kernel_init, self.dtype, upsample=True,
+                     name='conv1')(h)
+    else:
+      h = c(3, 'conv1')(upsample2x(h, self.conv_backend))
     h = nn.relu(norm(h, 'bn2'))
     h = c(3, 'conv2')(h)
     # A 1x1 conv commutes with nearest upsampling: conv first is exact and 4x cheaper.

@@ -31,6 +31,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 from jax import lax
 
@@ -313,6 +314,55 @@ def conv_up_onednn(x, w, lhs_dilation, padding):
     return jnp.pad(y, ((0, 0), *zeros, (0, 0))) if any(map(any, zeros)) else y
 
   return lax.platform_dependent(x, w, cpu=cpu, default=xla)
+
+
+# Nearest 2x upsampling then a 3x3 conv (padding 1) is one transposed conv, stride 2, of a 4x4
+# kernel: along each axis output row 2i reads input rows (i - 1, i) with taps (w0, w1 + w2) and
+# row 2i + 1 reads (i, i + 1) with (w0 + w1, w2). _UP3 maps the 3 taps to the 4 of the kernel of
+# the lhs-dilated (dilation 2, padding 2) conv that equals it.
+_UP3 = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]], np.float32)
+
+
+def upsample_kernel(w):
+  """The 4x4 HWIO kernel k with conv(dilate2(x), k, padding 2) == conv(nearest2x(x), w, padding 1)
+  for a 3x3 HWIO w (in w's dtype; float32 w: sums of two taps, exact up to one rounding)."""
+  m = jnp.asarray(_UP3, w.dtype)
+  return jnp.einsum('pr,qs,rsio->pqio', m, m, w)
+
+
+def upsample_conv_onednn(x, w, b, dtype):
+  """conv3x3(nearest2x(x), w, padding 1) + b for NHWC x, HWIO w [3, 3, C, O] and b [O] (float32),
+  in `dtype`: on CPU one oneDNN transposed convolution, stride 2, of the 4x4 kernel
+  `upsample_kernel(w)` (formed from float32 w, then cast once), the bias inside oneDNN
+  (onednn.conv2d_transpose_bias): 16 taps per 2x2 output pixels where the upsampled 3x3 conv
+  spends 36, and no upsampled copy of x. Elsewhere, and for shapes oneDNN does not take, the
+  definition (XLA's conv of the upsampled x, the bias added in `dtype`).
+  """
+  x = x.astype(dtype)
+  n, h, wd, c = x.shape
+
+  def xla(x, w, b):
+    up = jnp.broadcast_to(x[:, :, None, :, None], (n, h, 2, wd, 2, c)).reshape(
+        n, 2 * h, 2 * wd, c)
+    y = conv_general_dilated(up, w.astype(dtype), (1, 1), ((1, 1), (1, 1)),
+                             dimension_numbers=_NHWC)
+    return bias_add(y, b.astype(y.dtype))
+
+  if w.shape[:2] != (3, 3) or x.ndim != 4:
+    return xla(x, w, b)
+  # The strided conv whose transpose this is: kernel flipped, in/out swapped, padding 4 - 1 - 2.
+  kernel = jax.ShapeDtypeStruct((4, 4, w.shape[3], c), dtype)
+  src = jax.ShapeDtypeStruct((n, 2 * h, 2 * wd, w.shape[3]), dtype)
+  if not onednn.supported(src, kernel, (2, 2), ((1, 1), (1, 1))):
+    return xla(x, w, b)
+  onednn.load()
+
+  def cpu(x, w, b):
+    k = jnp.swapaxes(upsample_kernel(w.astype(jnp.float32))[::-1, ::-1], 2, 3).astype(dtype)
+    return onednn.conv2d_transpose_bias(x, k, b.astype(jnp.float32), (2, 2), ((1, 1), (1, 1)),
+                                        (2 * h, 2 * wd))
+
+  return lax.platform_dependent(x, w, b, cpu=cpu, default=xla)
 
 
 def for_backend(name: str):

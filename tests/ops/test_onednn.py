@@ -149,6 +149,137 @@ def test_bfloat16_passes_with_the_bias_inside_match_the_definition(b, h, w, c, o
     assert np.all(err <= rounding * np.abs(ref) + 1e-5 * np.abs(ref).max()), (name, err.max())
 
 
+def _ours_t_bias(g, w, b, ct, strides, padding, out_hw):
+  x, vjp = jax.vjp(lambda g, w, b: onednn.conv2d_transpose_bias(g, w, b, strides, padding,
+                                                                 out_hw), g, w, b)
+  return (x, *vjp(ct))
+
+
+def _t_bias_definition(g, w, b, ct, strides, padding):
+  """float64: x = the transpose of conv(., w) applied to g, plus b; the vjp of <x, ct>: dg =
+  conv(ct, w), dw = the conv's weight gradient of (ct, g), db = ct summed over N, H, W."""
+  dg, x, dw = _definition(ct, w, g, strides, padding)
+  return x + b, dg, dw, ct.sum((0, 1, 2))
+
+
+@pytest.mark.parametrize('b,h,w,c,o,k,strides,padding', [SHAPES[0], SHAPES[2], SHAPES[3]])
+def test_float32_transposed_conv_with_the_bias_inside_matches_the_float64_definition(
+    b, h, w, c, o, k, strides, padding):
+  """conv2d_transpose_bias (oneDNN's deconvolution primitive, the bias before the one rounding)
+  and its gradients, for the strided conv of the shape (b, h, w, c) -> (ho, wo, o)."""
+  rng = np.random.default_rng(8)
+  ho, wo = onednn.out_hw((h, w), (k, k), strides, padding)
+  g, wt, bias, ct = (rng.standard_normal(s) for s in ((b, ho, wo, o), (k, k, c, o), (c,),
+                                                      (b, h, w, c)))
+  want = _t_bias_definition(g, wt, bias, ct, strides, padding)
+  got = _ours_t_bias(*(jnp.asarray(t, jnp.float32) for t in (g, wt, bias, ct)), strides,
+                     padding, (h, w))
+  # As the conv's passes: 1e-5 of the largest entry, ~100 float32 ulps of sums of at most
+  # b*h*w terms; the bias and its gradient stay float32.
+  for name, a, ref in zip(('x', 'dg', 'dw', 'db'), got, want, strict=True):
+    assert a.shape == ref.shape and a.dtype == jnp.float32, name
+    np.testing.assert_allclose(np.asarray(a), ref, rtol=0, atol=1e-5 * np.abs(ref).max(),
+                               err_msg=name)
+
+
+def _upsample_conv_definition(x, w, b, ct):
+  """float64: y = conv3x3(nearest2x(x), w, padding 1) + b and the vjp of <y, ct> (dx: the 2x2
+  window sums of the upsampled input's gradient)."""
+  up = x.repeat(2, axis=1).repeat(2, axis=2)
+  y, dup, dw = _definition(up, w, ct, (1, 1), ((1, 1), (1, 1)))
+  n, h2, w2, c = dup.shape
+  dx = dup.reshape(n, h2 // 2, 2, w2 // 2, 2, c).sum((2, 4))
+  return y + b, dx, dw, ct.sum((0, 1, 2))
+
+
+def _ours_upsample_conv(x, w, b, ct, dtype):
+  y, vjp = jax.vjp(lambda x, w, b: conv_ops.upsample_conv_onednn(x, w, b, dtype), x, w, b)
+  return (y, *vjp(ct.astype(y.dtype)))
+
+
+@pytest.mark.parametrize('hw', [(4, 4), (5, 3)])
+def test_upsample_conv_is_the_3x3_conv_of_the_upsampled_input(hw):
+  """conv_ops.upsample_conv_onednn (one transposed conv, stride 2, of the 4x4 kernel whose taps
+  are sums of the 3x3's) against conv3x3(nearest2x(x)) + b in float64: output and the
+  gradients of x, w and b, float32 (1e-5 of the largest entry: the 3x3 taps are summed once in
+  float32 before the products, a few ulps); and it runs the deconvolution target, not an
+  upsampled copy of x."""
+  rng = np.random.default_rng(9)
+  n, c, o = 2, 5, 6
+  x, wt, bias = (rng.standard_normal(s) for s in ((n, *hw, c), (3, 3, c, o), (o,)))
+  ct = rng.standard_normal((n, 2 * hw[0], 2 * hw[1], o))
+  want = _upsample_conv_definition(x, wt, bias, ct)
+  args = [jnp.asarray(t, jnp.float32) for t in (x, wt, bias, ct)]
+  got = _ours_upsample_conv(*args, jnp.float32)
+  for name, a, ref in zip(('y', 'dx', 'dw', 'db'), got, want, strict=True):
+    assert a.shape == ref.shape and a.dtype == jnp.float32, name
+    np.testing.assert_allclose(np.asarray(a), ref, rtol=0, atol=1e-5 * np.abs(ref).max(),
+                               err_msg=name)
+  jaxpr = str(jax.make_jaxpr(lambda x, w, b: conv_ops.upsample_conv_onednn(x, w, b,
+                                                                           jnp.float32))(
+      *args[:3]))
+  assert onednn.TARGET_T_BIAS in jaxpr
+
+
+@needs_bf16
+def test_bfloat16_upsample_conv_matches_the_definition_on_rounded_operands():
+  """bf16 x and cotangent, float32 w and b: the 4x4 kernel's taps are summed in float32 and
+  rounded to bf16 once (so the definition takes those rounded sums), the bias added before the
+  output's one rounding; dw and db come back float32 (w's and b's dtype)."""
+  rng = np.random.default_rng(10)
+  x = jnp.asarray(rng.standard_normal((2, 4, 4, 8)), jnp.bfloat16)
+  wt = jnp.asarray(rng.standard_normal((3, 3, 8, 8)), jnp.float32)
+  bias = jnp.asarray(rng.standard_normal(8), jnp.float32)
+  ct = jnp.asarray(rng.standard_normal((2, 8, 8, 8)), jnp.bfloat16)
+  got = _ours_upsample_conv(x, wt, bias, ct, jnp.bfloat16)
+  # The definition on the operands oneDNN sees: the 4x4 kernel rounded to bf16, as a
+  # transposed conv (the lhs-dilated conv of x with padding 2).
+  k4 = np.asarray(conv_ops.upsample_kernel(wt).astype(jnp.bfloat16), np.float64)
+  x64, ct64 = np.asarray(x, np.float64), np.asarray(ct, np.float64)
+  xd = np.zeros((2, 7, 7, 8))
+  xd[:, ::2, ::2] = x64
+  y, dxd, dk = _definition(xd, k4, ct64, (1, 1), ((2, 2), (2, 2)))
+  assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.bfloat16
+  assert got[2].dtype == jnp.float32 and got[3].dtype == jnp.float32
+  m = np.asarray(conv_ops._UP3, np.float64)
+  want = (y + np.asarray(bias, np.float64), dxd[:, ::2, ::2],
+          np.einsum('pr,qs,pqio->rsio', m, m, dk), ct64.sum((0, 1, 2)))
+  # What each result's one bf16 rounding (2^-8 relative) applies to: y, dx themselves; dw the
+  # 4x4 kernel's gradient (rounded to bf16 entry by entry, then summed back onto 1-4 taps in
+  # float32: at most 2^-8 of the sum of the magnitudes); db is float32 throughout.
+  magnitude = (np.abs(want[0]), np.abs(want[1]), np.einsum('pr,qs,pqio->rsio', m, m, np.abs(dk)),
+               0 * want[3])
+  for name, a, ref, mag in zip(('y', 'dx', 'dw', 'db'), got, want, magnitude, strict=True):
+    err = np.abs(np.asarray(a, np.float64) - ref)
+    assert np.all(err <= 2 ** -8 * mag + 1e-5 * np.abs(ref).max()), (name, err.max())
+
+
+def test_gradients_of_gradients_through_the_upsample_conv_match_lax():
+  """A penalty on the input, weight and bias gradients of the upsample conv, differentiated
+  again (conv2d_transpose_bias's VJP is made of differentiable pieces), equals lax's on the
+  definition conv3x3(nearest2x(x)) + b."""
+  rng = np.random.default_rng(11)
+  x, wt, bias = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+                 for s in ((2, 4, 4, 3), (3, 3, 3, 5), (5,)))
+  ct = jnp.asarray(rng.standard_normal((2, 8, 8, 5)), jnp.float32)
+
+  def definition(x, w, b):
+    up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return jax.lax.conv_general_dilated(up, w, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b
+
+  convs = {'xla': definition,
+           'onednn': lambda x, w, b: conv_ops.upsample_conv_onednn(x, w, b, jnp.float32)}
+
+  def penalty(conv, x, w, b):
+    gx, gw, gb = jax.grad(lambda *a: jnp.sum(jnp.sin(conv(*a)) * ct), (0, 1, 2))(x, w, b)
+    return jnp.sum(gx ** 2) + jnp.sum(jnp.sin(gw)) + jnp.sum(jnp.sin(gb))
+
+  want, got = (jax.jit(jax.grad(functools.partial(penalty, convs[n]), (0, 1, 2)))(x, wt, bias)
+               for n in ('xla', 'onednn'))
+  _assert_gradients_close(want, got)
+
+
 def _bn_definition(x, scale, shift, eps, g):
   """float64: training-mode BN over (N, H, W), its statistics, and the vjp of <y, g>."""
   mean = x.mean((0, 1, 2))
@@ -773,14 +904,19 @@ def test_resnet_blocks_match_the_xla_path(dtype):
       return y.astype(jnp.float32), (gp, {'x': gx})
 
     y32, g32 = run('xla', jnp.float32)
-    if name == 'gen':  # the conditional BN's affine and the upsampling take the oneDNN forms
+    if name == 'gen':  # the conditional BN's affine and the upsampling take the oneDNN forms:
+      # in float32 the upsampled conv is one transposed conv, in bf16 the upsampled copy stays
       jaxprs = {}
-      for b in ('xla', 'onednn'):
-        module = make(b, jnp.float32)
+      for b, dt in (('xla', jnp.float32), ('onednn', jnp.float32), ('onednn16', jnp.bfloat16)):
+        module = make(b[:6], dt)
         fwd = lambda x, m=module, v=variables: m.apply(v, x, affine, True, mutable=['batch_stats'])
         jaxprs[b] = str(jax.make_jaxpr(fwd)(x))
-      for fn in ('per_sample_affine', 'upsample2x_window_sums'):
+      for fn in ('per_sample_affine', onednn.TARGET_T_BIAS):
         assert fn in jaxprs['onednn'] and fn not in jaxprs['xla'], fn
+      # (the shortcut's upsampling of its 1x1 conv's output stays in both)
+      ups = {b: jaxprs[b].count('upsample2x_window_sums') for b in jaxprs}
+      assert 0 < ups['onednn'] < ups['onednn16'], ups
+      assert onednn.TARGET_T_BIAS not in jaxprs['onednn16']
     else:  # no BN in these D blocks: the oneDNN backend leaves no reduce at all
       ct = make('xla', jnp.float32).apply(variables, x, False)
       jaxprs = {}

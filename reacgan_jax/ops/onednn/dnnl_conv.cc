@@ -5,7 +5,8 @@
 // AMX) that oneDNN uses (issue 18; benchmarks/xla_cpu_paths.py). Built by reacgan_jax/onednn on
 // first use against the `onednn-cpu-gomp` wheel (oneDNN 3.2, OpenMP threads).
 //
-// Layouts are the project's: activations NHWC, kernels HWIO. One handler, three kinds:
+// Layouts are the project's: activations NHWC, kernels HWIO. One handler, three kinds (two more
+// below, with biases):
 //   kind 0  y  [N,Ho,Wo,O] = conv(x [N,H,W,C], w [KH,KW,C,O])
 //   kind 1  dx [N,H,W,C]   = input gradient of kind 0 from g [N,Ho,Wo,O] and w
 //   kind 2  dw [KH,KW,C,O] = weight gradient of kind 0 from x and g
@@ -16,8 +17,14 @@
 // Two more targets carry a conv layer's bias (float32 [O]) through the same primitives:
 // ReacganDnnlConvBias (kind 0 with the bias added before the one rounding to y's dtype) and
 // ReacganDnnlWgradBias (kind 2 also returning the bias gradient, the sum of g over N, H, W,
-// float32), so that neither costs a pass of XLA over the activation. Two more run batch norm
-// (ReacganDnnlBnFwd / ReacganDnnlBnBwd, below).
+// float32), so that neither costs a pass of XLA over the activation. Two carry the bias of a
+// transposed (up-sampling) convolution, oneDNN's deconvolution primitive, in the strided
+// convolution's terms (x [N,H,W,C], w [KH,KW,C,O], g [N,Ho,Wo,O] as above):
+//   kind 3  x = the transpose of kind 0 applied to g, plus a float32 bias [C] (kind 1's result,
+//             the bias added before the one rounding)            ReacganDnnlDeconvBias
+// (Its gradients are kinds 0 and 2 and a sum: oneDNN 3.2's deconvolution backward-weights
+// primitive with a bias was 3x slower than those.)
+// Two more run batch norm (ReacganDnnlBnFwd / ReacganDnnlBnBwd, below).
 
 #include <cstdint>
 #include <cstdlib>
@@ -64,7 +71,7 @@ struct Plan {
   bool reorder_w = false;
   dnnl::reorder w_reorder;                  // HWIO -> prim layout (kind 0, 1) or back (kind 2)
   dnnl::memory::desc scratch_md;
-  dnnl::memory::desc bias_md;               // float32 [O]: the bias (kind 0) or its gradient (2)
+  dnnl::memory::desc bias_md;               // float32 [O] (kind 0, 2) or [C] (kind 3)
 };
 
 // A buffer that grows to the largest size asked of it and is reused (uninitialised: a
@@ -93,11 +100,47 @@ Buffer& Scratch() {
 
 using Key = std::tuple<int64_t, std::vector<int64_t>, int, int, int>;
 
+// Kind 3: the deconvolution that is the transpose of the strided convolution (src, wei, dst in
+// that convolution's logical dims and dtypes: x, w [O, C, KH, KW], g), with its bias.
+// The deconvolution's source is g, its destination x, its weights w with O and C swapped:
+// logically [C, O, KH, KW], the same HWIO memory read as hwoi.
+std::shared_ptr<Plan> MakeDeconvPlan(const dnnl::memory::dims& src,
+                                     const dnnl::memory::dims& wei,
+                                     const dnnl::memory::dims& dst, dt t_src, dt t_wei,
+                                     dt t_dst, const dnnl::memory::dims& strides,
+                                     const dnnl::memory::dims& pad_l,
+                                     const dnnl::memory::dims& pad_r) {
+  auto& eng = Engine();
+  auto plan = std::make_shared<Plan>();
+  plan->bias_md = dnnl::memory::desc({src[1]}, dt::f32, tag::a);
+  dnnl::memory::desc x_md(src, t_src, tag::nhwc);
+  dnnl::memory::desc g_md(dst, t_dst, tag::nhwc);
+  const dnnl::memory::dims d_wei{wei[1], wei[0], wei[2], wei[3]};
+  dnnl::memory::desc wei_plain(d_wei, t_wei, tag::hwoi);
+  dnnl::memory::desc wei_any(d_wei, t_wei, tag::any);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto pd = dnnl::deconvolution_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::deconvolution_direct, g_md,
+      wei_any, plan->bias_md, x_md, strides, pad_l, pad_r, attr);
+  plan->prim = dnnl::deconvolution_forward(pd);
+  plan->w_prim_md = pd.weights_desc();
+  plan->a_md = g_md; plan->b_md = wei_plain; plan->out_md = x_md;
+  plan->scratch_md = pd.scratchpad_desc();
+  plan->reorder_w = plan->w_prim_md != wei_plain;
+  if (plan->reorder_w)
+    plan->w_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(eng, wei_plain, eng,
+                                                                  plan->w_prim_md));
+  return plan;
+}
+
 std::shared_ptr<Plan> MakePlan(int64_t kind, const dnnl::memory::dims& src,
                                const dnnl::memory::dims& wei, const dnnl::memory::dims& dst,
                                dt t_src, dt t_wei, dt t_dst, const dnnl::memory::dims& strides,
                                const dnnl::memory::dims& pad_l, const dnnl::memory::dims& pad_r,
                                bool bias) {
+  if (kind == 3) return MakeDeconvPlan(src, wei, dst, t_src, t_wei, t_dst, strides, pad_l,
+                                       pad_r);
   auto& eng = Engine();
   auto plan = std::make_shared<Plan>();
   if (bias) plan->bias_md = dnnl::memory::desc({wei[0]}, dt::f32, tag::a);
@@ -179,14 +222,16 @@ std::shared_ptr<Plan> GetPlan(const Key& key, int64_t kind, const dnnl::memory::
   });
 }
 
-// bias: nullptr, or a float32 [O] buffer: the bias read by kind 0, the bias gradient written by
-// kind 2 (its size is checked by the callers).
+// bias: nullptr, or a float32 buffer: the bias read by kind 0 ([O]) and 3 ([C]), the bias
+// gradient written by kind 2 ([O]) (its size is checked by the callers).
 ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer>& out, void* bias,
                int64_t kind, int64_t stride_h, int64_t stride_w, int64_t pad_top,
                int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
-  if (kind < 0 || kind > 2) return ffi::Error::InvalidArgument("dnnl_conv: kind must be 0, 1 or 2");
+  if (kind < 0 || kind > 3) return ffi::Error::InvalidArgument("dnnl_conv: kind must be 0 to 3");
   if (bias != nullptr && kind == 1)
     return ffi::Error::InvalidArgument("dnnl_conv: the input gradient takes no bias");
+  if (bias == nullptr && kind == 3)
+    return ffi::Error::InvalidArgument("dnnl_conv: kind 3 takes a bias");
   auto ad = a.dimensions(), bd = b.dimensions(), od = out->dimensions();
   if (ad.size() != 4 || bd.size() != 4 || od.size() != 4)
     return ffi::Error::InvalidArgument("dnnl_conv: operands must be 4-D (NHWC / HWIO)");
@@ -195,13 +240,16 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer>& 
       !ToDnnl(out->element_type(), &to))
     return ffi::Error::InvalidArgument("dnnl_conv: operands must be float32 or bfloat16");
   // NHWC x [n,h,w,c] and HWIO w [kh,kw,c,o] in oneDNN's logical NCHW / OIHW dims.
-  const int64_t* xs = kind == 1 ? od.begin() : ad.begin();   // x or dx
-  const int64_t* ws = kind == 2 ? od.begin() : bd.begin();   // w or dw
-  const int64_t* ys = kind == 0 ? od.begin() : (kind == 1 ? ad.begin() : bd.begin());  // y or g
+  // Which operand is x (or dx), w (or dw), y (or g), per kind: (a, b) -> out.
+  //   0: (x, w) -> y   1: (g, w) -> dx   2: (x, g) -> dw   3: (g, w) -> x
+  const bool x_out = kind == 1 || kind == 3, w_out = kind == 2;
+  const int64_t* xs = x_out ? od.begin() : ad.begin();
+  const int64_t* ws = w_out ? od.begin() : bd.begin();
+  const int64_t* ys = kind == 0 ? od.begin() : (w_out ? bd.begin() : ad.begin());
   dnnl::memory::dims src{xs[0], xs[3], xs[1], xs[2]}, wei{ws[3], ws[2], ws[0], ws[1]},
       dst{ys[0], ys[3], ys[1], ys[2]};
-  dt t_src = kind == 1 ? to : ta, t_wei = kind == 2 ? to : tb,
-     t_dst = kind == 0 ? to : (kind == 1 ? ta : tb);
+  dt t_src = x_out ? to : ta, t_wei = w_out ? to : tb,
+     t_dst = kind == 0 ? to : (w_out ? tb : ta);
   dnnl::memory::dims strides{stride_h, stride_w}, pad_l{pad_top, pad_left},
       pad_r{pad_bottom, pad_right};
   std::vector<int64_t> shape;
@@ -230,8 +278,8 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer>& 
     dnnl::memory w_mem = plan->reorder_w
                              ? dnnl::memory(plan->w_prim_md, eng,
                                             wbuf.Get(plan->w_prim_md.get_size()))
-                                         : (kind == 2 ? o_mem : b_mem);
-    if (kind == 0) {
+                                         : (w_out ? o_mem : b_mem);
+    if (kind == 0 || kind == 3) {
       if (plan->reorder_w) plan->w_reorder.execute(strm, b_mem, w_mem);
       std::unordered_map<int, dnnl::memory> args{
           {DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, o_mem},
@@ -290,6 +338,17 @@ ffi::Error WgradBias(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::AnyBuf
   if (gd.size() != 4 || !IsF32Vector(*db, gd[3]))
     return ffi::Error::InvalidArgument("dnnl_conv: the bias gradient must be float32 [O]");
   return Run(x, g, dw, db->untyped_data(), 2, stride_h, stride_w, pad_top, pad_bottom, pad_left,
+             pad_right);
+}
+
+// x = the transpose of conv(., w) applied to g, plus bias (kind 3; the bias float32 [C]).
+ffi::Error DeconvBias(ffi::AnyBuffer g, ffi::AnyBuffer w, ffi::AnyBuffer bias,
+                      ffi::Result<ffi::AnyBuffer> x, int64_t stride_h, int64_t stride_w,
+                      int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+  auto wd = w.dimensions();
+  if (wd.size() != 4 || !IsF32Vector(bias, wd[2]))
+    return ffi::Error::InvalidArgument("dnnl_conv: the transposed conv's bias must be float32 [C]");
+  return Run(g, w, x, bias.untyped_data(), 3, stride_h, stride_w, pad_top, pad_bottom, pad_left,
              pad_right);
 }
 
@@ -434,6 +493,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlWgradBias, WgradBias,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlDeconvBias, DeconvBias,
+                              WithConvAttrs(ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ReacganDnnlBnFwd, BnFwd,
