@@ -268,15 +268,20 @@ def test_gradients_of_gradients_through_the_upsample_conv_match_lax():
     return jax.lax.conv_general_dilated(up, w, (1, 1), ((1, 1), (1, 1)),
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b
 
-  convs = {'xla': definition,
-           'onednn': lambda x, w, b: conv_ops.upsample_conv_onednn(x, w, b, jnp.float32)}
+  _assert_penalty_gradients_match(
+      definition, lambda x, w, b: conv_ops.upsample_conv_onednn(x, w, b, jnp.float32),
+      ct, x, wt, bias)
 
-  def penalty(conv, x, w, b):
-    gx, gw, gb = jax.grad(lambda *a: jnp.sum(jnp.sin(conv(*a)) * ct), (0, 1, 2))(x, w, b)
+
+def _assert_penalty_gradients_match(xla, ours, ct, x, w, bias):
+  """R1's shape with a bias: a penalty on the input, weight and bias gradients of <conv, ct>,
+  differentiated w.r.t. x, w and the bias, equal for the lax definition and our path."""
+  def penalty(conv, x, w, bias):
+    gx, gw, gb = jax.grad(lambda *a: jnp.sum(jnp.sin(conv(*a)) * ct), (0, 1, 2))(x, w, bias)
     return jnp.sum(gx ** 2) + jnp.sum(jnp.sin(gw)) + jnp.sum(jnp.sin(gb))
 
-  want, got = (jax.jit(jax.grad(functools.partial(penalty, convs[n]), (0, 1, 2)))(x, wt, bias)
-               for n in ('xla', 'onednn'))
+  want, got = (jax.jit(jax.grad(functools.partial(penalty, conv), (0, 1, 2)))(x, w, bias)
+               for conv in (xla, ours))
   _assert_gradients_close(want, got)
 
 
@@ -784,17 +789,10 @@ def test_gradients_of_gradients_with_the_bias_inside_match_lax(b, h, w, c, o, k,
                  for s in ((b, h, w, c), (k, k, c, o), (o,)))
   ho, wo = onednn.out_hw((h, w), (k, k), strides, padding)
   ct = jnp.asarray(rng.standard_normal((b, ho, wo, o)), jnp.float32)
-  convs = {'xla': lambda x, w, bias: jax.lax.conv_general_dilated(
-               x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias,
-           'onednn': lambda x, w, bias: onednn.conv2d_bias(x, w, bias, strides, padding)}
-
-  def penalty(conv, x, w, bias):
-    gx, gw, gb = jax.grad(lambda *a: jnp.sum(jnp.sin(conv(*a)) * ct), (0, 1, 2))(x, w, bias)
-    return jnp.sum(gx ** 2) + jnp.sum(jnp.sin(gw)) + jnp.sum(jnp.sin(gb))
-
-  want, got = (jax.jit(jax.grad(functools.partial(penalty, convs[n]), (0, 1, 2)))(x, wt, bias)
-               for n in ('xla', 'onednn'))
-  _assert_gradients_close(want, got)
+  _assert_penalty_gradients_match(
+      lambda x, w, bias: jax.lax.conv_general_dilated(
+          x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias,
+      lambda x, w, bias: onednn.conv2d_bias(x, w, bias, strides, padding), ct, x, wt, bias)
 
 
 @pytest.mark.slow  # 30 s (second derivatives of tiny StyleGAN2 on both backends): CI's slow suite
