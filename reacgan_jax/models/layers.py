@@ -370,6 +370,12 @@ class OnednnConv(nn.Module):
                                                          ('NHWC', 'HWIO', 'NHWC')))
 
 
+# The smallest output height at which GenBlock's bf16 upsampled conv runs as a transposed conv on
+# oneDNN (measured on the Intel AMX CPU, oneDNN 3.2: per call 8x8 1.6 -> 3.3 ms, 16x16 5.8 -> 6.8,
+# 32x32 24.6 -> 20.1; SNGAN bf16 G update 0.55 -> 0.51 s with this threshold).
+BF16_DECONV_MIN_HW = 32
+
+
 class GenBlock(nn.Module):
   """Residual up-block of the ResNet/BigGAN generators (big_resnet.GenBlock).
 
@@ -397,12 +403,13 @@ class GenBlock(nn.Module):
     c = lambda k, name: conv(self.features, k, self.kernel_init, self.dtype, name,
                              backend=self.conv_backend)
     h = nn.relu(norm(x, 'bn1'))
-    # On oneDNN in float32 the conv of the upsampled h runs as one transposed conv (2.25x fewer
-    # multiply-adds; SNGAN's float32 G update 1.24x faster on the AMX CPU). In bf16 oneDNN 3.2's
-    # AMX deconvolution kernels are slower than its convolutions at 8x8 and 16x16 and gain
-    # little at 32x32, so bf16 keeps the upsampled conv (benchmarks/README.md, "Upsampling
-    # convs as transposed convs").
-    if self.conv_backend == 'onednn' and jnp.dtype(self.dtype) == jnp.float32:
+    # On oneDNN the conv of the upsampled h runs as one transposed conv (2.25x fewer
+    # multiply-adds, no upsampled copy): in float32 at every size (SNGAN's float32 G update 1.24x
+    # faster on the AMX CPU); in bf16 only for outputs of at least 32x32, as oneDNN 3.2's AMX
+    # deconvolution kernels are slower than its convolutions on smaller maps (benchmarks/
+    # README.md, "Upsampling convs as transposed convs").
+    if self.conv_backend == 'onednn' and (jnp.dtype(self.dtype) == jnp.float32
+                                          or 2 * h.shape[1] >= BF16_DECONV_MIN_HW):
       h = OnednnConv(self.features, 3, 1, 1, True, self.kernel_init, self.dtype, upsample=True,
                      name='conv1')(h)
     else:

@@ -604,8 +604,8 @@ def test_a_mistyped_variant_is_one_message_naming_the_choices():
   with pytest.raises(flags.Error) as e:
     fv(argv)
   msg = errors.message_of_flag_error(e.value)  # None (config_flags' traceback) for a ValueError
-  assert msg == ("cifar10_reacgan: unknown variant 'smal'; expected one of '', 'small' "
-                 '(--config=configs/cifar10_reacgan.py:<variant>)')
+  assert msg == ("cifar10_reacgan: unknown variant 'smal'; expected one of '', 'small', "
+                 "'quickstart' (--config=configs/cifar10_reacgan.py:<variant>)")
 
 
 # ---- the kill -9 harness on a checkpoint writer (the trainer's loop test is the lead's) ---------

@@ -903,18 +903,21 @@ def test_resnet_blocks_match_the_xla_path(dtype):
 
     y32, g32 = run('xla', jnp.float32)
     if name == 'gen':  # the conditional BN's affine and the upsampling take the oneDNN forms:
-      # in float32 the upsampled conv is one transposed conv, in bf16 the upsampled copy stays
+      # the upsampled conv is one transposed conv in float32, and in bf16 from 32x32 outputs on
+      big = jnp.zeros((4, layers.BF16_DECONV_MIN_HW // 2, layers.BF16_DECONV_MIN_HW // 2, 6))
       jaxprs = {}
-      for b, dt in (('xla', jnp.float32), ('onednn', jnp.float32), ('onednn16', jnp.bfloat16)):
+      for b, dt, xb in (('xla', jnp.float32, x), ('onednn', jnp.float32, x),
+                        ('onednn16', jnp.bfloat16, x), ('onednn16big', jnp.bfloat16, big)):
         module = make(b[:6], dt)
         fwd = lambda x, m=module, v=variables: m.apply(v, x, affine, True, mutable=['batch_stats'])
-        jaxprs[b] = str(jax.make_jaxpr(fwd)(x))
+        jaxprs[b] = str(jax.make_jaxpr(fwd)(xb))
       for fn in ('per_sample_affine', onednn.TARGET_T_BIAS):
         assert fn in jaxprs['onednn'] and fn not in jaxprs['xla'], fn
       # (the shortcut's upsampling of its 1x1 conv's output stays in both)
       ups = {b: jaxprs[b].count('upsample2x_window_sums') for b in jaxprs}
       assert 0 < ups['onednn'] < ups['onednn16'], ups
       assert onednn.TARGET_T_BIAS not in jaxprs['onednn16']
+      assert onednn.TARGET_T_BIAS in jaxprs['onednn16big']
     else:  # no BN in these D blocks: the oneDNN backend leaves no reduce at all
       ct = make('xla', jnp.float32).apply(variables, x, False)
       jaxprs = {}
