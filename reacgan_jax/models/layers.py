@@ -62,7 +62,7 @@ def upsample2x(x, backend: str = 'xla'):
   """
   if backend == 'onednn':
     return upsample2x_window_sums(x)
-  return _nearest2x(x)
+  return conv_ops.nearest2x(x)
 
 
 def avg_pool2x(x, backend: str = 'xla'):
@@ -92,12 +92,6 @@ def _window_sums(x):
   return rows[..., :c] + rows[..., c:]
 
 
-def _nearest2x(x):
-  b, h, w, c = x.shape
-  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(
-      b, 2 * h, 2 * w, c)
-
-
 @jax.custom_vjp
 def avg_pool2x_window_sums(x):
   """2x2 average pooling as strided adds (float32 accumulation, result in x's dtype).
@@ -109,18 +103,18 @@ def avg_pool2x_window_sums(x):
 
 avg_pool2x_window_sums.defvjp(
     lambda x: (avg_pool2x_window_sums(x), None),
-    lambda _, g: (_nearest2x(g * jnp.asarray(0.25, g.dtype)),))
+    lambda _, g: (conv_ops.nearest2x(g * jnp.asarray(0.25, g.dtype)),))
 
 
 @jax.custom_vjp
 def upsample2x_window_sums(x):
   """Nearest 2x upsampling whose gradient is the 2x2 window sums of g (float32 accumulation,
   rounded once to g's dtype) by strided adds."""
-  return _nearest2x(x)
+  return conv_ops.nearest2x(x)
 
 
 upsample2x_window_sums.defvjp(
-    lambda x: (_nearest2x(x), None),
+    lambda x: (conv_ops.nearest2x(x), None),
     lambda _, g: (_window_sums(g).astype(g.dtype),))
 
 

@@ -293,8 +293,30 @@ def conv_up_onednn(x, w, lhs_dilation, padding):
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
   xla = functools.partial(lax.conv_general_dilated, window_strides=(1, 1), padding=padding,
                           lhs_dilation=s, dimension_numbers=_NHWC)
-  if x.ndim != 4 or w.ndim != 4:
+  plan = _transposed(x, w, s, padding) if x.ndim == 4 and w.ndim == 4 else None
+  if plan is None:
     return xla(x, w)
+  t_pad, zeros, inner = plan
+  onednn.load()
+
+  def cpu(x, w):
+    y = onednn.conv2d_transpose(x, _strided_kernel(w), s, t_pad, inner)
+    return jnp.pad(y, ((0, 0), *zeros, (0, 0))) if any(map(any, zeros)) else y
+
+  return lax.platform_dependent(x, w, cpu=cpu, default=xla)
+
+
+def _strided_kernel(w):
+  """The kernel [KH, KW, O, I] of the strided conv whose transpose is the lhs-dilated conv of
+  the HWIO w: flipped, in/out swapped."""
+  return jnp.swapaxes(w[::-1, ::-1], 2, 3)
+
+
+def _transposed(x, w, s, padding):
+  """How oneDNN runs lax.conv_general_dilated(x, w, (1, 1), padding, lhs_dilation=s) (NHWC x,
+  HWIO w: arrays or ShapeDtypeStructs): (t_pad, the strided conv's padding; zeros, the rows
+  around the transposed result no input reaches; inner, the transposed result's H, W), or None
+  where oneDNN does not take the shape."""
   k = w.shape[:2]
   out = [(n - 1) * d + 1 + lo + hi - kk + 1
          for n, d, (lo, hi), kk in zip(x.shape[1:3], s, padding, k, strict=True)]
@@ -306,14 +328,15 @@ def conv_up_onednn(x, w, lhs_dilation, padding):
   kernel = jax.ShapeDtypeStruct((*k, w.shape[3], w.shape[2]), w.dtype)  # [KH, KW, O, I]
   if (min(inner) < 1 or not onednn.supported(src, kernel, s, t_pad)
       or onednn.out_hw(inner, k, s, t_pad) != tuple(x.shape[1:3])):
-    return xla(x, w)
-  onednn.load()
+    return None
+  return t_pad, zeros, inner
 
-  def cpu(x, w):
-    y = onednn.conv2d_transpose(x, jnp.swapaxes(w[::-1, ::-1], 2, 3), s, t_pad, inner)
-    return jnp.pad(y, ((0, 0), *zeros, (0, 0))) if any(map(any, zeros)) else y
 
-  return lax.platform_dependent(x, w, cpu=cpu, default=xla)
+def nearest2x(x):
+  """Nearest-neighbour 2x upsampling [B, H, W, C] -> [B, 2H, 2W, C] as one broadcast."""
+  b, h, w, c = x.shape
+  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(
+      b, 2 * h, 2 * w, c)
 
 
 # Nearest 2x upsampling then a 3x3 conv (padding 1) is one transposed conv, stride 2, of a 4x4
@@ -339,28 +362,24 @@ def upsample_conv_onednn(x, w, b, dtype):
   definition (XLA's conv of the upsampled x, the bias added in `dtype`).
   """
   x = x.astype(dtype)
-  n, h, wd, c = x.shape
 
   def xla(x, w, b):
-    up = jnp.broadcast_to(x[:, :, None, :, None], (n, h, 2, wd, 2, c)).reshape(
-        n, 2 * h, 2 * wd, c)
-    y = conv_general_dilated(up, w.astype(dtype), (1, 1), ((1, 1), (1, 1)),
+    y = conv_general_dilated(nearest2x(x), w.astype(dtype), (1, 1), ((1, 1), (1, 1)),
                              dimension_numbers=_NHWC)
     return bias_add(y, b.astype(y.dtype))
 
   if w.shape[:2] != (3, 3) or x.ndim != 4:
     return xla(x, w, b)
-  # The strided conv whose transpose this is: kernel flipped, in/out swapped, padding 4 - 1 - 2.
-  kernel = jax.ShapeDtypeStruct((4, 4, w.shape[3], c), dtype)
-  src = jax.ShapeDtypeStruct((n, 2 * h, 2 * wd, w.shape[3]), dtype)
-  if not onednn.supported(src, kernel, (2, 2), ((1, 1), (1, 1))):
+  k4 = jax.ShapeDtypeStruct((4, 4, *w.shape[2:]), dtype)
+  plan = _transposed(x, k4, (2, 2), ((2, 2), (2, 2)))   # the lhs-dilated conv it equals
+  if plan is None:
     return xla(x, w, b)
+  t_pad, _, inner = plan   # no zero rows: padding 2 < 4
   onednn.load()
 
   def cpu(x, w, b):
-    k = jnp.swapaxes(upsample_kernel(w.astype(jnp.float32))[::-1, ::-1], 2, 3).astype(dtype)
-    return onednn.conv2d_transpose_bias(x, k, b.astype(jnp.float32), (2, 2), ((1, 1), (1, 1)),
-                                        (2 * h, 2 * wd))
+    k = _strided_kernel(upsample_kernel(w.astype(jnp.float32))).astype(dtype)
+    return onednn.conv2d_transpose_bias(x, k, b.astype(jnp.float32), (2, 2), t_pad, inner)
 
   return lax.platform_dependent(x, w, b, cpu=cpu, default=xla)
 
@@ -392,11 +411,7 @@ def _bias_add_fwd(y, bias):
 
 
 def _bias_add_bwd(bias, dy):
-  c = dy.shape[-1]
-  rows = dy.reshape(-1, c)
-  acc = jnp.promote_types(dy.dtype, jnp.float32)  # float32 accumulation (float64 in checks)
-  db = jnp.dot(jnp.ones((rows.shape[0],), dy.dtype), rows, preferred_element_type=acc)
-  return dy, db.astype(bias.dtype)
+  return dy, onednn.bias_sum(dy).astype(bias.dtype)
 
 
 bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)

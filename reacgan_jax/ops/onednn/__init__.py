@@ -347,9 +347,13 @@ conv2d_wgrad_bias.defvjp(_wb_fwd, _wb_bwd)
 # primitive with a bias took 92 ms where this pair takes ~30, bf16 64x32x32x256 on the AMX CPU).
 
 
-def _t_bias_sum(dx):
-  rows = dx.reshape(-1, dx.shape[-1])
-  return jnp.dot(jnp.ones((rows.shape[0],), dx.dtype), rows, preferred_element_type=jnp.float32)
+def bias_sum(dy):
+  """dy summed over every axis but the last, as the matrix-vector product ones @ dy[-1, C] with
+  a float32 accumulator (float64 for float64 dy): the gradient of a bias added over dy's last
+  axis (also conv_ops.bias_add's)."""
+  rows = dy.reshape(-1, dy.shape[-1])
+  acc = jnp.promote_types(dy.dtype, jnp.float32)
+  return jnp.dot(jnp.ones((rows.shape[0],), dy.dtype), rows, preferred_element_type=acc)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -374,7 +378,7 @@ def _tb_bwd(strides, padding, out_hw, res, dx):
   dx = dx.astype(g.dtype)
   dw = conv2d_wgrad(dx, g, strides, padding, w.shape[:2])
   return (conv2d(dx, w, strides, padding), dw.astype(w.dtype),
-          _t_bias_sum(dx).astype(b.dtype))
+          bias_sum(dx).astype(b.dtype))
 
 
 conv2d_transpose_bias.defvjp(_tb_fwd, _tb_bwd)
@@ -488,6 +492,7 @@ def supported(x, w, strides, padding) -> bool:
 
 
 __all__ = ['OneDNNUnavailable', 'available', 'batch_norm', 'batch_norm_grad',
-           'batch_norm_reference', 'bf16_supported',
+           'batch_norm_reference', 'bf16_supported', 'bias_sum',
            'build', 'conv2d', 'conv2d_bias',
-           'conv2d_transpose', 'conv2d_wgrad', 'conv2d_wgrad_bias', 'load', 'supported']
+           'conv2d_transpose', 'conv2d_transpose_bias', 'conv2d_wgrad', 'conv2d_wgrad_bias',
+           'load', 'supported']

@@ -100,6 +100,25 @@ Buffer& Scratch() {
 
 using Key = std::tuple<int64_t, std::vector<int64_t>, int, int, int>;
 
+// Primitive attributes with the scratchpad supplied by the caller (Scratch()).
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// Sets the plan's kernel reorder between the plain layout and the primitive's (plan->w_prim_md):
+// into the primitive's layout, or back out of it for a weight gradient (to_plain).
+void SetWeightReorder(Plan* plan, const dnnl::memory::desc& wei_plain, bool to_plain) {
+  plan->reorder_w = plan->w_prim_md != wei_plain;
+  if (!plan->reorder_w) return;
+  auto& eng = Engine();
+  plan->w_reorder = to_plain ? dnnl::reorder(dnnl::reorder::primitive_desc(
+                                   eng, plan->w_prim_md, eng, wei_plain))
+                             : dnnl::reorder(dnnl::reorder::primitive_desc(
+                                   eng, wei_plain, eng, plan->w_prim_md));
+}
+
 // Kind 3: the deconvolution that is the transpose of the strided convolution (src, wei, dst in
 // that convolution's logical dims and dtypes: x, w [O, C, KH, KW], g), with its bias.
 // The deconvolution's source is g, its destination x, its weights w with O and C swapped:
@@ -118,19 +137,14 @@ std::shared_ptr<Plan> MakeDeconvPlan(const dnnl::memory::dims& src,
   const dnnl::memory::dims d_wei{wei[1], wei[0], wei[2], wei[3]};
   dnnl::memory::desc wei_plain(d_wei, t_wei, tag::hwoi);
   dnnl::memory::desc wei_any(d_wei, t_wei, tag::any);
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto pd = dnnl::deconvolution_forward::primitive_desc(
       eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::deconvolution_direct, g_md,
-      wei_any, plan->bias_md, x_md, strides, pad_l, pad_r, attr);
+      wei_any, plan->bias_md, x_md, strides, pad_l, pad_r, UserScratchpad());
   plan->prim = dnnl::deconvolution_forward(pd);
   plan->w_prim_md = pd.weights_desc();
   plan->a_md = g_md; plan->b_md = wei_plain; plan->out_md = x_md;
   plan->scratch_md = pd.scratchpad_desc();
-  plan->reorder_w = plan->w_prim_md != wei_plain;
-  if (plan->reorder_w)
-    plan->w_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(eng, wei_plain, eng,
-                                                                  plan->w_prim_md));
+  SetWeightReorder(plan.get(), wei_plain, false);
   return plan;
 }
 
@@ -148,8 +162,7 @@ std::shared_ptr<Plan> MakePlan(int64_t kind, const dnnl::memory::dims& src,
   dnnl::memory::desc dst_md(dst, t_dst, tag::nhwc);
   dnnl::memory::desc wei_plain(wei, t_wei, tag::hwio);
   dnnl::memory::desc wei_any(wei, t_wei, tag::any);
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const auto attr = UserScratchpad();
   // The forward descriptor (itself, or the hint of the backward ones) in the operand dtypes.
   const auto prop =
       kind == 0 ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training;
@@ -186,13 +199,7 @@ std::shared_ptr<Plan> MakePlan(int64_t kind, const dnnl::memory::dims& src,
     plan->a_md = src_md; plan->b_md = dst_md; plan->out_md = wei_plain;
     plan->scratch_md = pd.scratchpad_desc();
   }
-  plan->reorder_w = plan->w_prim_md != wei_plain;
-  if (plan->reorder_w) {
-    plan->w_reorder = kind == 2 ? dnnl::reorder(dnnl::reorder::primitive_desc(
-                                      eng, plan->w_prim_md, eng, wei_plain))
-                                : dnnl::reorder(dnnl::reorder::primitive_desc(
-                                      eng, wei_plain, eng, plan->w_prim_md));
-  }
+  SetWeightReorder(plan.get(), wei_plain, kind == 2);
   return plan;
 }
 
@@ -367,8 +374,7 @@ std::shared_ptr<BnPlan> MakeBnPlan(const int64_t* xs, dt t, float eps, bool affi
   auto plan = std::make_shared<BnPlan>();
   plan->x_md = dnnl::memory::desc({xs[0], xs[3], xs[1], xs[2]}, t, tag::nhwc);
   plan->stat_md = dnnl::memory::desc({xs[3]}, dt::f32, tag::a);
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const auto attr = UserScratchpad();
   using flag = dnnl::normalization_flags;
   auto flags = affine ? (flag::use_scale | flag::use_shift) : flag::none;
   auto fpd = dnnl::batch_normalization_forward::primitive_desc(
