@@ -57,6 +57,15 @@ both. CPU s / threads estimates the unloaded wall time when other jobs share the
 load average (1 min) is printed at the start and the end: above the core count, trust the
 CPU columns more than the wall ones.
 
+Heap (issue 28): importing reacgan_jax before jax starts keeps freed host memory in the heap
+(reacgan_jax/platform/heap.py: XLA's per-call buffers are otherwise fresh mmaps, faulted in on
+every call). It is a process setting, so torch's sides, in this process, run with it too, and
+gain more from it than ours (their large tensors are fresh mmaps under glibc's default): the
+ratios are conservative. torch as its users run it (its own process, glibc's default heap) is
+slower still (benchmarks/README.md, "Freed memory kept in the heap"); a torch side in a second
+process alternating with ours measured 1.5-1.8x slower than the same process alone, so it is
+not how this script measures.
+
 Threads: torch uses --threads (2: issue 9's machine). XLA:CPU sizes its thread pool from the
 CPUs this process may run on, so when the machine has more CPUs than --threads the whole
 process is pinned to the first --threads CPUs before jax is imported (--no-pin to keep all).
@@ -584,6 +593,9 @@ def main(argv=None):
   sys.path.insert(0, os.path.join(_ROOT, 'benchmarks'))
   import jax  # noqa: PLC0415 (after pinning: XLA sizes its thread pool from the affinity)
 
+  # Before jax starts (see "Heap" above); REACGAN_JAX_KEEP_HEAP=0 measures glibc's default.
+  from reacgan_jax.platform import heap  # noqa: PLC0415
+
   try:
     import torch  # noqa: PLC0415
     torch.set_num_threads(args.threads)
@@ -598,7 +610,9 @@ def main(argv=None):
   print('versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items())
         + f'; torch threads {torch.get_num_threads()}; jax devices {jax.devices()}; '
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+  print(heap.keep_freed_memory() + ' - for torch too: one process', flush=True)
   results = dict(cpu=_cpu_model(), cpu_flags=_cpu_flags(), cpus=cpus, versions=versions,
+                 heap=heap.keep_freed_memory(),
                  load_start=load0, args=vars(args))
   for part in args.parts:
     if part in CONFIGS:

@@ -380,8 +380,14 @@ def _report(res, args):
 
 def main(argv=None):
   args = _parse_args(argv)
+  # Before jax starts: freed host memory kept in the heap (reacgan_jax/platform/heap.py), for
+  # StudioGAN's side too (one process); REACGAN_JAX_KEEP_HEAP=0 measures glibc's default.
+  from reacgan_jax.platform import heap  # noqa: PLC0415
+
   res = dict(config=args.config, batch=args.batch, repeats=args.repeats,
-             cpu=compare._cpu_model(), cores=os.cpu_count(), load_start=compare._load())
+             cpu=compare._cpu_model(), cores=os.cpu_count(), load_start=compare._load(),
+             heap=heap.keep_freed_memory())
+  print(res['heap'], flush=True)
   config = load_config(args.config, args.batch)
   real, labels = _data(config, args.batch)
   from reacgan_jax.ops import conv as conv_ops  # noqa: PLC0415

@@ -23,7 +23,7 @@ from absl import logging
 from reacgan_jax import errors, sampling
 from reacgan_jax.data import pipeline as input_pipeline
 from reacgan_jax.models import adapter as adapter_lib
-from reacgan_jax.platform import checkpoints, parallel, workdir_lock, writers
+from reacgan_jax.platform import checkpoints, heap, parallel, workdir_lock, writers
 from reacgan_jax.train import modes
 from reacgan_jax.train import state as state_lib
 from reacgan_jax.train import step as step_lib
@@ -89,6 +89,7 @@ class _Run:
     logging.info('Mesh: %d devices on %d processes; global batch %d (%d per device).',
                  self.mesh.devices.size, jax.process_count(), config.train.batch_size,
                  config.train.batch_size // self.mesh.devices.size)
+    logging.info('%s.', heap.keep_freed_memory())
     self.ckpt = checkpoints.Checkpointer(workdir, config)
     self.state = self._restore_or_init()
     self.start_step = int(parallel.to_host(self.state.step))
