@@ -254,6 +254,28 @@ def test_bfloat16_upsample_conv_matches_the_definition_on_rounded_operands():
     assert np.all(err <= 2 ** -8 * mag + 1e-5 * np.abs(ref).max()), (name, err.max())
 
 
+def test_upsample_kernel_is_the_tap_matrix_product_bit_for_bit():
+  """conv_ops.upsample_kernel (slices and adds, H then W) equals the product with _UP3 on both
+  axes it replaces, einsum('pr,qs,rsio->pqio'), bit for bit in float32, and so does its VJP
+  (each entry a sum of 1, 2 or 4 taps; a different order of the two axes differs in the last
+  bit); and the float64 definition to the float32 roundings of those sums."""
+  rng = np.random.default_rng(11)
+  w = jnp.asarray(rng.standard_normal((3, 3, 6, 5)), jnp.float32)
+  g = jnp.asarray(rng.standard_normal((4, 4, 6, 5)), jnp.float32)
+  m = jnp.asarray(conv_ops._UP3)
+  matrix = lambda w: jnp.einsum('pr,qs,rsio->pqio', m, m, w)  # noqa: E731
+  k, vjp = jax.vjp(conv_ops.upsample_kernel, w)
+  k_ref, vjp_ref = jax.vjp(matrix, w)
+  np.testing.assert_array_equal(np.asarray(k), np.asarray(k_ref))
+  np.testing.assert_array_equal(np.asarray(vjp(g)[0]), np.asarray(vjp_ref(g)[0]))
+  m64 = np.asarray(conv_ops._UP3, np.float64)
+  w64 = np.asarray(w, np.float64)
+  want = np.einsum('pr,qs,rsio->pqio', m64, m64, w64)
+  # Two float32 roundings at most (a + b, then (a + b) + (c + d)), each 2^-24 of a partial sum.
+  bound = 2 ** -23 * np.einsum('pr,qs,rsio->pqio', m64, m64, np.abs(w64))
+  assert np.all(np.abs(np.asarray(k, np.float64) - want) <= bound)
+
+
 def test_gradients_of_gradients_through_the_upsample_conv_match_lax():
   """A penalty on the input, weight and bias gradients of the upsample conv, differentiated
   again (conv2d_transpose_bias's VJP is made of differentiable pieces), equals lax's on the
