@@ -610,9 +610,10 @@ def main(argv=None):
   print('versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items())
         + f'; torch threads {torch.get_num_threads()}; jax devices {jax.devices()}; '
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
-  print(heap.keep_freed_memory() + ' - for torch too: one process', flush=True)
+  heap_line = heap.keep_freed_memory()
+  print(heap_line + ' - for torch too: one process', flush=True)
   results = dict(cpu=_cpu_model(), cpu_flags=_cpu_flags(), cpus=cpus, versions=versions,
-                 heap=heap.keep_freed_memory(),
+                 heap=heap_line,
                  load_start=load0, args=vars(args))
   for part in args.parts:
     if part in CONFIGS:

@@ -31,7 +31,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from jax import lax
 
@@ -341,13 +340,13 @@ def nearest2x(x):
 
 # Nearest 2x upsampling then a 3x3 conv (padding 1) is one transposed conv, stride 2, of a 4x4
 # kernel: along each axis output row 2i reads input rows (i - 1, i) with taps (w0, w1 + w2) and
-# row 2i + 1 reads (i, i + 1) with (w0 + w1, w2). _UP3 maps the 3 taps to the 4 of the kernel of
-# the lhs-dilated (dilation 2, padding 2) conv that equals it.
-_UP3 = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]], np.float32)
+# row 2i + 1 reads (i, i + 1) with (w0 + w1, w2). _up_taps maps the 3 taps to the 4 of the kernel
+# of the lhs-dilated (dilation 2, padding 2) conv that equals it: the matrix
+# [[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]] applied along one axis.
 
 
 def _up_taps(w, axis):
-  """_UP3 applied along `axis` as slices and adds: (w0, w0 + w1, w1 + w2, w2)."""
+  """The 3 taps along `axis` mapped to 4 as slices and adds: (w0, w0 + w1, w1 + w2, w2)."""
   a, b, c = (jax.lax.index_in_dim(w, i, axis, keepdims=True) for i in range(3))
   return jnp.concatenate([a, a + b, b + c, c], axis=axis)
 
@@ -356,10 +355,10 @@ def upsample_kernel(w):
   """The 4x4 HWIO kernel k with conv(dilate2(x), k, padding 2) == conv(nearest2x(x), w, padding 1)
   for a 3x3 HWIO w (in w's dtype; float32 w: sums of two taps, exact up to one rounding).
 
-  _UP3 along H, then along W, as slices and adds: the same values and gradients, bit for bit,
-  as einsum('pr,qs,rsio->pqio', _UP3, _UP3, w), which XLA:CPU ran as two dots of 3 by 4
-  matrices plus transposes (21.6 ms for a 3x3x384x384 kernel on 2 Intel AMX cores, 1.4 ms
-  this way; tests/ops/test_onednn.py checks both).
+  The tap map along H, then along W, as slices and adds: the same values and gradients, bit for
+  bit, as einsum('pr,qs,rsio->pqio', U, U, w) with U that 4x3 matrix, which XLA:CPU ran as two
+  dots of 3 by 4 matrices plus transposes (21.6 ms for a 3x3x384x384 kernel on 2 Intel AMX
+  cores, 1.4 ms this way; tests/ops/test_onednn.py checks both).
   """
   return _up_taps(_up_taps(w, 0), 1)
 

@@ -29,6 +29,7 @@ no glibc (musl, macOS), or REACGAN_JAX_KEEP_HEAP=0 in the environment.
 
 import ctypes
 import ctypes.util
+import functools
 import importlib.util
 import os
 import sys
@@ -40,8 +41,6 @@ _INT_MAX = 2**31 - 1
 # Packages whose presence means jax may run on an accelerator in this environment.
 _ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
                         'jax_rocm7_plugin', 'libtpu')
-
-_done: str | None = None
 
 
 def _decide(environ, find_spec, platform: str) -> tuple[bool, str]:
@@ -55,7 +54,7 @@ def _decide(environ, find_spec, platform: str) -> tuple[bool, str]:
   if setting != '1':
     if platforms and not platforms.startswith('cpu'):
       return False, f'JAX_PLATFORMS={platforms} (an accelerator: its buffers are on the device)'
-    if not platforms.startswith('cpu'):
+    if not platforms:
       plugins = [p for p in _ACCELERATOR_PLUGINS if find_spec(p) is not None]
       if plugins:
         return False, (f'accelerator plugin {plugins[0]} installed (set JAX_PLATFORMS=cpu or '
@@ -70,28 +69,22 @@ def _backend_started() -> bool:
   return bool(started()) if callable(started) else False
 
 
+@functools.cache
 def keep_freed_memory() -> str:
   """Applies the heap settings once per process where they pay; -> one line saying what it did."""
-  global _done
-  if _done is not None:
-    return _done
   apply, why = _decide(os.environ, importlib.util.find_spec, sys.platform)
   if not apply:
-    _done = f'host heap: default glibc behaviour ({why})'
-    return _done
+    return f'host heap: default glibc behaviour ({why})'
   name = ctypes.util.find_library('c') or 'libc.so.6'
   try:
     mallopt = ctypes.CDLL(name).mallopt
   except (OSError, AttributeError):
-    _done = f'host heap: default ({name} has no mallopt: not glibc)'
-    return _done
+    return f'host heap: default ({name} has no mallopt: not glibc)'
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   ok = [mallopt(M_ARENA_MAX, 1), mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, _INT_MAX)]
   if not all(ok):
-    _done = f'host heap: default (mallopt refused: {ok})'
-    return _done
+    return f'host heap: default (mallopt refused: {ok})'
   late = (' - jax had already started, so its existing threads keep their arenas: import '
           'reacgan_jax before running jax for the full effect') if _backend_started() else ''
-  _done = (f'host heap: freed memory kept for reuse ({why}; one malloc arena, no mmap, no trim; '
-           f'{ENV}=0 turns it off){late}')
-  return _done
+  return (f'host heap: freed memory kept for reuse ({why}; one malloc arena, no mmap, no trim; '
+          f'{ENV}=0 turns it off){late}')

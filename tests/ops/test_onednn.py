@@ -182,6 +182,12 @@ def test_float32_transposed_conv_with_the_bias_inside_matches_the_float64_defini
                                err_msg=name)
 
 
+# The upsample conv's tap map (conv_ops.upsample_kernel's definition): output rows 2i and 2i + 1
+# of nearest 2x + 3x3 read taps (w0, w1 + w2) and (w0 + w1, w2); as the 4 taps of the equivalent
+# lhs-dilated conv's kernel, U @ (w0, w1, w2).
+_UP3 = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]], np.float32)
+
+
 def _upsample_conv_definition(x, w, b, ct):
   """float64: y = conv3x3(nearest2x(x), w, padding 1) + b and the vjp of <y, ct> (dx: the 2x2
   window sums of the upsampled input's gradient)."""
@@ -241,7 +247,7 @@ def test_bfloat16_upsample_conv_matches_the_definition_on_rounded_operands():
   y, dxd, dk = _definition(xd, k4, ct64, (1, 1), ((2, 2), (2, 2)))
   assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.bfloat16
   assert got[2].dtype == jnp.float32 and got[3].dtype == jnp.float32
-  m = np.asarray(conv_ops._UP3, np.float64)
+  m = np.asarray(_UP3, np.float64)
   want = (y + np.asarray(bias, np.float64), dxd[:, ::2, ::2],
           np.einsum('pr,qs,pqio->rsio', m, m, dk), ct64.sum((0, 1, 2)))
   # What each result's one bf16 rounding (2^-8 relative) applies to: y, dx themselves; dw the
@@ -255,20 +261,20 @@ def test_bfloat16_upsample_conv_matches_the_definition_on_rounded_operands():
 
 
 def test_upsample_kernel_is_the_tap_matrix_product_bit_for_bit():
-  """conv_ops.upsample_kernel (slices and adds, H then W) equals the product with _UP3 on both
-  axes it replaces, einsum('pr,qs,rsio->pqio'), bit for bit in float32, and so does its VJP
-  (each entry a sum of 1, 2 or 4 taps; a different order of the two axes differs in the last
-  bit); and the float64 definition to the float32 roundings of those sums."""
+  """conv_ops.upsample_kernel (slices and adds, H then W) equals the product with the tap map
+  _UP3 on both axes it replaces, einsum('pr,qs,rsio->pqio'), bit for bit in float32, and so
+  does its VJP (each entry a sum of 1, 2 or 4 taps; a different order of the two axes differs
+  in the last bit); and the float64 definition to the float32 roundings of those sums."""
   rng = np.random.default_rng(11)
   w = jnp.asarray(rng.standard_normal((3, 3, 6, 5)), jnp.float32)
   g = jnp.asarray(rng.standard_normal((4, 4, 6, 5)), jnp.float32)
-  m = jnp.asarray(conv_ops._UP3)
+  m = jnp.asarray(_UP3)
   matrix = lambda w: jnp.einsum('pr,qs,rsio->pqio', m, m, w)  # noqa: E731
   k, vjp = jax.vjp(conv_ops.upsample_kernel, w)
   k_ref, vjp_ref = jax.vjp(matrix, w)
   np.testing.assert_array_equal(np.asarray(k), np.asarray(k_ref))
   np.testing.assert_array_equal(np.asarray(vjp(g)[0]), np.asarray(vjp_ref(g)[0]))
-  m64 = np.asarray(conv_ops._UP3, np.float64)
+  m64 = np.asarray(_UP3, np.float64)
   w64 = np.asarray(w, np.float64)
   want = np.einsum('pr,qs,rsio->pqio', m64, m64, w64)
   # Two float32 roundings at most (a + b, then (a + b) + (c + d)), each 2^-24 of a partial sum.

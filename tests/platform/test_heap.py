@@ -59,13 +59,17 @@ print(json.dumps(dict(line=heap.keep_freed_memory(), faults=faults)))
 '''
 
 
-def _child(keep: str) -> dict:
-  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', heap.ENV)}
-  env.update(JAX_PLATFORMS='cpu', **{heap.ENV: keep})
-  proc = subprocess.run([sys.executable, '-c', _CHILD], env=env, capture_output=True, text=True,
-                        timeout=300, check=False)
+def _python(code: str, **env) -> str:
+  """Runs `code` in a fresh CPU-only python (one device, no inherited heap setting) -> stdout."""
+  base = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', heap.ENV)}
+  proc = subprocess.run([sys.executable, '-c', code], env={**base, 'JAX_PLATFORMS': 'cpu', **env},
+                        capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return proc.stdout
+
+
+def _child(keep: str) -> dict:
+  return json.loads(_python(_CHILD, **{heap.ENV: keep}).strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt: Linux only')
@@ -85,11 +89,6 @@ def test_kept_heap_stops_per_call_page_faults():
 
 def test_says_when_jax_had_started_first():
   """A process that ran jax before importing reacgan_jax is told the setting came late."""
-  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', heap.ENV)}
-  env['JAX_PLATFORMS'] = 'cpu'
-  code = ('import jax; jax.numpy.ones(2).block_until_ready()\n'
-          'from reacgan_jax.platform import heap; print(heap.keep_freed_memory())')
-  proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
-                        timeout=300, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'jax had already started' in proc.stdout, proc.stdout
+  out = _python('import jax; jax.numpy.ones(2).block_until_ready()\n'
+                'from reacgan_jax.platform import heap; print(heap.keep_freed_memory())')
+  assert 'jax had already started' in out, out
