@@ -17,7 +17,10 @@ lax.conv_general_dilated throughout (up-sampling convs lhs-dilated, FIR filters 
 'onednn' is the CPU's fast path: every plain conv (stride 1 or 2) goes to oneDNN
 (ops/conv.conv_onednn), an up-sampling conv to oneDNN's transposed conv (ops/conv.conv_up_onednn:
 no FLOP on the inserted zeros), and the FIR filters run as a height and a width pass of shifted
-slices (ops/fir.py; XLA:CPU's depthwise conv is slow). Full width, batch 4, 2-core AMD EPYC
+slices (ops/fir.py; XLA:CPU's depthwise conv is slow). 'onednn+winograd4' / 'onednn+winograd2'
+(config.model.stylegan2.winograd, `layer_backend`) are 'onednn' with the float32 3x3 stride-1
+convolutions big enough to pay (ops/winograd.pays) computed by Winograd F(4x4, 3x3) / F(2x2, 3x3)
+(ops/winograd.py). Full width, batch 4, 2-core AMD EPYC
 (Zen 4): G update 5.9 s (xla) -> 1.25 s, D update 2.3 s -> 1.56 s (benchmarks/README). Both
 paths are the same linear maps (float32 rounding apart: tests/models/test_stylegan2_layers.py,
 tests/ops/test_onednn.py).
@@ -31,8 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reacgan_jax.errors import ConfigError
 from reacgan_jax.ops import conv as conv_ops
 from reacgan_jax.ops import fir
+from reacgan_jax.ops import winograd as winograd_ops
 
 ACT_GAIN = {'linear': 1.0, 'lrelu': math.sqrt(2.0), 'relu': math.sqrt(2.0)}
 DEFAULT_FILTER = (1, 3, 3, 1)
@@ -72,7 +77,7 @@ def upfirdn2d(x, f, up=1, down=1, padding=(0, 0, 0, 0), flip_filter=False, gain=
   f = np.asarray(f, np.float32) * (gain ** (f.ndim / 2))
   if not flip_filter:  # the reference convolves (flips) unless flip_filter
     f = f[::-1, ::-1]
-  taps = fir.separable(f) if backend == 'onednn' else None
+  taps = fir.separable(f) if backend.startswith('onednn') else None
   if taps is not None:  # float32 taps and sums (bf16 activations: rounded once, at the end)
     return fir.correlate2d_separable(x.astype(jnp.float32), *taps, stride=down).astype(x.dtype)
   k = jnp.asarray(np.ascontiguousarray(f), x.dtype)[:, :, None, None] * jnp.ones((1, 1, 1, c),
@@ -96,15 +101,27 @@ def downsample2d(x, f, down=2, backend='xla'):
 
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
-BACKENDS = ('xla', 'onednn')
+BACKENDS = ('xla', 'onednn', 'onednn+winograd2', 'onednn+winograd4')
+
+
+def layer_backend(conv_backend: str, winograd: int) -> str:
+  """The layers' backend for a resolved config.model.conv_backend and
+  config.model.stylegan2.winograd (0: off, 2 or 4: F(m x m, 3 x 3) on the oneDNN path)."""
+  if winograd not in (0, *winograd_ops.TILE_SIZES):
+    raise ConfigError(f'model.stylegan2.winograd={winograd!r}: expected 0 (off), 2 or 4 (the '
+                      'output tile of Winograd F(m x m, 3 x 3))')
+  return f'onednn+winograd{winograd}' if conv_backend == 'onednn' and winograd else conv_backend
 
 
 def _conv(x, w, stride=1, padding=((0, 0), (0, 0)), lhs_dilation=(1, 1), backend='xla'):
   if backend == 'xla':
     return jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
                                         lhs_dilation=lhs_dilation, dimension_numbers=_NHWC)
-  if backend != 'onednn':
+  if backend not in BACKENDS:
     raise ValueError(f'stylegan2 conv backend {backend!r}: expected one of {BACKENDS}')
+  m = int(backend.removeprefix('onednn+winograd') or 0) if '+' in backend else 0
+  if m and lhs_dilation == (1, 1) and winograd_ops.pays(x, w, (stride, stride), padding, m):
+    return conv_ops.conv_winograd(x, w, padding, m)
   if lhs_dilation != (1, 1):
     if stride != 1:
       raise ValueError('stylegan2 conv: a strided lhs-dilated conv is not a resampling layer')

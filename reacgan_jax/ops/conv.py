@@ -35,7 +35,7 @@ from absl import logging
 from jax import lax
 
 from reacgan_jax.errors import ConfigError
-from reacgan_jax.ops import onednn
+from reacgan_jax.ops import onednn, winograd
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -238,6 +238,18 @@ def conv_onednn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
   onednn.load()  # registers the custom call before it is lowered
   return lax.platform_dependent(
       lhs, rhs, cpu=lambda x, w: onednn.conv2d(x, w, strides, padding), default=xla)
+
+
+def conv_winograd(x, w, padding, m):
+  """lax.conv_general_dilated(x, w, (1, 1), padding) for NHWC x, HWIO w [3, 3, C, O] (float32,
+  shapes ops/winograd.supported takes) by Winograd F(m x m, 3 x 3) when lowered for CPU
+  (ops/winograd.py), XLA's convolution elsewhere."""
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  xla = functools.partial(conv_general_dilated, window_strides=(1, 1), padding=padding,
+                          dimension_numbers=_NHWC)
+  onednn.load()  # registers the custom call (built with the oneDNN extension)
+  return lax.platform_dependent(
+      x, w, cpu=lambda x, w: winograd.conv3x3(x, w, padding, m), default=xla)
 
 
 def conv_bias_onednn(x, w, b, strides, padding):

@@ -48,9 +48,9 @@ RESUME_CRITICAL_SECTIONS = ('model', 'data', 'loss')
 HOW_READ_KEYS = frozenset({'data.cache_dir', 'data.prefetch', 'data.tfds_download',
                            'data.tfds_data_dir', 'data.tfds_manual_dir', 'data.download',
                            'data.download_url',
-                           # which library runs the convolutions (equal to float32 rounding;
-                           # 'auto' resolves per machine anyway, issue 28)
-                           'model.conv_backend'})
+                           # which library and algorithm run the convolutions (equal to
+                           # float32 rounding; 'auto' resolves per machine anyway, issue 28)
+                           'model.conv_backend', 'model.stylegan2.winograd'})
 # Values of a key that train alike and differ only in how a checkpoint is sampled: the train
 # step's forwards are 'stored' for both (ops/spectral_norm.py options), so a run of either
 # resumes or evaluates under the other (issue 25 made 'iterate' the default).

@@ -103,6 +103,10 @@ def test_models_get_the_resolved_backend(monkeypatch, extension):
   conv_ops._auto.cache_clear()
   monkeypatch.setattr(conv_ops.jax, 'device_count', lambda: 1)
   g, d = build_models(sg)
+  # with Winograd F(4x4, 3x3) for the float32 3x3 convs that pay (model.stylegan2.winograd)
+  assert g.conv_backend == d.conv_backend == 'onednn+winograd4'
+  sg.model.stylegan2.winograd = 0
+  g, d = build_models(sg)
   assert g.conv_backend == d.conv_backend == 'onednn'
 
 

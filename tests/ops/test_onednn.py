@@ -16,7 +16,7 @@ import train_helpers
 
 from reacgan_jax.models import adapter, build_models
 from reacgan_jax.ops import conv as conv_ops
-from reacgan_jax.ops import onednn
+from reacgan_jax.ops import onednn, winograd
 from reacgan_jax.platform import parallel
 from reacgan_jax.train import state, step
 
@@ -591,6 +591,7 @@ def test_stylegan2_matches_the_xla_path_on_the_same_weights(g_arch, d_arch):
 
   config = tiny_stylegan2.get_config()
   config.model.stylegan2.g_architecture, config.model.stylegan2.d_architecture = g_arch, d_arch
+  config.model.stylegan2.winograd = 0  # oneDNN's direct convolutions (Winograd: below)
   variables, (b0, v0, img0, grads0) = _stylegan2_outputs(config, 'xla')
   _, (b1, v1, img1, grads1) = _stylegan2_outputs(config, 'onednn', variables)
   assert (b0, b1) == ('xla', 'onednn')
@@ -598,6 +599,44 @@ def test_stylegan2_matches_the_xla_path_on_the_same_weights(g_arch, d_arch):
   np.testing.assert_allclose(img1, img0, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(img0))))
   np.testing.assert_allclose(v1, v0, rtol=1e-5)
   _assert_gradients_close(grads0, grads1)
+
+
+@pytest.mark.parametrize('m', [4, 2])
+def test_stylegan2_winograd_matches_the_xla_path(m, monkeypatch):
+  """config.model.stylegan2.winograd: the float32 3x3 stride-1 convs by Winograd F(m x m, 3 x 3)
+  (ops/winograd.py). The tiny widths would not pay (ops/winograd.pays), so the thresholds are
+  lowered to route every such conv there; the lowered loss must contain the custom call.
+  Tolerance: 4e-5 (F(4x4)) / 2e-6 (F(2x2)) of the largest output on top of the direct path's
+  1e-5 (tests/ops/test_winograd.py states why); gradients as for the direct path."""
+  from configs import tiny_stylegan2  # noqa: PLC0415
+
+  monkeypatch.setattr(winograd, 'MIN_CHANNELS', 0)
+  monkeypatch.setattr(winograd, 'MIN_WORK', 0)
+  config = tiny_stylegan2.get_config()
+  config.model.stylegan2.g_architecture, config.model.stylegan2.d_architecture = 'resnet', 'orig'
+  config.model.stylegan2.winograd = m
+  variables, (_, v0, img0, grads0) = _stylegan2_outputs(config, 'xla')
+  _, (b1, v1, img1, grads1) = _stylegan2_outputs(config, 'onednn', variables)
+  assert b1 == f'onednn+winograd{m}'
+  tol = 1e-5 + {4: 4e-5, 2: 2e-6}[m]
+  np.testing.assert_allclose(img1, img0, rtol=0, atol=tol * float(jnp.max(jnp.abs(img0))))
+  np.testing.assert_allclose(v1, v0, rtol=tol)
+  _assert_gradients_close(grads0, grads1)
+  g, _ = build_models(config)
+  z = jnp.zeros((2, config.model.z_dim))
+  y = jnp.zeros((2,), jnp.int32)
+  hlo = jax.jit(lambda gv: g.apply(gv, z, y, rngs={'noise': jax.random.key(0)})).lower(
+      variables[0]).as_text()
+  assert 'reacgan_winograd' in hlo
+
+
+def test_stylegan2_winograd_setting_is_checked():
+  from configs import tiny_stylegan2  # noqa: PLC0415
+
+  config = tiny_stylegan2.get_config()
+  config.model.stylegan2.winograd = 3
+  with pytest.raises(ValueError, match=r'model.stylegan2.winograd=3: expected 0 \(off\), 2 or 4'):
+    build_models(config)
 
 
 @pytest.mark.slow  # 36 s (three tiny StyleGAN2 builds and their gradients): CI's slow suite

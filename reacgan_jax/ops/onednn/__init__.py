@@ -34,6 +34,8 @@ TARGET_WGRAD_BIAS = 'reacgan_dnnl_wgrad_bias'  # kind 2 with the bias gradient
 TARGET_T_BIAS = 'reacgan_dnnl_deconv_bias'     # kind 3: the transposed conv with its bias
 TARGET_BN_FWD, TARGET_BN_BWD = 'reacgan_dnnl_bn_fwd', 'reacgan_dnnl_bn_bwd'
 _SRC = pathlib.Path(__file__).with_name('dnnl_conv.cc')
+_SRC_WINOGRAD = _SRC.with_name('winograd.cc')  # Winograd tile transforms (ops/winograd.py)
+TARGET_WINOGRAD = 'reacgan_winograd'
 _DIST, _DEVEL = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'
 _INSTALL_HINT = ("pip install -e '.[onednn]' (the PyPI wheels onednn-cpu-gomp and "
                  'onednn-devel-cpu-gomp) and a C++ compiler (g++), or keep '
@@ -84,14 +86,19 @@ def _verified(out: pathlib.Path) -> bool:
 
 
 def build() -> pathlib.Path:
-  """Compiles dnnl_conv.cc (once per source / jaxlib / oneDNN version) and returns the .so path.
+  """Compiles dnnl_conv.cc and winograd.cc (once per source / jaxlib / oneDNN version / CPU) and
+  returns the .so path.
 
   The cache is checked first (a verified build needs no compiler); a damaged cached file (size or
   sha256 not the ones written beside it at build time) is rebuilt, with a warning.
   """
   lib, include = _paths()
-  tag = hashlib.sha256(_SRC.read_bytes() + jax.lib.__version__.encode()
-                       + importlib.metadata.version(_DIST).encode() + str(lib).encode())
+  # -march=native (the Winograd transforms' loops vectorise to the CPU's widest registers): the
+  # CPU's flags are part of the key, so a cache shared between different CPUs keeps one build
+  # per instruction set.
+  tag = hashlib.sha256(_SRC.read_bytes() + _SRC_WINOGRAD.read_bytes()
+                       + jax.lib.__version__.encode() + importlib.metadata.version(_DIST).encode()
+                       + str(lib).encode() + ' '.join(sorted(_cpu_flags() or ())).encode())
   out = _cache_dir() / f'dnnl_conv_{tag.hexdigest()[:16]}.so'
   if _verified(out):
     return out
@@ -104,8 +111,9 @@ def build() -> pathlib.Path:
                             f'{_INSTALL_HINT}')
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_suffix(f'.{os.getpid()}.tmp')
-  cmd = [cxx, '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{jax.ffi.include_dir()}',
-         f'-I{include}', str(_SRC), str(lib), f'-Wl,-rpath,{lib.parent}', '-o', str(tmp)]
+  cmd = [cxx, '-O2', '-march=native', '-std=c++17', '-shared', '-fPIC', '-fopenmp', '-w',
+         f'-I{jax.ffi.include_dir()}', f'-I{include}', str(_SRC), str(_SRC_WINOGRAD), str(lib),
+         f'-Wl,-rpath,{lib.parent}', '-o', str(tmp)]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
     raise OneDNNUnavailable(f'oneDNN: compiling {_SRC.name} failed ({" ".join(cmd)}):\n'
@@ -127,7 +135,8 @@ def load() -> str:
   for target, fn in ((TARGET, so.ReacganDnnlConv), (TARGET_BIAS, so.ReacganDnnlConvBias),
                      (TARGET_WGRAD_BIAS, so.ReacganDnnlWgradBias),
                      (TARGET_T_BIAS, so.ReacganDnnlDeconvBias),
-                     (TARGET_BN_FWD, so.ReacganDnnlBnFwd), (TARGET_BN_BWD, so.ReacganDnnlBnBwd)):
+                     (TARGET_BN_FWD, so.ReacganDnnlBnFwd), (TARGET_BN_BWD, so.ReacganDnnlBnBwd),
+                     (TARGET_WINOGRAD, so.ReacganWinograd)):
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(fn), platform='cpu')
   v = [ctypes.c_int() for _ in range(3)]
   so.ReacganDnnlVersion(*[ctypes.byref(i) for i in v])
@@ -150,17 +159,24 @@ _BF16_ISAS = ({'avx512f', 'avx512bw', 'avx512vl', 'avx512dq'}, {'avx_ne_convert'
 
 
 @functools.cache
-def bf16_supported() -> bool:
-  """Whether this CPU runs oneDNN's bf16 convolutions (True where /proc/cpuinfo is missing)."""
+def _cpu_flags() -> frozenset[str] | None:
+  """The CPU's feature flags from /proc/cpuinfo (None where it is missing)."""
   try:
     with open('/proc/cpuinfo') as f:
       flags = next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), None)
   except OSError:
-    return True
-  return flags is None or any(isa <= set(flags) for isa in _BF16_ISAS)
+    return None
+  return None if flags is None else frozenset(flags)
 
 
-def _varying_axes(*arrays) -> tuple[str, ...]:
+@functools.cache
+def bf16_supported() -> bool:
+  """Whether this CPU runs oneDNN's bf16 convolutions (True where /proc/cpuinfo is missing)."""
+  flags = _cpu_flags()
+  return flags is None or any(isa <= flags for isa in _BF16_ISAS)
+
+
+def varying_axes(*arrays) -> tuple[str, ...]:
   """The shard_map axes any of `arrays` varies over (empty outside shard_map)."""
   axes = set()
   for a in arrays:
@@ -184,7 +200,7 @@ def _call(kind, a, b, out_shape, out_dtype, strides, padding):
   # Inside shard_map (the sharded evaluation, evaluation/on_mesh.py) the call's result is
   # per-device like its input: typed so, or lax.platform_dependent's branches (the XLA one is
   # varying) disagree. Forward and input gradient only: nothing takes weight gradients there.
-  axes = _varying_axes(a, b) if kind != 2 else ()
+  axes = varying_axes(a, b) if kind != 2 else ()
   return jax.lax.pcast(out, axes, to='varying') if axes else out
 
 
@@ -294,7 +310,7 @@ def conv2d_bias(x, w, b, strides, padding):
                                                            x.dtype),
                          vmap_method='sequential')(
       x, w, b.astype(jnp.float32), **_attrs(strides, padding))
-  axes = _varying_axes(x, w, b)
+  axes = varying_axes(x, w, b)
   return jax.lax.pcast(out, axes, to='varying') if axes else out
 
 
@@ -364,7 +380,7 @@ def conv2d_transpose_bias(g, w, b, strides, padding, out_hw):
                          jax.ShapeDtypeStruct((g.shape[0], *out_hw, w.shape[2]), g.dtype),
                          vmap_method='sequential')(
       g, w, b.astype(jnp.float32), **_attrs(strides, padding))
-  axes = _varying_axes(g, w, b)
+  axes = varying_axes(g, w, b)
   return jax.lax.pcast(out, axes, to='varying') if axes else out
 
 
