@@ -17,7 +17,11 @@ config overrides, each compared with the float32 run the same way; the per-run s
 what each variant costs. --reference_backend onednn trains the two float32 references on oneDNN
 (StyleGAN2 on the CPU, where XLA's convolutions are several times slower; the two float32 paths
 agree to rounding). With --fid N each run ends with a smoke FID of its EMA generator
-(N samples against the config's eval.num_ref reference images).
+(N samples against the config's eval.num_ref reference images). --winograd_everywhere routes
+every float32 3x3 stride-1 convolution of the oneDNN path to Winograd (ops/winograd.pays'
+thresholds set to 0), so that a CPU-size config trains through what the full width uses; the
+float32 references then run with model.stylegan2.winograd=0 (oneDNN's direct convolutions), and
+the variants say which tile size they use.
 """
 
 from __future__ import annotations
@@ -88,6 +92,9 @@ def main(argv=None):
                  help="conv_backend of the two float32 reference runs (default XLA's; 'onednn' "
                       'where XLA is slow, e.g. StyleGAN2 on the CPU: the two float32 paths agree '
                       'to rounding, tests/ops/test_onednn.py)')
+  p.add_argument('--winograd_everywhere', action='store_true',
+                 help='every float32 3x3 stride-1 conv of the oneDNN path by Winograd (the '
+                      'thresholds of ops/winograd.pays set to 0); references: winograd=0')
   args = p.parse_args(argv)
   # The reference runs are XLA's float32 (the default conv_backend 'auto' may pick oneDNN).
   variants = [v.split('=', 1) for v in (args.variant
@@ -100,6 +107,11 @@ def main(argv=None):
     pass
   runs = {}
   f32 = ['model.dtype=float32', f'model.conv_backend={args.reference_backend}']
+  if args.winograd_everywhere:
+    from reacgan_jax.ops import winograd  # noqa: PLC0415
+
+    winograd.MIN_CHANNELS = winograd.MIN_WORK = 0
+    f32.append('model.stylegan2.winograd=0')
   plan = [('f32', f32, 0)]
   plan += [(name, over.split(','), 0) for name, over in variants]
   plan += [('f32_seed1', f32, 1)]
@@ -118,7 +130,8 @@ def main(argv=None):
                      'ratio_mean': d[k]['mean_abs'] / max(seed[k]['mean_abs'], 1e-12)}
                     for k in d})
   result = dict(config=args.config, steps=args.steps, window=args.window,
-               reference_backend=args.reference_backend, command=' '.join(sys.argv),
+               reference_backend=args.reference_backend,
+               winograd_everywhere=args.winograd_everywhere, command=' '.join(sys.argv),
                 device=jax.devices()[0].device_kind, runs=runs, summary=summary)
   with open(args.out, 'w') as f:
     json.dump(result, f, indent=1)
