@@ -101,7 +101,9 @@ def downsample2d(x, f, down=2, backend='xla'):
 
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
-BACKENDS = ('xla', 'onednn', 'onednn+winograd2', 'onednn+winograd4')
+# the oneDNN path with Winograd F(m x m, 3 x 3): backend -> m
+_WINOGRAD = {f'onednn+winograd{m}': m for m in winograd_ops.TILE_SIZES}
+BACKENDS = ('xla', 'onednn', *_WINOGRAD)
 
 
 def layer_backend(conv_backend: str, winograd: int) -> str:
@@ -119,7 +121,7 @@ def _conv(x, w, stride=1, padding=((0, 0), (0, 0)), lhs_dilation=(1, 1), backend
                                         lhs_dilation=lhs_dilation, dimension_numbers=_NHWC)
   if backend not in BACKENDS:
     raise ValueError(f'stylegan2 conv backend {backend!r}: expected one of {BACKENDS}')
-  m = int(backend.removeprefix('onednn+winograd') or 0) if '+' in backend else 0
+  m = _WINOGRAD.get(backend, 0)
   if m and lhs_dilation == (1, 1) and winograd_ops.pays(x, w, (stride, stride), padding, m):
     return conv_ops.conv_winograd(x, w, padding, m)
   if lhs_dilation != (1, 1):

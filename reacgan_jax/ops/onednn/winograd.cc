@@ -55,9 +55,11 @@ struct Mats<4> {
 
 constexpr int kLanes = 16;  // channels per inner step (one AVX-512 register of float32)
 
-// out[r][j][v] = sum_k L[r][k] in[k][j][v] (rows) or, with Cols, out[i][r][v] = sum_k L[r][k]
+// out[r][j][v] = sum_k L[r][k] in[k][j][v] (MixRows) or out[i][r][v] = sum_k L[r][k]
 // in[i][k][v]. L is R x K; the loops unroll so that zero coefficients drop out and +-1 ones
 // are not multiplied (the products that remain are the exact ones of the definition).
+// (Two loops, not one over accessor lambdas: that form compiled to input transforms 2.4x slower,
+// session 20.)
 template <int R, int K, int S, int NV>
 inline void MixRows(const float (&L)[R][K], const float (&in)[K][S][NV], float (&out)[R][S][NV]) {
 #pragma GCC unroll 8
@@ -94,6 +96,14 @@ inline void MixCols(const float (&L)[R][K], const float (&in)[S][K][NV], float (
   }
 }
 
+// L t L^T for the K x K tile t: L along its rows, then along its columns.
+template <int R, int K, int NV>
+inline void MixBoth(const float (&L)[R][K], const float (&t)[K][K][NV], float (&out)[R][R][NV]) {
+  float rows[R][K][NV];
+  MixRows(L, t, rows);
+  MixCols(L, rows, out);
+}
+
 // The transposed matrix as a constexpr array (for kinds 1 and 3).
 template <int R, int K>
 struct Transposed {
@@ -111,106 +121,97 @@ struct Geometry {
   int64_t tiles() const { return n * th * tw; }
 };
 
-// kind 0: V[p][t][c] from x.
+// Tile t's image, and the image row and column its window starts at (tile * m - padding).
+struct Origin {
+  int64_t n, y0, x0;
+};
+
+inline Origin Locate(const Geometry& g, int64_t t, int m) {
+  const int64_t rem = t % (g.th * g.tw);
+  return {t / (g.th * g.tw), (rem / g.tw) * m - g.pad_top, (rem % g.tw) * m - g.pad_left};
+}
+
+// Channel c0 of image pixel (y, x) of image n, and of tile position p of tile t.
+inline int64_t Pixel(const Geometry& g, int64_t n, int64_t y, int64_t x, int64_t c0) {
+  return ((n * g.h + y) * g.w + x) * g.c + c0;
+}
+
+inline int64_t Slab(const Geometry& g, int p, int64_t t, int64_t c0) {
+  return p * g.tiles() * g.c + t * g.c + c0;
+}
+
+inline bool Inside(const Geometry& g, int64_t y, int64_t x) {
+  return y >= 0 && y < g.h && x >= 0 && x < g.w;
+}
+
+// kind 0: V[p][t][c] = (B^T d B)[p] from x's window d (zeros outside x).
 template <int M, int NV>
 inline void InputTile(const Geometry& g, const float* x, float* v, int64_t t, int64_t c0) {
   constexpr int A = Mats<M>::A;
-  const int64_t n = t / (g.th * g.tw), rem = t % (g.th * g.tw);
-  const int64_t y0 = (rem / g.tw) * M - g.pad_top, x0 = (rem % g.tw) * M - g.pad_left;
-  float d[A][A][NV], r[A][A][NV], o[A][A][NV];
-  for (int i = 0; i < A; ++i) {
-    const int64_t yy = y0 + i;
-    for (int j = 0; j < A; ++j) {
-      const int64_t xx = x0 + j;
-      if (yy < 0 || yy >= g.h || xx < 0 || xx >= g.w) {
-        for (int k = 0; k < NV; ++k) d[i][j][k] = 0.0f;
-      } else {
-        const float* p = x + ((n * g.h + yy) * g.w + xx) * g.c + c0;
-        for (int k = 0; k < NV; ++k) d[i][j][k] = p[k];
-      }
-    }
-  }
-  MixRows(Mats<M>::BT, d, r);
-  MixCols(Mats<M>::BT, r, o);
-  const int64_t plane = g.tiles() * g.c;
+  const Origin o = Locate(g, t, M);
+  float d[A][A][NV], e[A][A][NV];
   for (int i = 0; i < A; ++i)
     for (int j = 0; j < A; ++j) {
-      float* q = v + (i * A + j) * plane + t * g.c + c0;
-      for (int k = 0; k < NV; ++k) q[k] = o[i][j][k];
+      if (Inside(g, o.y0 + i, o.x0 + j))
+        std::memcpy(d[i][j], x + Pixel(g, o.n, o.y0 + i, o.x0 + j, c0), NV * sizeof(float));
+      else
+        std::memset(d[i][j], 0, NV * sizeof(float));
     }
+  MixBoth(Mats<M>::BT, d, e);
+  for (int i = 0; i < A; ++i)
+    for (int j = 0; j < A; ++j)
+      std::memcpy(v + Slab(g, i * A + j, t, c0), e[i][j], NV * sizeof(float));
 }
 
-// kind 1: accumulate B g B^T of tile t into dx (the caller owns channels [c0, c0 + NV) alone).
+// kind 1: accumulate B s B^T of tile t into dx inside the image (the caller owns channels
+// [c0, c0 + NV) of dx alone).
 template <int M, int NV>
 inline void InputTileT(const Geometry& g, const float* v, float* dx, int64_t t, int64_t c0) {
   constexpr int A = Mats<M>::A;
   static constexpr Transposed<A, A> B(Mats<M>::BT);
-  const int64_t n = t / (g.th * g.tw), rem = t % (g.th * g.tw);
-  const int64_t y0 = (rem / g.tw) * M - g.pad_top, x0 = (rem % g.tw) * M - g.pad_left;
-  const int64_t plane = g.tiles() * g.c;
-  float s[A][A][NV], r[A][A][NV], o[A][A][NV];
+  const Origin o = Locate(g, t, M);
+  float s[A][A][NV], e[A][A][NV];
+  for (int i = 0; i < A; ++i)
+    for (int j = 0; j < A; ++j)
+      std::memcpy(s[i][j], v + Slab(g, i * A + j, t, c0), NV * sizeof(float));
+  MixBoth(B.m, s, e);
   for (int i = 0; i < A; ++i)
     for (int j = 0; j < A; ++j) {
-      const float* q = v + (i * A + j) * plane + t * g.c + c0;
-      for (int k = 0; k < NV; ++k) s[i][j][k] = q[k];
+      if (!Inside(g, o.y0 + i, o.x0 + j)) continue;
+      float* p = dx + Pixel(g, o.n, o.y0 + i, o.x0 + j, c0);
+      for (int k = 0; k < NV; ++k) p[k] += e[i][j][k];
     }
-  MixRows(B.m, s, r);
-  MixCols(B.m, r, o);
-  for (int i = 0; i < A; ++i) {
-    const int64_t yy = y0 + i;
-    if (yy < 0 || yy >= g.h) continue;
-    for (int j = 0; j < A; ++j) {
-      const int64_t xx = x0 + j;
-      if (xx < 0 || xx >= g.w) continue;
-      float* p = dx + ((n * g.h + yy) * g.w + xx) * g.c + c0;
-      for (int k = 0; k < NV; ++k) p[k] += o[i][j][k];
-    }
-  }
 }
 
-// kind 2: y's m x m block of tile t from M (g describes y: h = th * m, w = tw * m, c = O).
+// kind 2: y's m x m block of tile t = A^T s A (g describes y: h = th * m, w = tw * m, c = O).
 template <int M, int NV>
 inline void OutputTile(const Geometry& g, const float* mt, float* y, int64_t t, int64_t c0) {
   constexpr int A = Mats<M>::A;
-  const int64_t n = t / (g.th * g.tw), rem = t % (g.th * g.tw);
-  const int64_t y0 = (rem / g.tw) * M, x0 = (rem % g.tw) * M;
-  const int64_t plane = g.tiles() * g.c;
-  float s[A][A][NV], r[M][A][NV], o[M][M][NV];
+  const Origin o = Locate(g, t, M);
+  float s[A][A][NV], e[M][M][NV];
   for (int i = 0; i < A; ++i)
-    for (int j = 0; j < A; ++j) {
-      const float* q = mt + (i * A + j) * plane + t * g.c + c0;
-      for (int k = 0; k < NV; ++k) s[i][j][k] = q[k];
-    }
-  MixRows(Mats<M>::AT, s, r);
-  MixCols(Mats<M>::AT, r, o);
+    for (int j = 0; j < A; ++j)
+      std::memcpy(s[i][j], mt + Slab(g, i * A + j, t, c0), NV * sizeof(float));
+  MixBoth(Mats<M>::AT, s, e);
   for (int i = 0; i < M; ++i)
-    for (int j = 0; j < M; ++j) {
-      float* p = y + ((n * g.h + y0 + i) * g.w + x0 + j) * g.c + c0;
-      for (int k = 0; k < NV; ++k) p[k] = o[i][j][k];
-    }
+    for (int j = 0; j < M; ++j)
+      std::memcpy(y + Pixel(g, o.n, o.y0 + i, o.x0 + j, c0), e[i][j], NV * sizeof(float));
 }
 
-// kind 3: dM's tile t from dy's m x m block.
+// kind 3: dM's tile t = A s A^T from dy's m x m block s.
 template <int M, int NV>
 inline void OutputTileT(const Geometry& g, const float* dy, float* dm, int64_t t, int64_t c0) {
   constexpr int A = Mats<M>::A;
   static constexpr Transposed<M, A> At(Mats<M>::AT);
-  const int64_t n = t / (g.th * g.tw), rem = t % (g.th * g.tw);
-  const int64_t y0 = (rem / g.tw) * M, x0 = (rem % g.tw) * M;
-  const int64_t plane = g.tiles() * g.c;
-  float s[M][M][NV], r[A][M][NV], o[A][A][NV];
+  const Origin o = Locate(g, t, M);
+  float s[M][M][NV], e[A][A][NV];
   for (int i = 0; i < M; ++i)
-    for (int j = 0; j < M; ++j) {
-      const float* p = dy + ((n * g.h + y0 + i) * g.w + x0 + j) * g.c + c0;
-      for (int k = 0; k < NV; ++k) s[i][j][k] = p[k];
-    }
-  MixRows(At.m, s, r);
-  MixCols(At.m, r, o);
+    for (int j = 0; j < M; ++j)
+      std::memcpy(s[i][j], dy + Pixel(g, o.n, o.y0 + i, o.x0 + j, c0), NV * sizeof(float));
+  MixBoth(At.m, s, e);
   for (int i = 0; i < A; ++i)
-    for (int j = 0; j < A; ++j) {
-      float* q = dm + (i * A + j) * plane + t * g.c + c0;
-      for (int k = 0; k < NV; ++k) q[k] = o[i][j][k];
-    }
+    for (int j = 0; j < A; ++j)
+      std::memcpy(dm + Slab(g, i * A + j, t, c0), e[i][j], NV * sizeof(float));
 }
 
 // Runs Tile<M, kLanes> over full lane groups and Tile<M, 1> over the remaining channels.
@@ -270,7 +271,10 @@ ffi::Error Winograd(ffi::Buffer<ffi::F32> src, ffi::ResultBuffer<ffi::F32> dst, 
   if (img.size() != 4 || tl.size() != 3)
     return ffi::Error::InvalidArgument("winograd: expected a 4-D image and 3-D tiles");
   const int64_t a = m + 2;
-  Geometry g{img[0], img[1], img[2], img[3], tiles_h, tiles_w, pad_top, pad_left};
+  // Output tiles start at tile * m: the padding is the input's only.
+  const bool input = kind < 2;
+  Geometry g{img[0], img[1], img[2], img[3], tiles_h, tiles_w, input ? pad_top : 0,
+             input ? pad_left : 0};
   if (tl[0] != a * a || tl[1] != g.tiles() || tl[2] != g.c)
     return ffi::Error::InvalidArgument("winograd: tile array shape does not match the image");
   if (kind >= 2 && (g.h != tiles_h * m || g.w != tiles_w * m))
